@@ -1,0 +1,566 @@
+"""
+Every attention variant in trev, behind one interface, plus the transformer block they all share.
+
+Interface (see ../shared/DESIGN.md):
+    attn = build_attention(config)            # config.attention names a class in ATTENTION
+    y = attn(x, pad_mask=None)                # x, y: (B, T, C); pad_mask: (B, T) bool, True = padding
+    y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens
+
+Inside attention every tensor is laid out (B, H, T, D), as in SDPA. Each variant has
+    attend(q, k, v, pad_mask)                 # the fast path, (B, H, T, D) -> (B, H, T, D)
+    attend_reference(q, k, v, pad_mask)       # the naive, obviously-correct form of the same formula
+and causal variants also have
+    attend_step(q, k, v, state)               # recurrent form: returns (y, new_state)
+The tests in tests/test_attention.py check every registered class against its reference.
+
+All variants share the q/k/v projection (`qkv`) and the output projection (`proj`); dropout is applied
+to the attention output in every variant (no variant drops attention weights), so regularisation is the
+same whatever the attention. Parameters a variant adds (retention's gate and group norm, norm_linear's
+output norm) are its own and show up in the parameter count.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class LayerConfig:
+    attention: str = 'softmax'    # a name in ATTENTION
+    n_embd: int = 256
+    n_head: int = 4
+    causal: bool = True
+    block_size: int = 256         # longest sequence the model sees (cosformer's M comes from it)
+    dropout: float = 0.0
+    bias: bool = False            # bias in linear layers and LayerNorm
+    norm: str = 'layernorm'       # 'layernorm' or 'rmsnorm', for the block's pre-norms
+    mlp_ratio: int = 4
+    chunk_size: int = 64          # chunk length of the chunkwise-parallel linear-attention kernel
+    local_window: int = 128       # local: keys per query (causal: this token and the w-1 before it)
+    performer_features: int = 256 # performer: number of random features m
+
+
+# ----------------------------------------------------------------------------------------------
+# shared kernels
+
+
+def masked_softmax_attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(D)) v over the keys where `allowed` is True (broadcast to (..., Tq, Tk)).
+    A row with no allowed key averages over all keys instead of producing NaN (only padding rows)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (..., Tq, Tk)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def causal_mask(t_query, t_key, device, offset=0):
+    """(t_query, t_key) bool, True where key j may be seen by query i, query i sitting at offset + i."""
+    i = torch.arange(t_query, device=device)[:, None] + offset
+    j = torch.arange(t_key, device=device)[None, :]
+    return j <= i
+
+
+def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64):
+    """Causal linear attention, chunkwise-parallel: y_i = sum_{j<=i} (q_i . k_j) a_{j+1..i} v_j + q_i S_0 a_{1..i},
+    where a_{j+1..i} = exp(sum_{t=j+1}^{i} log_decay_t) (1 without decay) and S_0 is the incoming state.
+
+    q, k: (B, H, T, F) feature-mapped queries/keys; v: (B, H, T, E); log_decay: None or (B|1, H, T), <= 0;
+    state: None or (B, H, F, E). Returns y (B, H, T, E) and the state after the last token (B, H, F, E).
+    Within a chunk of C tokens a masked (C, C) matmul; across chunks a running (F, E) state.
+    Time O(T C (F + E) + T F E), memory O(T C + (T / C) F E): no (T, T) and no (T, F, E) tensor.
+    """
+    B, H, T, Fd = q.shape
+    E = v.size(-1)
+    C = min(chunk_size, T)
+    pad = -T % C
+    if pad:  # zero keys/values and zero log-decay at the end change nothing before them
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        log_decay = None if log_decay is None else F.pad(log_decay, (0, pad))
+    N = (T + pad) // C
+    q = q.view(B, H, N, C, Fd)
+    k = k.view(B, H, N, C, Fd)
+    v = v.view(B, H, N, C, E)
+    scores = q @ k.transpose(-2, -1)  # (B, H, N, C, C)
+    mask = causal_mask(C, C, q.device)
+    if log_decay is None:
+        scores = scores.masked_fill(~mask, 0)
+        q_inter, k_state, chunk_decay = q, k, None
+    else:
+        b = log_decay.expand(B, H, T + pad).reshape(B, H, N, C).cumsum(-1)  # log decay from chunk start
+        pair = (b[..., :, None] - b[..., None, :]).masked_fill(~mask, float('-inf'))  # (B, H, N, C, C)
+        scores = scores * pair.exp()
+        q_inter = q * b[..., None].exp()                      # decay from chunk start to i
+        k_state = k * (b[..., -1:] - b)[..., None].exp()      # decay from j to chunk end
+        chunk_decay = b[..., -1].exp()[..., None, None]       # (B, H, N, 1, 1)
+    y = scores @ v  # intra-chunk part, (B, H, N, C, E)
+    chunk_kv = k_state.transpose(-2, -1) @ v  # each chunk's contribution to the state, (B, H, N, F, E)
+    S = q.new_zeros(B, H, Fd, E) if state is None else state
+    starts = []  # state entering each chunk
+    for n in range(N):
+        starts.append(S)
+        S = (S if chunk_decay is None else S * chunk_decay[:, :, n]) + chunk_kv[:, :, n]
+    y = y + q_inter @ torch.stack(starts, dim=2)  # inter-chunk part
+    return y.reshape(B, H, N * C, E)[:, :, :T], S
+
+
+def quadratic_linear_attention(q, k, v, allowed, decay=None):
+    """Reference for chunked_linear_attention: (q k^T * decay, masked) v, materialising the (T, T) matrix."""
+    scores = q @ k.transpose(-2, -1)
+    if decay is not None:
+        scores = scores * decay
+    return scores.masked_fill(~allowed, 0) @ v
+
+
+def append_ones(v):
+    """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
+    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+
+
+def split_normaliser(y, eps):
+    """y = [numerator, normaliser] from append_ones -> numerator / (normaliser + eps)."""
+    return y[..., :-1] / (y[..., -1:] + eps)
+
+
+def reference_mask(T, causal, pad_mask, device):
+    """(B|1, 1, T, T) bool: which key each query may use, for the quadratic references."""
+    allowed = causal_mask(T, T, device) if causal else torch.ones(T, T, dtype=torch.bool, device=device)
+    allowed = allowed[None, None]
+    if pad_mask is not None:
+        allowed = allowed & ~pad_mask[:, None, None, :]
+    return allowed
+
+
+def rotary(x, offset):
+    """Rotary position embedding (Su et al. 2021) on pairs (x_2i, x_2i+1); an odd last channel is left as is.
+    x: (B, H, T, D), token t at absolute position offset + t."""
+    half = x.size(-1) // 2
+    freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / max(half, 1))
+    angle = (torch.arange(x.size(2), device=x.device, dtype=x.dtype) + offset)[:, None] * freq  # (T, half)
+    cos, sin = angle.cos(), angle.sin()
+    even, odd = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+    return torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the interface
+
+
+class Attention(nn.Module):
+    """Base class: projections, head split/merge, mode checks. Subclasses implement the attend methods."""
+    supports_causal = True
+    supports_bidirectional = True
+
+    def __init__(self, config):
+        super().__init__()
+        name = type(self).__name__
+        if config.causal and not self.supports_causal:
+            raise ValueError(f"{name} is bidirectional only: set causal=False or pick another variant")
+        if not config.causal and not self.supports_bidirectional:
+            raise ValueError(f"{name} is causal only: set causal=True or pick another variant")
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.causal = config.causal
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, pad_mask=None, reference=False):
+        """x: (B, T, C); pad_mask: (B, T) bool, True at padding (bidirectional only).
+        reference=True runs the naive form of the same formula (for tests)."""
+        if pad_mask is not None and self.causal:
+            raise ValueError("pad_mask is for bidirectional attention; in causal mode put padding at the end")
+        q, k, v = self.split_heads(x)
+        attend = self.attend_reference if reference else self.attend
+        return self.output(attend(q, k, v, pad_mask), x)
+
+    def step(self, x, state=None):
+        """Recurrent decoding: x (B, T, C) are the next T >= 1 tokens after those summarised by state
+        (None = start of the sequence). Returns their outputs (B, T, C) and the new state."""
+        if not self.causal:
+            raise ValueError("step() decodes causally; this layer was built with causal=False")
+        q, k, v = self.split_heads(x)
+        y, state = self.attend_step(q, k, v, state)
+        return self.output(y, x), state
+
+    def split_heads(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        return [t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, D)
+
+    def output(self, y, x):
+        """(B, H, T, D) attention output -> (B, T, C). x is the layer input (used by gated variants)."""
+        B, H, T, D = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.dropout(self.proj(y))
+
+
+class SoftmaxAttention(Attention):
+    """Scaled dot-product attention. Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
+
+    y_i = sum_j softmax_j(q_i . k_j / sqrt(D)) v_j over j <= i (causal) or all unpadded j.
+    Fast path: F.scaled_dot_product_attention (flash / memory-efficient kernels where available).
+    Time O(T^2 D); memory O(T) with a fused kernel, O(T^2) without. Decoding keeps a KV cache:
+    O(t D) time and memory at position t.
+    """
+
+    def attend(self, q, k, v, pad_mask):
+        if pad_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad_mask[:, None, None, :])
+
+    def attend_reference(self, q, k, v, pad_mask):
+        return masked_softmax_attention(q, k, v, reference_mask(q.size(2), self.causal, pad_mask, q.device))
+
+    def attend_step(self, q, k, v, state):
+        if state is not None:
+            k = torch.cat([state['k'], k], dim=2)
+            v = torch.cat([state['v'], v], dim=2)
+        T, T_all = q.size(2), k.size(2)
+        mask = None if T == 1 else causal_mask(T, T_all, q.device, offset=T_all - T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), {'k': k, 'v': v}
+
+
+class LocalAttention(Attention):
+    """Sliding-window softmax attention. Child et al. 2019 (arXiv:1904.10509) and Beltagy et al. 2020,
+    "Longformer" (arXiv:2004.05150).
+
+    Softmax attention restricted to a window of w = local_window keys: causal, keys i-w+1 .. i;
+    bidirectional, keys i-r .. i+r with r = w // 2 (2r + 1 keys).
+    Fast path: queries in blocks of w attend to their own and neighbouring key blocks (2w causal, 3w
+    bidirectional keys). Time O(T w D), memory O(T w). Decoding keeps the last w-1 keys and values.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.window = config.local_window
+
+    def allowed(self, distance, key_valid):
+        """distance = i - j; key_valid says the key is a real token. Returns which keys each query uses."""
+        if self.causal:
+            inside = (distance >= 0) & (distance < self.window)
+        else:
+            inside = distance.abs() <= self.window // 2
+        return inside & key_valid
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = q.shape
+        w = self.window
+        before, after = (1, 0) if self.causal else (1, 1)  # neighbouring key blocks each query block sees
+        pad = -T % w
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+        valid = F.pad(valid, (before * w, pad + after * w))                      # (B, (N + before + after) w)
+        q = F.pad(q, (0, 0, 0, pad))
+        k, v = (F.pad(t, (0, 0, before * w, pad + after * w)) for t in (k, v))
+        N = (T + pad) // w
+        q = q.view(B, H, N, w, D)
+        neighbours = before + 1 + after
+        key_blocks = [k.view(B, H, N + neighbours - 1, w, D)[:, :, s:s + N] for s in range(neighbours)]
+        value_blocks = [v.view(B, H, N + neighbours - 1, w, D)[:, :, s:s + N] for s in range(neighbours)]
+        keys = torch.cat(key_blocks, dim=3)      # (B, H, N, neighbours * w, D)
+        values = torch.cat(value_blocks, dim=3)
+        valid = valid.view(B, N + neighbours - 1, w)
+        key_valid = torch.cat([valid[:, s:s + N] for s in range(neighbours)], dim=2)  # (B, N, neighbours w)
+        distance = torch.arange(w, device=q.device)[:, None] + before * w - torch.arange(neighbours * w, device=q.device)
+        allowed = self.allowed(distance, key_valid[:, None, :, None, :])  # (B, 1, N, w, neighbours w)
+        y = masked_softmax_attention(q, keys, values, allowed)  # (B, H, N, w, D)
+        return y.reshape(B, H, N * w, D)[:, :, :T]
+
+    def attend_reference(self, q, k, v, pad_mask):
+        T = q.size(2)
+        position = torch.arange(T, device=q.device)
+        key_valid = torch.ones(T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask[:, None, None, :]
+        allowed = self.allowed(position[:, None] - position[None, :], key_valid)
+        return masked_softmax_attention(q, k, v, allowed)
+
+    def attend_step(self, q, k, v, state):
+        # run the blocked fast path over [cached tokens, new tokens], with zero queries for the cached ones
+        cached = 0 if state is None else state['k'].size(2)
+        if state is not None:
+            k = torch.cat([state['k'], k], dim=2)
+            v = torch.cat([state['v'], v], dim=2)
+            q = F.pad(q, (0, 0, cached, 0))
+        y = self.attend(q, k, v, None)[:, :, cached:]
+        keep = self.window - 1
+        return y, {'k': k[:, :, k.size(2) - min(keep, k.size(2)):], 'v': v[:, :, v.size(2) - min(keep, v.size(2)):]}
+
+
+class KernelAttention(Attention):
+    """The linear-attention family: y_i = sum_j s_ij v_j [/ sum_j s_ij] with s_ij = phi(q_i) . phi(k_j) a_ij,
+    where a_ij is 1 or a decay gamma^|i-j|. Subclasses choose the feature map (`features`), whether to
+    normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay.
+
+    Causal: chunked_linear_attention, time O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding
+    keeps a fixed (F, D) state per head: O(F D) per token whatever the position.
+    Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
+    pass plus an anti-causal pass.
+    """
+    normalise = True
+    eps = 1e-6
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.chunk_size = config.chunk_size
+
+    def features(self, q, k, offset):
+        """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
+        raise NotImplementedError
+
+    def log_decay(self):
+        """None (no decay) or (1, H, 1) log gamma_h <= 0."""
+        return None
+
+    def reference_features(self, q, k):
+        return self.features(q, k, 0)
+
+    def values(self, v):
+        return append_ones(v) if self.normalise else v
+
+    def finish(self, y):
+        return split_normaliser(y, self.eps) if self.normalise else y
+
+    def attend(self, q, k, v, pad_mask):
+        if self.causal:
+            return self.attend_step(q, k, v, None)[0]
+        fq, fk = self.features(q, k, 0)
+        if pad_mask is not None:
+            fk = fk.masked_fill(pad_mask[:, None, :, None], 0)  # a zero key adds nothing to any sum
+        v = self.values(v)
+        log_decay = self.log_decay()
+        if log_decay is None:
+            return self.finish(fq @ (fk.transpose(-2, -1) @ v))
+        T = q.size(2)
+        log_decay = log_decay.expand(1, -1, T)
+        forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)      # j <= i
+        backward, _ = chunked_linear_attention(fq.flip(2), fk.flip(2), v.flip(2), log_decay, chunk_size=self.chunk_size)
+        diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
+        return self.finish(forward + backward.flip(2) - diagonal)
+
+    def attend_step(self, q, k, v, state):
+        offset = 0 if state is None else state['offset']
+        fq, fk = self.features(q, k, offset)
+        log_decay = self.log_decay()
+        if log_decay is not None:
+            log_decay = log_decay.expand(1, -1, q.size(2))
+        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
+                                         None if state is None else state['kv'], self.chunk_size)
+        return self.finish(y), {'kv': kv, 'offset': offset + q.size(2)}
+
+    def attend_reference(self, q, k, v, pad_mask):
+        fq, fk = self.reference_features(q, k)
+        T = q.size(2)
+        log_decay = self.log_decay()
+        decay = None
+        if log_decay is not None:
+            position = torch.arange(T, device=q.device, dtype=q.dtype)
+            decay = (log_decay[..., None] * (position[:, None] - position[None, :]).abs()).exp()  # (1, H, T, T)
+        allowed = reference_mask(T, self.causal, pad_mask, q.device)
+        return self.finish(quadratic_linear_attention(fq, fk, self.values(v), allowed, decay))
+
+
+class LinearAttention(KernelAttention):
+    """Linear transformer. Katharopoulos et al. 2020, "Transformers are RNNs", arXiv:2006.16236.
+
+    phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
+    z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
+    """
+
+    def features(self, q, k, offset):
+        return F.elu(q) + 1, F.elu(k) + 1
+
+
+class NormLinearAttention(KernelAttention):
+    """TransNormer's NormAttention. Qin et al. 2022, "The Devil in Linear Transformer", arXiv:2210.10340.
+
+    O = RMSNorm(phi(Q) (phi(K)^T V)) with phi(x) = elu(x) + 1: linear attention without the denominator
+    (whose unbounded gradients the paper blames for instability), the output normalised instead.
+    The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
+    """
+    normalise = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.out_norm = nn.RMSNorm(config.n_embd)
+
+    def features(self, q, k, offset):
+        return F.elu(q) + 1, F.elu(k) + 1
+
+    def output(self, y, x):
+        B, H, T, D = y.shape
+        y = self.out_norm(y.transpose(1, 2).reshape(B, T, H * D))
+        return self.dropout(self.proj(y))
+
+
+class CosformerAttention(KernelAttention):
+    """cosFormer. Qin et al. 2022, "cosFormer: Rethinking Softmax in Attention", arXiv:2202.08791.
+
+    s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), normalised by sum_j s_ij. The cosine splits,
+    cos(a - b) = cos a cos b + sin a sin b, so s_ij is a dot product of 2D features
+    [relu(x_t) cos(pi t / 2M), relu(x_t) sin(pi t / 2M)] and stays linear. M = block_size (not T), so a
+    token's output does not depend on the sequence length and decoding matches the parallel form.
+    F = 2D. Complexity as KernelAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.max_len = config.block_size
+
+    def features(self, q, k, offset):
+        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype) + offset
+        angle = (math.pi / 2 * position / self.max_len)[:, None]  # (T, 1)
+        cos, sin = angle.cos(), angle.sin()
+        q, k = F.relu(q), F.relu(k)
+        return torch.cat([q * cos, q * sin], dim=-1), torch.cat([k * cos, k * sin], dim=-1)
+
+
+class Retention(KernelAttention):
+    """RetNet multi-scale retention. Sun et al. 2023, "Retentive Network", arXiv:2307.08621.
+
+    Retention(X) = (Q K^T / sqrt(D) * Dm) V with rotary (xPos-style) positions on Q and K and the decay
+    mask Dm_ij = gamma_h^(i-j) for j <= i (bidirectional: gamma_h^|i-j|), gamma_h = 1 - 2^(-5-h) per head.
+    MSR(X) = (swish(X W_G) * GroupNorm_h(heads)) W_O; the gate W_G and the group norm are this variant's
+    extra parameters. No normaliser: the group norm makes each head's output scale-free.
+    Complexity as KernelAttention (F = D), the decay folded into the chunks.
+    """
+    normalise = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        gamma = 1 - 2.0 ** (-5 - torch.arange(config.n_head, dtype=torch.float32))
+        self.register_buffer('log_gamma', gamma.log(), persistent=False)
+        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.group_norm = nn.GroupNorm(config.n_head, config.n_embd)
+
+    def features(self, q, k, offset):
+        return rotary(q, offset), rotary(k, offset) / math.sqrt(q.size(-1))
+
+    def log_decay(self):
+        return self.log_gamma[None, :, None]
+
+    def output(self, y, x):
+        B, H, T, D = y.shape
+        y = self.group_norm(y.transpose(1, 2).reshape(B * T, H * D)).view(B, T, H * D)  # per-head norm
+        return self.dropout(self.proj(F.silu(self.gate(x)) * y))
+
+
+class PerformerAttention(KernelAttention):
+    """Performer, FAVOR+. Choromanski et al. 2021, "Rethinking Attention with Performers", arXiv:2009.14794.
+
+    exp(q . k / sqrt(D)) ~= phi(q) . phi(k) with positive random features
+    phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x = q / D^(1/4), W: (m, D) orthogonal Gaussian rows (blocks
+    of a QR factor, rows rescaled to chi-distributed norms). Normalised like softmax. F = m.
+    W is drawn once at construction from torch's RNG and kept as a buffer (saved in checkpoints);
+    `redraw_projection()` draws a new one, and nothing else ever does.
+    Stabiliser: each feature vector is divided by a common factor, which cancels between numerator and
+    normaliser. Queries use their own max. Keys use the running max up to their position (so no future
+    token leaks in): a larger max arriving at step t rescales the state by exp(max_{t-1} - max_t), which
+    is exactly a data-dependent decay <= 1 and goes through the same chunked kernel.
+    Complexity as KernelAttention with F = m.
+    """
+    eps = 0.0  # features are positive, the normaliser never vanishes
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.n_features = config.performer_features
+        self.register_buffer('projection', torch.empty(self.n_features, self.head_dim))
+        self.redraw_projection()
+
+    @torch.no_grad()
+    def redraw_projection(self):
+        D = self.head_dim
+        blocks = [torch.linalg.qr(torch.randn(D, D))[0].T for _ in range(-(-self.n_features // D))]
+        rows = torch.cat(blocks)[:self.n_features]                       # orthogonal within each block
+        norms = torch.randn(self.n_features, D).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
+        self.projection.copy_(rows * norms)
+
+    def log_features(self, x):
+        """log(phi(x) sqrt(m)) = W x - |x|^2 / 2 with x scaled by D^(-1/4). (B, H, T, D) -> (B, H, T, m)."""
+        x = x * self.head_dim ** -0.25
+        return x @ self.projection.T - (x * x).sum(-1, keepdim=True) / 2
+
+    def features(self, q, k, offset):  # bidirectional: one max over all keys is fine
+        log_q, log_k = self.log_features(q), self.log_features(k)
+        fq = (log_q - log_q.amax(-1, keepdim=True).detach()).exp()
+        fk = (log_k - log_k.amax((-2, -1), keepdim=True).detach()).exp()
+        return fq, fk
+
+    def reference_features(self, q, k):
+        scale = self.n_features ** -0.5
+        return self.log_features(q).exp() * scale, self.log_features(k).exp() * scale
+
+    def attend_step(self, q, k, v, state):
+        log_q, log_k = self.log_features(q), self.log_features(k)
+        fq = (log_q - log_q.amax(-1, keepdim=True).detach()).exp()
+        key_max = log_k.amax(-1).detach()                                 # (B, H, T)
+        previous = key_max[..., :1] if state is None else state['key_max']
+        running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
+        log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
+        fk = (log_k - running[..., None]).exp()
+        y, kv = chunked_linear_attention(fq, fk, append_ones(v), log_decay,
+                                         None if state is None else state['kv'], self.chunk_size)
+        return self.finish(y), {'kv': kv, 'key_max': running[..., -1:]}
+
+
+ATTENTION = {
+    'softmax': SoftmaxAttention,
+    'linear': LinearAttention,
+    'performer': PerformerAttention,
+    'cosformer': CosformerAttention,
+    'retention': Retention,
+    'norm_linear': NormLinearAttention,
+    'local': LocalAttention,
+}
+
+
+def build_attention(config):
+    if config.attention not in ATTENTION:
+        raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
+    return ATTENTION[config.attention](config)
+
+
+# ----------------------------------------------------------------------------------------------
+# the block every trainer builds its model from
+
+
+def make_norm(config):
+    if config.norm == 'layernorm':
+        return nn.LayerNorm(config.n_embd, bias=config.bias)
+    if config.norm == 'rmsnorm':
+        return nn.RMSNorm(config.n_embd)
+    raise ValueError(f"unknown norm '{config.norm}'; choose 'layernorm' or 'rmsnorm'")
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm_attn = make_norm(config)
+        self.attn = build_attention(config)
+        self.norm_mlp = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, pad_mask=None):
+        x = x + self.attn(self.norm_attn(x), pad_mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+    def step(self, x, state=None):
+        """Decoding: as forward, for the next T tokens after `state`; returns (y, new state)."""
+        y, state = self.attn.step(self.norm_attn(x), state)
+        x = x + y
+        return x + self.mlp(self.norm_mlp(x)), state
