@@ -122,6 +122,11 @@ def split_normaliser(y, eps):
     return y[..., :-1] / (y[..., -1:] + eps)
 
 
+def exp_stabilised(log_x, dims):
+    """exp(log_x - max over dims): the common factor cancels wherever a ratio is taken."""
+    return (log_x - log_x.amax(dims, keepdim=True).detach()).exp()
+
+
 def reference_mask(T, causal, pad_mask, device):
     """(B|1, 1, T, T) bool: which key each query may use, for the quadratic references."""
     allowed = causal_mask(T, T, device) if causal else torch.ones(T, T, dtype=torch.bool, device=device)
@@ -325,16 +330,17 @@ class KernelAttention(Attention):
     def attend(self, q, k, v, pad_mask):
         if self.causal:
             return self.attend_step(q, k, v, None)[0]
-        fq, fk = self.features(q, k, 0)
+        return self.bidirectional(*self.features(q, k, 0), v, pad_mask)
+
+    def bidirectional(self, fq, fk, v, pad_mask):
         if pad_mask is not None:
             fk = fk.masked_fill(pad_mask[:, None, :, None], 0)  # a zero key adds nothing to any sum
         v = self.values(v)
         log_decay = self.log_decay()
         if log_decay is None:
             return self.finish(fq @ (fk.transpose(-2, -1) @ v))
-        T = q.size(2)
-        log_decay = log_decay.expand(1, -1, T)
-        forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)      # j <= i
+        log_decay = log_decay.expand(1, -1, fq.size(2))
+        forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)  # j <= i
         backward, _ = chunked_linear_attention(fq.flip(2), fk.flip(2), v.flip(2), log_decay, chunk_size=self.chunk_size)
         diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
         return self.finish(forward + backward.flip(2) - diagonal)
@@ -481,24 +487,27 @@ class PerformerAttention(KernelAttention):
         x = x * self.head_dim ** -0.25
         return x @ self.projection.T - (x * x).sum(-1, keepdim=True) / 2
 
-    def features(self, q, k, offset):  # bidirectional: one max over all keys is fine
-        log_q, log_k = self.log_features(q), self.log_features(k)
-        fq = (log_q - log_q.amax(-1, keepdim=True).detach()).exp()
-        fk = (log_k - log_k.amax((-2, -1), keepdim=True).detach()).exp()
-        return fq, fk
+    def attend(self, q, k, v, pad_mask):
+        if self.causal:
+            return self.attend_step(q, k, v, None)[0]
+        log_k = self.log_features(k)
+        if pad_mask is not None:  # padded keys must not set the stabiliser
+            log_k = log_k.masked_fill(pad_mask[:, None, :, None], float('-inf'))
+        fk = exp_stabilised(log_k, (-2, -1))  # bidirectional: one max over all keys is fine
+        return self.bidirectional(exp_stabilised(self.log_features(q), -1), fk, v, pad_mask)
 
     def reference_features(self, q, k):
         scale = self.n_features ** -0.5
         return self.log_features(q).exp() * scale, self.log_features(k).exp() * scale
 
     def attend_step(self, q, k, v, state):
-        log_q, log_k = self.log_features(q), self.log_features(k)
-        fq = (log_q - log_q.amax(-1, keepdim=True).detach()).exp()
+        log_k = self.log_features(k)
         key_max = log_k.amax(-1).detach()                                 # (B, H, T)
         previous = key_max[..., :1] if state is None else state['key_max']
         running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
         fk = (log_k - running[..., None]).exp()
+        fq = exp_stabilised(self.log_features(q), -1)
         y, kv = chunked_linear_attention(fq, fk, append_ones(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
         return self.finish(y), {'kv': kv, 'key_max': running[..., -1:]}
