@@ -282,15 +282,18 @@ class LocalAttention(Attention):
         return masked_softmax_attention(q, k, v, allowed)
 
     def attend_step(self, q, k, v, state):
-        # run the blocked fast path over [cached tokens, new tokens], with zero queries for the cached ones
         cached = 0 if state is None else state['k'].size(2)
         if state is not None:
             k = torch.cat([state['k'], k], dim=2)
             v = torch.cat([state['v'], v], dim=2)
-            q = F.pad(q, (0, 0, cached, 0))
-        y = self.attend(q, k, v, None)[:, :, cached:]
-        keep = self.window - 1
-        return y, {'k': k[:, :, k.size(2) - min(keep, k.size(2)):], 'v': v[:, :, v.size(2) - min(keep, v.size(2)):]}
+        T = q.size(2)
+        if T <= self.window:  # decoding: the new queries against the cache, O(T (w + T))
+            position = torch.arange(cached + T, device=q.device)
+            y = masked_softmax_attention(q, k, v, self.allowed(position[cached:, None] - position, True))
+        else:  # a long prefill: the blocked path, with zero queries standing in for the cached tokens
+            y = self.attend(F.pad(q, (0, 0, cached, 0)), k, v, None)[:, :, cached:]
+        keep = min(self.window - 1, k.size(2))  # all that a later query can still see
+        return y, {'k': k[:, :, k.size(2) - keep:], 'v': v[:, :, v.size(2) - keep:]}
 
 
 class KernelAttention(Attention):
