@@ -1,0 +1,229 @@
+"""
+train_gpt.py end to end on a tiny byte corpus: every causal variant trains, resume after Ctrl-C equals an
+uninterrupted run bitwise, 2-process DDP equals 1 process, decoding equals the full forward, the full-split
+evaluation counts every token once, and bad input is a one-line error.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_gpt
+from attention import ATTENTION
+from train_gpt import GPT, GPTConfig
+from training import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
+# two layers, 16-token windows; chunk 4 and window 4 so a window crosses several chunks / local windows
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
+        '--gradient_accumulation_steps=1', '--dropout=0.0', '--learning_rate=0.01', '--min_lr=0.001',
+        '--warmup_iters=2', '--lr_decay_iters=20', '--max_iters=20', '--eval_interval=10', '--eval_iters=2',
+        '--log_interval=1', '--chunk_size=4', '--local_window=4', '--performer_features=16', '--device=cpu']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a busy machine makes a second thread wait for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    """A byte corpus a tiny model learns in a few steps; split lengths are not multiples of block_size."""
+    folder = tmp_path_factory.mktemp('data')
+    text = ' '.join(['the cat sat on the mat.', 'a dog ran to the log.'] * 400).encode()
+    parts = {'train': text[:15000], 'val': text[15000:15000 + 1001], 'test': text[16001:16001 + 777]}
+    for split, part in parts.items():
+        (folder / f'{split}.bin').write_bytes(part)
+    meta = {'tokenizer': 'bytes', 'vocab_size': 256, 'dtype': 'uint8', 'tokens': {k: len(v) for k, v in parts.items()}}
+    (folder / 'meta.json').write_text(json.dumps(meta))
+    return str(folder)
+
+
+def train(out_dir, data_dir, *args):
+    train_gpt.main(TINY + [f'--data_dir={data_dir}', f'--out_dir={out_dir}', *args])
+    return read_log(out_dir)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(rows):
+    """The deterministic part of the log: no timings."""
+    return [{k: r[k] for k in ('iter', 'train_loss', 'val_loss', 'lr') if k in r} for r in rows]
+
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def run_script(*args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize('variant', CAUSAL)
+def test_every_variant_learns(variant, data_dir, tmp_path):
+    rows = train(tmp_path, data_dir, f'--attention={variant}')
+    train_losses = [r['train_loss'] for r in rows if 'train_loss' in r]
+    val_losses = [r['val_loss'] for r in rows if 'val_loss' in r]
+    assert len(train_losses) == 20 and len(val_losses) == 3  # evals at 0, 10, 20
+    assert train_losses[0] == pytest.approx(math.log(256), abs=0.3)
+    assert np.mean(train_losses[-3:]) < train_losses[0] - 2.0
+    assert val_losses[-1] < val_losses[0] - 2.0
+    assert {'tokens_per_s', 'peak_mem_mb', 'elapsed_s'} <= set(rows[0])
+    checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
+    assert checkpoint['iter_num'] == 20 and checkpoint['model_args']['attention'] == variant
+    assert not any(k.startswith(('module.', '_orig_mod.')) for k in checkpoint['model'])
+    assert json.load(open(tmp_path / 'config.json'))['config']['attention'] == variant
+
+
+def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+    # dropout and gradient accumulation on, so RNG streams and micro-steps must both resume exactly
+    recipe = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=60']
+    stopped = tmp_path / 'stopped'
+    process = subprocess.Popen([sys.executable, 'train_gpt.py', *TINY, *recipe, '--max_iters=100000',
+                                f'--data_dir={data_dir}', f'--out_dir={stopped}'],
+                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (stopped / 'log.jsonl').exists() or len(read_log(stopped)) < 6:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert 'continue with --init_from=resume' in out
+    k = torch.load(stopped / 'ckpt.pt', weights_only=False)['iter_num']
+    assert 6 <= k < 100000
+    end = f'--max_iters={k + 7}'
+    resumed = train(stopped, data_dir, *recipe, end, '--init_from=resume')
+    uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe, end)
+    assert losses(resumed) == losses(uninterrupted)  # bitwise: same data, schedule, dropout masks
+
+
+def test_two_processes_match_one(data_dir, tmp_path):
+    recipe = ['--gradient_accumulation_steps=2', '--max_iters=6', '--eval_interval=3']
+    train(tmp_path / 'one', data_dir, *recipe)
+    train_gpt.main(TINY + recipe + [f'--data_dir={data_dir}', f'--out_dir={tmp_path / "one"}', '--init_from=resume',
+                                    '--eval_only=True'])
+    args = [*TINY, *recipe, f'--data_dir={data_dir}', f'--out_dir={tmp_path / "two"}']
+    torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_gpt.py']
+    for extra in ([], ['--init_from=resume', '--eval_only=True']):
+        result = run_script(*torchrun, *args, *extra, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two'))
+    assert [r.keys() for r in one] == [r.keys() for r in two]
+    for a, b in zip(one, two):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    eval_one, eval_two = (json.load(open(tmp_path / run / 'eval.json')) for run in ('one', 'two'))
+    assert eval_one['val']['tokens'] == eval_two['val']['tokens']
+    assert eval_one['test']['loss'] == pytest.approx(eval_two['test']['loss'], rel=1e-5)
+
+
+def test_eval_only_covers_every_token_once(data_dir, tmp_path):
+    train(tmp_path, data_dir, '--max_iters=5')
+    train_gpt.main(TINY + [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', '--init_from=resume', '--eval_only=True',
+                           '--batch_size=3'])
+    results = json.load(open(tmp_path / 'eval.json'))
+    assert read_log(tmp_path)[-1] == results
+    checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
+    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    model.eval()
+    for split in ('val', 'test'):
+        data = torch.from_numpy(np.fromfile(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint8).astype(np.int64))
+        nll = 0.0
+        for start in range(0, len(data) - 1, 16):  # independent windows of block_size, the last one shorter
+            window = data[start:start + 17]
+            logits, _ = model(window[None, :-1])
+            nll += F.cross_entropy(logits[0], window[1:], reduction='sum').item()
+        metrics = results[split]
+        assert metrics['tokens'] == len(data) - 1
+        assert metrics['loss'] == pytest.approx(nll / (len(data) - 1), rel=1e-5)
+        assert metrics['bpc'] == pytest.approx(metrics['loss'] / math.log(2))
+
+
+def test_word_level_perplexity_for_tokenized_text():
+    meta = {'tokenizer': 'gpt2', 'words': {'val': 50}}
+    metrics = train_gpt.split_metrics(2.0, 100, meta, 'val')
+    assert metrics['token_ppl'] == pytest.approx(math.exp(2.0))
+    assert metrics['word_ppl'] == pytest.approx(math.exp(2.0 * 100 / 50))
+    assert 'bpc' not in metrics
+
+
+@pytest.mark.parametrize('variant', CAUSAL)
+def test_generate_by_steps_equals_greedy_full_forward(variant):
+    torch.manual_seed(0)
+    config = GPTConfig(attention=variant, vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=16,
+                       chunk_size=4, local_window=4, performer_features=16)
+    model = GPT(config).double().eval()
+    prompt = torch.randint(50, (1, 5))
+    out = model.generate(prompt, max_new_tokens=30, top_k=1)[0]  # runs past block_size: the context slides
+    assert out.shape == (35,) and torch.equal(out[:5], prompt[0])
+    start = 0  # the documented rule: at block_size, continue from the last block_size // 2 tokens
+    for i in range(5, len(out)):
+        logits, _ = model(out[None, start:i])
+        assert logits[0, -1].argmax().item() == out[i].item(), f"token {i}"
+        if i - start == config.block_size:
+            start = i + 1 - config.block_size // 2
+
+
+def test_sample_mode_prints_a_continuation(data_dir, tmp_path, capsys):
+    train(tmp_path, data_dir, '--max_iters=3')
+    capsys.readouterr()
+    train_gpt.main([f'--out_dir={tmp_path}', '--mode=sample', '--start=the cat', '--max_new_tokens=20'])
+    text = capsys.readouterr().out
+    assert text.startswith('the cat') and len(text.rstrip('\n')) >= 20
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    train(tmp_path, data_dir, '--max_iters=2')
+    with pytest.raises(SystemExit) as e:  # an infinite learning rate blows the weights up on the next step
+        train(tmp_path, data_dir, '--max_iters=10', '--init_from=resume', '--learning_rate=1e999')
+    assert 'non-finite' in str(e.value.code) and 'last good checkpoint (iter 2)' in str(e.value.code)
+    checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
+    assert checkpoint['iter_num'] == 2
+    assert all(torch.isfinite(t).all() for t in checkpoint['model'].values())
+
+
+def test_bad_input_is_one_line_error(data_dir, tmp_path):
+    train(tmp_path, data_dir, '--max_iters=1')
+    base = ['train_gpt.py', *TINY, f'--data_dir={data_dir}', f'--out_dir={tmp_path}']
+    cases = [
+        (['--n_layr=3'], "unknown key 'n_layr'"),
+        (['--n_layer=2.5'], 'expected int'),
+        (['--attention=flash'], 'choose one of: softmax, linear'),
+        ([f'--data_dir={tmp_path / "nowhere"}'], 'train.bin not found: run `python prepare_enwik8.py --src=FILE'),
+        (['--n_layer=3', '--attention=linear', '--init_from=resume'], 'is a different model: n_layer=2 in the '
+                                                                      "checkpoint, 3 in the config; attention="),
+    ]
+    processes = [subprocess.Popen([sys.executable, *base, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for args, _ in cases]  # in parallel: python + torch startup is most of the time
+    for process, (args, message) in zip(processes, cases):
+        _, err = process.communicate(timeout=120)
+        assert process.returncode != 0
+        assert err.count('\n') == 1 and err.startswith('error: ') and message in err, (args, err)
+    assert train_gpt.prepare_command('data/enwik8') == 'python prepare_enwik8.py'
+    assert train_gpt.prepare_command('data/wikitext103/') == 'python prepare_wikitext103.py'
+    assert train_gpt.prepare_command('/big/enwik8') == 'python prepare_enwik8.py --data_dir=/big/enwik8'
+    with pytest.raises(ConfigError, match="mode='eval'; choose 'train' or 'sample'"):
+        train_gpt.main(['--mode=eval'])
+
+
+def test_import_has_no_side_effects():
+    result = run_script('-c', 'import train_gpt; print(sorted(train_gpt.DEFAULTS)[:2])', timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "['attention', 'batch_size']" and not result.stderr

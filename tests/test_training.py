@@ -1,0 +1,133 @@
+"""training.py: config overrides, run folder, checkpoint wrappers, schedule, RNG capture."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as torch_dist
+
+import training
+from training import ConfigError
+
+DEFAULTS = {'n_layer': 12, 'learning_rate': 6e-4, 'compile': False, 'attention': 'softmax'}
+
+
+def test_overrides_from_files_then_flags(tmp_path):
+    first, second = tmp_path / 'a.py', tmp_path / 'b.py'
+    first.write_text("import math  # modules and _names are not config\n_x = 2\nn_layer = 4\nattention = 'linear'\n")
+    second.write_text("n_layer = n_layer * 2  # files see the values so far\n")
+    config = training.apply_overrides(DEFAULTS, [str(first), str(second), '--learning_rate=1', '--compile=True',
+                                                 '--attention=local'])
+    assert config == {'n_layer': 8, 'learning_rate': 1.0, 'compile': True, 'attention': 'local'}
+    assert type(config['learning_rate']) is float  # an int may stand for a float
+    assert DEFAULTS['n_layer'] == 12  # the defaults are not touched
+
+
+def test_string_keys_take_the_text_as_is():
+    assert training.apply_overrides({'start': 'x'}, ['--start=123'])['start'] == '123'
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--n_layr=4'], ["unknown key 'n_layr'", 'valid keys: n_layer, learning_rate']),
+    (['--n_layer=4.5'], ['n_layer=4.5 has type float', 'expected int']),
+    (['--n_layer=True'], ['has type bool', 'expected int']),
+    (['--compile=1'], ['has type int', 'expected bool']),
+    (['--n_layer'], ['expected --key=value']),
+    (['missing.py'], ['config file missing.py not found']),
+])
+def test_bad_overrides_are_one_line_errors(argv, words):
+    with pytest.raises(ConfigError) as e:
+        training.apply_overrides(DEFAULTS, argv)
+    assert '\n' not in str(e.value)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_config_file_may_only_assign_existing_keys(tmp_path):
+    path = tmp_path / 'bad.py'
+    path.write_text("n_layers = 4\n")
+    with pytest.raises(ConfigError, match=f"{path}: unknown key 'n_layers'"):
+        training.apply_overrides(DEFAULTS, [str(path)])
+
+
+def test_lr_schedule():
+    lr = lambda it: training.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert lr(0) == pytest.approx(1 / 11) and lr(9) == pytest.approx(10 / 11)  # linear warmup
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55)  # half-way through the cosine: the mean of max and min
+    assert lr(110) == lr(1000) == pytest.approx(0.1)
+    assert all(lr(i) >= lr(i + 1) for i in range(10, 200))
+
+
+def test_atomic_save_leaves_no_temp_file(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    training.save_checkpoint(path, {'x': torch.arange(3)})
+    training.save_checkpoint(path, {'x': torch.arange(4)})
+    assert os.listdir(tmp_path) == ['ckpt.pt']
+    assert training.load_checkpoint(path)['x'].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match='no checkpoint at'):
+        training.load_checkpoint(str(tmp_path / 'other.pt'))
+
+
+def test_state_dict_has_no_wrapper_prefixes(tmp_path):
+    model = torch.nn.Linear(2, 3)
+    compiled = torch.compile(model, backend='eager')  # wraps without compiling until called
+    assert list(compiled.state_dict()) == ['_orig_mod.weight', '_orig_mod.bias']
+    store = torch_dist.FileStore(str(tmp_path / 'store'), 1)
+    torch_dist.init_process_group('gloo', store=store, rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(compiled)
+        assert training.unwrap(wrapped) is model
+        assert list(training.model_state(wrapped)) == ['weight', 'bias']
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_log_keeps_rows_before_the_resume_point(tmp_path):
+    log = training.Log(tmp_path, keep_before=0)
+    for it in range(5):
+        log.write({'iter': it, 'train_loss': float(it)})
+    training.Log(tmp_path, keep_before=3).write({'iter': 3, 'train_loss': -1.0})
+    rows = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert [r['iter'] for r in rows] == [0, 1, 2, 3] and rows[-1]['train_loss'] == -1.0
+    training.Log(tmp_path, keep_before=0)
+    assert open(tmp_path / 'log.jsonl').read() == ''
+
+
+def test_write_config_records_the_environment(tmp_path):
+    training.write_config(tmp_path, {'n_layer': 2})
+    record = json.load(open(tmp_path / 'config.json'))
+    assert record['config'] == {'n_layer': 2} and record['torch'] == torch.__version__
+    assert 'git_commit' in record and record['command']
+
+
+def test_rng_states_round_trip():
+    generator = torch.Generator().manual_seed(0)
+    dist = training.setup_distributed('cpu')
+    states = training.rng_states([generator])
+    draw = lambda: (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=generator))
+    first = draw()
+    training.restore_rng_states(states, [generator], dist)
+    second = draw()
+    for a, b in zip(first, second):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resolve_dtype():
+    assert training.resolve_dtype('cpu', 'auto') == 'float32'
+    with pytest.raises(ConfigError, match='needs a GPU'):
+        training.resolve_dtype('cpu', 'bfloat16')
+    with pytest.raises(ConfigError, match="dtype='fp8'"):
+        training.resolve_dtype('cpu', 'fp8')
+
+
+def test_stop_signal_sets_a_flag_instead_of_raising():
+    import signal
+    with training.StopSignal() as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # repeats are ignored too
+        assert stop.requested()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
