@@ -97,9 +97,11 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     chunk_kv = k_state.transpose(-2, -1) @ v  # each chunk's contribution to the state, (B, H, N, F, E)
     S = q.new_zeros(B, H, Fd, E) if state is None else state
     starts = []  # state entering each chunk
-    for n in range(N):
+    # unbind, not chunk_kv[:, :, n]: the backward of each index would write a gradient as large as chunk_kv
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
+    for kv, decay in zip(chunk_kv.unbind(2), decays):
         starts.append(S)
-        S = (S if chunk_decay is None else S * chunk_decay[:, :, n]) + chunk_kv[:, :, n]
+        S = (S if decay is None else S * decay) + kv
     y = y + q_inter @ torch.stack(starts, dim=2)  # inter-chunk part
     return y.reshape(B, H, N * C, E)[:, :, :T], S
 
