@@ -85,16 +85,17 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     mask = causal_mask(C, C, q.device)
     if log_decay is None:
         scores = scores.masked_fill(~mask, 0)
-        q_inter, k_state, chunk_decay = q, k, None
+        v_state, decay_from_start, chunk_decay = v, None, None
     else:
         b = log_decay.expand(B, H, T + pad).reshape(B, H, N, C).cumsum(-1)  # log decay from chunk start
         pair = (b[..., :, None] - b[..., None, :]).masked_fill(~mask, float('-inf'))  # (B, H, N, C, C)
         scores = scores * pair.exp()
-        q_inter = q * b[..., None].exp()                      # decay from chunk start to i
-        k_state = k * (b[..., -1:] - b)[..., None].exp()      # decay from j to chunk end
+        # per-token decay factors scale the (C, E) side of each product, never the (C, F) features
+        decay_from_start = b[..., None].exp()                 # chunk start to i, (B, H, N, C, 1)
+        v_state = v * (b[..., -1:] - b)[..., None].exp()      # j to chunk end
         chunk_decay = b[..., -1].exp()[..., None, None]       # (B, H, N, 1, 1)
     y = scores @ v  # intra-chunk part, (B, H, N, C, E)
-    chunk_kv = k_state.transpose(-2, -1) @ v  # each chunk's contribution to the state, (B, H, N, F, E)
+    chunk_kv = k.transpose(-2, -1) @ v_state  # each chunk's contribution to the state, (B, H, N, F, E)
     S = q.new_zeros(B, H, Fd, E) if state is None else state
     starts = []  # state entering each chunk
     # unbind, not chunk_kv[:, :, n]: the backward of each index would write a gradient as large as chunk_kv
@@ -102,7 +103,8 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     for kv, decay in zip(chunk_kv.unbind(2), decays):
         starts.append(S)
         S = (S if decay is None else S * decay) + kv
-    y = y + q_inter @ torch.stack(starts, dim=2)  # inter-chunk part
+    inter = q @ torch.stack(starts, dim=2)  # inter-chunk part, (B, H, N, C, E)
+    y = y + (inter if decay_from_start is None else inter * decay_from_start)
     return y.reshape(B, H, N * C, E)[:, :, :T], S
 
 
@@ -487,33 +489,36 @@ class PerformerAttention(KernelAttention):
         norms = torch.randn(self.n_features, D).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
         self.projection.copy_(rows * norms)
 
-    def log_features(self, x):
-        """log(phi(x) sqrt(m)) = W x - |x|^2 / 2 with x scaled by D^(-1/4). (B, H, T, D) -> (B, H, T, m)."""
+    def project(self, x):
+        """(W x, |x|^2 / 2) with x scaled by D^(-1/4): (B, H, T, m) and (B, H, T, 1). log(phi(x) sqrt(m)) = W x - |x|^2 / 2."""
         x = x * self.head_dim ** -0.25
-        return x @ self.projection.T - (x * x).sum(-1, keepdim=True) / 2
+        return x @ self.projection.T, (x * x).sum(-1, keepdim=True) / 2
+
+    def query_features(self, q):
+        return exp_stabilised(self.project(q)[0], -1)  # |q|^2 / 2 is common to a query's features: cancels too
+
+    def reference_features(self, q, k):
+        scale = self.n_features ** -0.5
+        return [torch.exp(wx - half_norm) * scale for wx, half_norm in (self.project(q), self.project(k))]
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
             return self.attend_step(q, k, v, None)[0]
-        log_k = self.log_features(k)
+        wk, half_norm = self.project(k)
+        log_k = wk - half_norm
         if pad_mask is not None:  # padded keys must not set the stabiliser
             log_k = log_k.masked_fill(pad_mask[:, None, :, None], float('-inf'))
         fk = exp_stabilised(log_k, (-2, -1))  # bidirectional: one max over all keys is fine
-        return self.bidirectional(exp_stabilised(self.log_features(q), -1), fk, v, pad_mask)
-
-    def reference_features(self, q, k):
-        scale = self.n_features ** -0.5
-        return self.log_features(q).exp() * scale, self.log_features(k).exp() * scale
+        return self.bidirectional(self.query_features(q), fk, v, pad_mask)
 
     def attend_step(self, q, k, v, state):
-        log_k = self.log_features(k)
-        key_max = log_k.amax(-1).detach()                                 # (B, H, T)
+        wk, half_norm = self.project(k)
+        key_max = (wk.amax(-1, keepdim=True) - half_norm).squeeze(-1).detach()  # largest log-feature, (B, H, T)
         previous = key_max[..., :1] if state is None else state['key_max']
         running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
-        fk = (log_k - running[..., None]).exp()
-        fq = exp_stabilised(self.log_features(q), -1)
-        y, kv = chunked_linear_attention(fq, fk, append_ones(v), log_decay,
+        fk = (wk - (half_norm + running[..., None])).exp()
+        y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
         return self.finish(y), {'kv': kv, 'key_max': running[..., -1:]}
 
