@@ -1,0 +1,413 @@
+"""
+Time and peak memory of each attention variant against sequence length.
+
+    python bench.py                                                # every variant, fwd / fwdbwd / decode
+    python bench.py --variants=softmax,linear --seq_lens=1024,4096 --modes=fwdbwd --out=bench_results/a.json
+    python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
+    python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # whole training steps of train_gpt.GPT
+
+Layer benchmark (default): one attention layer from build_attention, its qkv and output projections
+included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and input cast to it).
+    fwd     forward under torch.no_grad (inference)
+    fwdbwd  forward, then backward of a fixed random output gradient (parameter and input gradients)
+    decode  one step(x_t, state) under no_grad, from a state prefilled with T tokens: per-token cost at
+            context T. Every timed step starts from the same prefilled state.
+Model benchmark (--model=gpt): forward + backward + AdamW step of train_gpt.GPT with block_size = T,
+autocast to dtype on GPU; reports tokens/s, and MFU only for softmax on GPU when --peak_tflops gives the
+device's peak (flops per token 6 N + 12 L T C, N = parameters but the position embedding: nanoGPT's
+estimate from PaLM).
+
+Time: `warmup` untimed calls, then timed ones (synchronising on GPU), at least `repeats` of them and at
+least `min_time` seconds in all; the median is reported, the min and interquartile range recorded. Cases
+run T by T, all variants at one T before the next T, so the variants compared at one T see the same
+machine load. A variant that refuses the case while it is built (ValueError: a mode it does not define;
+decode with causal=False) is recorded 'unsupported'; running out of memory is recorded 'oom' and the
+sweep goes on.
+
+Peak memory (MB = 2^20 bytes) counts what the measured call allocates on top of what existed when it
+began, taken after warm-up: activations, tensors saved for backward, gradients, temporaries, and (decode)
+the new cache or state. Not counted: the interpreter, torch and its lazy initialisation, the parameters,
+the inputs, the prefilled decode state, and (gpt) AdamW's moments.
+    GPU  torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated before:
+         tensors only (no CUDA context, no allocator cache).
+    CPU  each case's memory is measured in a fresh subprocess (this file, --_case=JSON), which runs with
+         MALLOC_MMAP_THRESHOLD_=65536 so that glibc hands every freed buffer >= 64 KiB back to the kernel
+         (otherwise the measured call would silently reuse memory the warm-up left resident). Right before
+         the measured call the kernel's resident-memory high-water mark is reset (writing 5 to
+         /proc/self/clear_refs; Linux only, elsewhere no memory is reported), and peak = VmHWM after the
+         call - VmRSS before it. Resident pages of any kind count (oneDNN scratch too), so it is a little
+         above a tensors-only count. A subprocess killed by the kernel (out of memory) is recorded 'oom'.
+         That malloc setting makes every large buffer a fresh mmap, faulted in and unmapped on each call,
+         which slows the call (badly when the cores are shared), so the timed calls run in the main
+         process, with glibc's default malloc.
+CPU timings move with whatever else the machine runs; run on an idle machine for numbers you report. On
+cores shared with other work, --threads=1 keeps one busy core from stalling every parallel op (each waits
+for all its threads), which otherwise turns a 1 ms op into tens of ms.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from attention import ATTENTION, LayerConfig, build_attention
+from training import ConfigError, apply_overrides, git_commit, resolve_dtype
+
+DEFAULTS = dict(
+    model='layer',             # 'layer': one attention layer; 'gpt': training steps of train_gpt.GPT
+    variants='',               # comma-separated names from attention.ATTENTION; '' = all
+    seq_lens='',               # comma-separated; '' = 256 .. 16384 on GPU, 256 .. 8192 on CPU (powers of 2)
+    modes='fwd,fwdbwd,decode',  # layer benchmark only
+    batch_size=1,
+    n_head=8,
+    head_dim=64,               # n_embd = n_head * head_dim
+    dtype='auto',              # 'auto' = bfloat16 on GPU (float16 where unsupported), float32 on CPU
+    causal=True,
+    device='auto',             # 'auto' = cuda if available, else cpu
+    threads=0,                 # torch.set_num_threads; 0 = torch's default (one per core)
+    chunk_size=64,             # chunkwise linear-attention kernel (LayerConfig)
+    local_window=128,          # local attention window (LayerConfig)
+    performer_features=256,    # performer random features (LayerConfig)
+    warmup=2,                  # untimed calls first
+    repeats=5,                 # timed calls: at least this many ...
+    min_time=1.0,              # ... and at least this many seconds of them (cheap cases get many repeats)
+    n_layer=6,                 # gpt only
+    vocab_size=256,            # gpt only
+    peak_tflops=0.0,           # gpt only: the device's peak for MFU; 0 = no MFU
+    out='',                    # JSON file: {"env": ..., "results": [one record per case]}
+    csv='',                    # CSV file: the same records
+    plot='',                   # PNG file: time and memory against T, log-log, with fitted exponents
+    fit_from=0,                # fit exponents over T >= fit_from only
+    check_floors=False,        # print the floors below with PASS / FAIL
+)
+LINEAR_FAMILY = ('linear', 'performer', 'cosformer', 'retention', 'norm_linear')
+CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', 'causal', 'chunk_size',
+             'local_window', 'performer_features', 'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size',
+             'peak_tflops')  # copied from the config into each case
+FLOORS = dict(fwdbwd_vs_softmax=(4096, 0.5), time_exponent=1.2, memory_exponent=1.1,
+              decode_growth=(1024, 16384, 1.2), fit_range=(1024, 16384))
+
+# ----------------------------------------------------------------------------------------------
+# one case
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def proc_status_mb(field):
+    with open('/proc/self/status') as f:
+        line = next(line for line in f if line.startswith(field + ':'))
+    return int(line.split()[1]) / 1024  # kB -> MB
+
+
+def measure_peak_mb(fn, device):
+    """Runs fn() once; returns the most memory it held at once beyond what was allocated before (MB)."""
+    synchronize(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if not os.path.exists('/proc/self/clear_refs'):
+        fn()
+        return None
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # VmHWM := VmRSS
+    before = proc_status_mb('VmRSS')
+    fn()
+    return proc_status_mb('VmHWM') - before
+
+
+def layer_call(case, device, dtype):
+    """The call to time for a layer case: builds the layer and inputs, returns a no-argument function."""
+    B, T, H = case['batch_size'], case['seq_len'], case['n_head']
+    C = H * case['head_dim']
+    config = LayerConfig(attention=case['variant'], n_embd=C, n_head=H, causal=case['causal'], block_size=T + 1,
+                         chunk_size=case['chunk_size'], local_window=case['local_window'],
+                         performer_features=case['performer_features'])
+    layer = build_attention(config).to(device, dtype)
+    x = torch.randn(B, T, C, device=device, dtype=dtype)
+    if case['mode'] == 'fwd':
+        return torch.no_grad()(lambda: layer(x))
+    if case['mode'] == 'fwdbwd':
+        x.requires_grad_()
+        dy = torch.randn_like(x)
+
+        def forward_backward():
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x).backward(dy)
+        return forward_backward
+    with torch.no_grad():
+        _, state = layer.step(x)  # prefill the context
+    token = torch.randn(B, 1, C, device=device, dtype=dtype)
+    return torch.no_grad()(lambda: layer.step(token, state))
+
+
+def gpt_call(case, device, dtype):
+    """The call to time for --model=gpt: one training step (forward, backward, AdamW)."""
+    from train_gpt import GPT, GPTConfig
+    T = case['seq_len']
+    config = GPTConfig(vocab_size=case['vocab_size'], block_size=T, n_layer=case['n_layer'], n_head=case['n_head'],
+                       n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
+                       chunk_size=case['chunk_size'], local_window=case['local_window'],
+                       performer_features=case['performer_features'])
+    model = GPT(config).to(device)
+    case['n_params'] = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # as nanoGPT's MFU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = torch.randint(case['vocab_size'], (case['batch_size'], T + 1), device=device)
+    ctx = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+    def train_step():
+        with ctx:
+            _, loss = model(data[:, :-1], data[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return train_step
+
+
+def is_oom(error):
+    text = str(error)
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or 'out of memory' in text \
+        or "can't allocate memory" in text
+
+
+def timed_ms(call, device):
+    synchronize(device)
+    start = time.perf_counter()
+    call()
+    synchronize(device)
+    return 1000 * (time.perf_counter() - start)
+
+
+def run_case(case, measure=('time', 'memory')):
+    """One case in this process -> its record: the case, status, and what `measure` asks for
+    (time: time_ms, time_min_ms, time_iqr_ms, and tokens_per_s, mfu for training steps; memory: peak_mem_mb)."""
+    case = dict(case)
+    device, dtype = torch.device(case['device']), getattr(torch, case['dtype'])
+    if case['threads']:
+        torch.set_num_threads(case['threads'])
+    torch.manual_seed(0)
+    try:
+        call = (gpt_call if case['mode'] == 'train' else layer_call)(case, device, dtype)
+    except ValueError as error:  # the variant refuses this mode
+        return dict(case, status='unsupported', error=str(error))
+    try:
+        for _ in range(case['warmup']):
+            call()
+        times = []
+        while 'time' in measure and (len(times) < case['repeats'] or sum(times) < 1000 * case['min_time']):
+            times.append(timed_ms(call, device))
+        if 'memory' in measure:
+            case['peak_mem_mb'] = measure_peak_mb(call, device)
+    except (RuntimeError, MemoryError) as error:
+        if not is_oom(error):
+            raise
+        return dict(case, status='oom', error=str(error).splitlines()[0])
+    record = dict(case, status='ok')
+    if not times:
+        return record
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    record.update(time_ms=median, time_min_ms=min(times), time_iqr_ms=q3 - q1)
+    if case['mode'] == 'train':
+        record['tokens_per_s'] = case['batch_size'] * case['seq_len'] / (median / 1000)
+        if device.type == 'cuda' and case['variant'] == 'softmax' and case['peak_tflops'] > 0:
+            n_embd = case['n_head'] * case['head_dim']
+            flops_per_token = 6 * case['n_params'] + 12 * case['n_layer'] * case['seq_len'] * n_embd
+            record['mfu'] = flops_per_token * record['tokens_per_s'] / (case['peak_tflops'] * 1e12)
+    return record
+
+
+def run_case_cpu(case):
+    """Peak memory in a fresh subprocess (see the docstring), then time in this process: the subprocess's
+    malloc setting, which makes freed memory visible, also makes every large buffer a fresh mmap (slower)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_case=' + json.dumps(case)],
+                          stdout=subprocess.PIPE, text=True, env=env)
+    if proc.returncode < 0:  # killed by a signal: the kernel's out-of-memory killer
+        return dict(case, status='oom', error=f'killed by signal {-proc.returncode}')
+    if proc.returncode:
+        raise RuntimeError(f"case {case['variant']} {case['mode']} T={case['seq_len']} failed; traceback above")
+    memory = json.loads(proc.stdout.splitlines()[-1])
+    if memory['status'] != 'ok':
+        return memory
+    return dict(run_case(case, measure=('time',)), peak_mem_mb=memory['peak_mem_mb'])
+
+# ----------------------------------------------------------------------------------------------
+# the sweep and its reports
+
+
+def resolve(config):
+    """Fills in the 'auto' / '' defaults and checks names; returns a new config with lists."""
+    config = dict(config)
+    if config['device'] == 'auto':
+        config['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    config['dtype'] = resolve_dtype(config['device'], config['dtype'])
+    gpu = config['device'].startswith('cuda')
+    config['variants'] = config['variants'].split(',') if config['variants'] else list(ATTENTION)
+    config['seq_lens'] = ([int(t) for t in config['seq_lens'].split(',')] if config['seq_lens'] else
+                          [2**i for i in range(8, 15 if gpu else 14)])
+    for name in config['variants']:
+        if name not in ATTENTION:
+            raise ConfigError(f"unknown variant '{name}'; choose from: {', '.join(ATTENTION)}")
+    for mode in config['modes'].split(','):
+        if mode not in ('fwd', 'fwdbwd', 'decode'):
+            raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
+    config['modes'] = ['train'] if config['model'] == 'gpt' else config['modes'].split(',')
+    if config['model'] not in ('layer', 'gpt'):
+        raise ConfigError(f"model={config['model']!r}; choose 'layer' or 'gpt'")
+    return config
+
+
+def cell(record):
+    """The table cells of one record: time and memory, plus tokens/s and MFU for training steps."""
+    if record['status'] != 'ok':
+        cells = [record['status'], '']
+    else:
+        memory = record['peak_mem_mb']
+        cells = [f"{record['time_ms']:.2f}", '-' if memory is None else f'{memory:.1f}']
+    if record['mode'] == 'train':
+        cells += [f"{record['tokens_per_s']:.0f}" if 'tokens_per_s' in record else '',
+                  f"{100 * record['mfu']:.1f}%" if 'mfu' in record else '-']
+    return ''.join(f'{c:>12}' for c in cells)
+
+
+def sweep(config, runner):
+    """Runs every case, printing one table row per (T, variant) as it completes; returns the records."""
+    header = ''.join(f'{mode + " ms":>12}{mode + " MB":>12}' for mode in config['modes'])
+    if config['model'] == 'gpt':
+        header += f'{"tokens/s":>12}{"MFU":>12}'
+    print(f"{'variant':<12}{'T':>7}" + header, flush=True)
+    records = []
+    for T in config['seq_lens']:  # variants side by side at each T, so their ratios see the same machine load
+        for variant in config['variants']:
+            row = [runner(dict(variant=variant, mode=mode, seq_len=T, **{k: config[k] for k in CASE_KEYS}))
+                   for mode in config['modes']]
+            print(f'{variant:<12}{T:>7}' + ''.join(cell(r) for r in row), flush=True)
+            records += row
+    return records
+
+
+def fit_exponent(records, variant, mode, key, low=0, high=float('inf')):
+    """Least-squares slope of log(key) against log(T) over the variant's ok points with low <= T <= high."""
+    points = [(r['seq_len'], r[key]) for r in records if r['variant'] == variant and r['mode'] == mode
+              and r['status'] == 'ok' and low <= r['seq_len'] <= high and r[key] and r[key] > 0]
+    if len(points) < 2:
+        return None
+    return float(np.polyfit(*np.log(np.array(points)).T, 1)[0])
+
+
+def check_floors(records):
+    """Prints each floor of the linear family, as a measured ratio or exponent against its limit."""
+    find = {(r['variant'], r['mode'], r['seq_len']): r for r in records if r['status'] == 'ok'}
+    T_ratio, max_ratio = FLOORS['fwdbwd_vs_softmax']
+    T_short, T_long, max_growth = FLOORS['decode_growth']
+    low, high = FLOORS['fit_range']
+    print(f'\nfloors (linear family; exponents fitted over T = {low} .. {high})')
+    lines = []
+    for variant in (v for v in LINEAR_FAMILY if any(r['variant'] == v for r in records)):
+        ours, softmax = find.get((variant, 'fwdbwd', T_ratio)), find.get(('softmax', 'fwdbwd', T_ratio))
+        if ours and softmax:
+            lines.append((f'{variant} fwdbwd time / softmax at T={T_ratio}',
+                          ours['time_ms'] / softmax['time_ms'], max_ratio))
+        for mode in ('fwd', 'fwdbwd'):
+            for what, key in (('time', 'time_ms'), ('memory', 'peak_mem_mb')):
+                exponent = fit_exponent(records, variant, mode, key, low, high)
+                if exponent is not None:
+                    lines.append((f'{variant} {mode} {what} exponent', exponent, FLOORS[what + '_exponent']))
+        short, long = find.get((variant, 'decode', T_short)), find.get((variant, 'decode', T_long))
+        if short and long:
+            lines.append((f'{variant} decode time at T={T_long} / T={T_short}',
+                          long['time_ms'] / short['time_ms'], max_growth))
+    for name, value, limit in lines:
+        print(f"{name:<48}{value:>7.3f}  (<= {limit})  {'PASS' if value <= limit else 'FAIL'}")
+    return lines
+
+
+def plot(records, path, fit_from):
+    """Time per mode (top row) and peak memory per mode (bottom row) against T, log-log, one line per variant."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    modes = list(dict.fromkeys(r['mode'] for r in records))
+    fig, axes = plt.subplots(2, len(modes), figsize=(5.5 * len(modes), 9), squeeze=False)
+    for column, mode in enumerate(modes):
+        for row, (key, label) in enumerate((('time_ms', 'time (ms)'), ('peak_mem_mb', 'peak memory (MB)'))):
+            ax = axes[row, column]
+            for variant in dict.fromkeys(r['variant'] for r in records):
+                points = [(r['seq_len'], r[key]) for r in records if r['variant'] == variant and r['mode'] == mode
+                          and r['status'] == 'ok' and r[key] and r[key] > 0]
+                if points:
+                    exponent = fit_exponent(records, variant, mode, key, fit_from)
+                    slope = '' if exponent is None else f' (T^{exponent:.2f})'
+                    ax.plot(*zip(*points), marker='o', label=variant + slope)
+            ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=label, title=f'{mode}: {label}')
+            ax.grid(True, which='both', alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def environment(config):
+    cpu = platform.processor()
+    if os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    gpu = config['device'].startswith('cuda')
+    commit, dirty = git_commit()
+    return dict(device=config['device'], device_name=torch.cuda.get_device_name(config['device']) if gpu else cpu,
+                cpu=cpu, cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), dtype=config['dtype'], git_commit=commit, git_dirty=dirty,
+                command=[sys.executable] + sys.argv, time=time.strftime('%Y-%m-%dT%H:%M:%S'),
+                load_average=os.getloadavg())  # other work on the machine skews timings
+
+
+def write_outputs(config, env, records):
+    for path in (config['out'], config['csv'], config['plot']):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    if config['out']:
+        with open(config['out'], 'w') as f:
+            json.dump({'env': env, 'results': records}, f, indent=1)
+    if config['csv']:
+        import csv
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        with open(config['csv'], 'w', newline='') as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(records)
+    if config['plot']:
+        plot(records, config['plot'], config['fit_from'])
+
+
+def main(argv):
+    if argv and argv[0].startswith('--_case='):  # a subprocess measuring one case's memory (run_case_cpu)
+        print(json.dumps(run_case(json.loads(argv[0].partition('=')[2]), measure=('memory',))))
+        return
+    config = resolve(apply_overrides(DEFAULTS, argv))
+    if config['threads']:
+        torch.set_num_threads(config['threads'])
+    env = environment(config)  # before the sweep: the code and machine state it starts with
+    records = sweep(config, run_case if config['device'].startswith('cuda') else run_case_cpu)
+    env['load_average_end'] = os.getloadavg()
+    if config['check_floors']:
+        check_floors(records)
+    write_outputs(config, env, records)
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(f'error: {error}')

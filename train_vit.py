@@ -1,0 +1,464 @@
+"""
+Image classification with a Vision Transformer and any attention in attention.py run bidirectionally
+(causal=False): CIFAR-10 through torchvision's dataset class, or ImageNet-style folders through ImageFolder.
+Everything but the attention is the same for every run.
+
+    python train_vit.py                                          # the CIFAR-10 baseline below, softmax attention
+    python train_vit.py configs/vit/linear.py --out_dir=out-vit-linear    # the same recipe with linear attention
+    python train_vit.py configs/vit/cpu_small.py --attention=retention    # config files, then --key=value
+    torchrun --standalone --nproc_per_node=8 train_vit.py configs/vit/linear.py
+    python train_vit.py configs/vit/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
+    python train_vit.py configs/vit/cpu_small.py --init_from=resume --eval_only=True  # the full eval split
+    python train_vit.py --dataset=imagefolder --data_dir=data/imagenet --image_size=224 --patch_size=16
+
+Data: CIFAR-10 is downloaded into data_dir when it is not there (train 50k, test 10k; CIFAR-10 has no
+validation split, so the test split is the one evaluated, as in the usual from-scratch ViT recipes). An
+ImageFolder tree has data_dir/train/<class>/* and data_dir/val/<class>/*; val is evaluated. Training
+augmentation: RandomCrop(padding 4) for CIFAR-10, RandomResizedCrop for folders, then a horizontal flip;
+evaluation uses no augmentation (folders: resize to image_size / 0.875 and center crop) and scores every image
+of the split in a fixed order: loss (without label smoothing) and top-1 accuracy.
+
+Exact resume: epoch e is a permutation drawn from (seed, e), cut into batches, so what an iteration loads
+depends on the iteration alone; each image's augmentation is drawn with torch's RNG seeded from
+(seed, epoch, index), so it depends neither on the DataLoader workers nor on where a run was resumed.
+One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval_only), as train_gpt.py does.
+The model (ViT, ViTConfig) imports without side effects.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+import training
+from attention import Block, LayerConfig, make_norm
+from training import ConfigError
+
+# -----------------------------------------------------------------------------------------------
+# config: every key below can be changed by configs/*.py files and --key=value, nothing else.
+# The defaults are the common CIFAR-10 ViT-from-scratch baseline: 4x4 patches (64 tokens + a class token),
+# 7 layers, 384 wide, 6 heads, AdamW with weight decay 0.05, batch 128, 5 epochs of warmup then cosine decay
+# over 200 epochs (390 steps each), label smoothing 0.1, random crop + flip.
+# I/O
+out_dir = 'out-vit'
+init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same architecture)
+eval_only = False          # evaluate the full eval split, write out_dir/eval.json, exit
+eval_interval = 1950       # every 5 epochs: the full eval split; also how often ckpt.pt is written
+log_interval = 50
+# data
+dataset = 'cifar10'        # 'cifar10' or 'imagefolder'
+data_dir = 'data'          # cifar10: holds cifar-10-batches-py/ (downloaded if missing); imagefolder: train/ and val/
+image_size = 32            # images are cropped to image_size x image_size (CIFAR-10: 32)
+batch_size = 128           # images per micro-step over ALL processes: each of N ranks takes batch_size / N
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, whatever the number of processes
+num_workers = 4            # DataLoader processes per rank; augmentation is seeded per image, so no result depends on it
+label_smoothing = 0.1      # on the training loss only
+# model
+attention = 'softmax'      # a name in attention.ATTENTION; always run bidirectionally here
+patch_size = 4
+pool = 'cls'               # 'cls': classify the class token; 'mean': the mean of the patch tokens
+n_layer = 7
+n_head = 6
+n_embd = 384
+dropout = 0.1
+bias = False               # bias in linear layers and LayerNorm
+norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
+chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
+local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
+performer_features = 256   # performer: random features per head
+# optimizer: AdamW, weight decay on matrices, convolutions and embeddings only
+learning_rate = 1e-3
+max_iters = 78000          # 200 epochs of 50,000 / 128 = 390 steps
+weight_decay = 0.05
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0            # 0 = off
+# schedule: linear warmup, cosine decay to min_lr at lr_decay_iters
+warmup_iters = 1950
+lr_decay_iters = 78000
+min_lr = 1e-5
+# system
+device = 'auto'            # 'auto' = cuda if available, else cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cuda, float32 on cpu
+compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
+seed = 1337
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+ARCHITECTURE = ('num_classes', 'image_size', 'patch_size', 'pool', 'n_layer', 'attention', 'n_head', 'n_embd',
+                'bias', 'norm', 'chunk_size', 'local_window', 'performer_features')  # a checkpoint must agree on these
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ViTConfig(LayerConfig):
+    """The block's LayerConfig plus the ViT's own fields; block_size (tokens per image) follows from them."""
+    image_size: int = 32
+    patch_size: int = 4
+    in_channels: int = 3
+    num_classes: int = 10
+    n_layer: int = 7
+    pool: str = 'cls'
+    causal: bool = False
+    block_size: int = field(init=False)
+
+    def __post_init__(self):
+        self.block_size = (self.image_size // self.patch_size) ** 2 + (self.pool == 'cls')
+
+
+class ViT(nn.Module):
+    """Patch embedding (a Conv2d with stride = kernel = patch_size), optional class token, learned positions,
+    n_layer bidirectional pre-norm Blocks, final norm, pooling (class token or mean), linear head."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.causal:
+            raise ValueError("a ViT attends over the whole image: causal must be False")
+        if config.image_size % config.patch_size:
+            raise ValueError(f"image_size={config.image_size} is not divisible by patch_size={config.patch_size}")
+        if config.pool not in ('cls', 'mean'):
+            raise ValueError(f"unknown pool '{config.pool}'; choose 'cls' or 'mean'")
+        self.config = config
+        self.patch_embedding = nn.Conv2d(config.in_channels, config.n_embd, config.patch_size, stride=config.patch_size)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, config.n_embd)) if config.pool == 'cls' else None
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm = make_norm(config)
+        self.head = nn.Linear(config.n_embd, config.num_classes)
+        # init as the language models: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
+        self.apply(self.init_weights)
+        nn.init.normal_(self.position_embedding, mean=0.0, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith('proj.weight'):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, images):
+        """images: (B, in_channels, image_size, image_size) -> logits (B, num_classes)."""
+        x = self.patch_embedding(images).flatten(2).transpose(1, 2)  # (B, N, C), patches in raster order
+        if self.class_token is not None:
+            x = torch.cat([self.class_token.expand(x.size(0), -1, -1), x], dim=1)  # (B, 1 + N, C)
+        x = self.drop(x + self.position_embedding)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.head(x[:, 0] if self.class_token is not None else x.mean(dim=1))
+
+
+# -----------------------------------------------------------------------------------------------
+# data
+
+
+def cifar10(root, train, transform=None, download=False):
+    """torchvision's CIFAR10; download=True fetches and verifies it when missing (a no-op when it is there)."""
+    try:
+        return datasets.CIFAR10(root=root, train=train, transform=transform, download=download)
+    except (OSError, RuntimeError) as e:  # offline (URLError is an OSError), or missing / corrupted files
+        raise ConfigError(f"CIFAR-10 is not in {root}/cifar-10-batches-py and could not be fetched ({e}); "
+                          f"put {datasets.CIFAR10.url.rsplit('/', 1)[1]} from {datasets.CIFAR10.url} "
+                          f"into {root}/ and run again") from None
+
+
+def load_data(cfg, dist):
+    """(train set without transform, its augmentation, eval split name, eval set with its transform, classes)."""
+    if cfg.dataset == 'cifar10':
+        if cfg.image_size != 32:
+            raise ConfigError(f"image_size={cfg.image_size}: CIFAR-10 images are 32x32")
+        if dist.master:  # one process downloads, the others wait for it
+            cifar10(cfg.data_dir, train=True, download=True)
+        if torch_dist.is_initialized():
+            torch_dist.barrier()
+        normalise = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+        train_set = cifar10(cfg.data_dir, train=True)
+        augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor(), normalise])
+        eval_set = cifar10(cfg.data_dir, train=False, transform=transforms.Compose([transforms.ToTensor(), normalise]))
+        return train_set, augment, 'test', eval_set, train_set.classes
+    if cfg.dataset == 'imagefolder':
+        for split in ('train', 'val'):
+            if not os.path.isdir(os.path.join(cfg.data_dir, split)):
+                raise ConfigError(f"{cfg.data_dir}/{split} not found: dataset='imagefolder' reads "
+                                  f"data_dir/train/<class>/* and data_dir/val/<class>/*")
+        normalise = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        train_set = datasets.ImageFolder(os.path.join(cfg.data_dir, 'train'))
+        augment = transforms.Compose([transforms.RandomResizedCrop(cfg.image_size), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor(), normalise])
+        eval_set = datasets.ImageFolder(os.path.join(cfg.data_dir, 'val'), transform=transforms.Compose([
+            transforms.Resize(round(cfg.image_size / 0.875)), transforms.CenterCrop(cfg.image_size),
+            transforms.ToTensor(), normalise]))
+        if eval_set.classes != train_set.classes:
+            raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val have different class folders")
+        return train_set, augment, 'val', eval_set, train_set.classes
+    raise ConfigError(f"dataset={cfg.dataset!r}; choose 'cifar10' or 'imagefolder'")
+
+
+class SeededAugmentation(Dataset):
+    """Items are (epoch, index) keys: dataset[index] through transform with torch's RNG seeded from
+    (seed, epoch, index), so an image's augmentation depends on nothing else (not on the worker that loads it,
+    the number of processes, or where a run resumed). fork_rng leaves the caller's RNG (dropout's) untouched."""
+
+    def __init__(self, dataset, transform, seed):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        image, label = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator, which the transforms draw from (torch.manual_seed also seeds every GPU: 100x slower);
+            # the hash of a tuple of ints is the same in every process
+            torch.default_generator.manual_seed(hash((self.seed, epoch, index)))
+            return self.transform(image), label
+
+
+class EpochBatches:
+    """Batch sampler for iterations start_iter .. max_iters - 1. Epoch e is a permutation of the training set drawn
+    from (seed, e), its remainder dropped, cut into optimizer steps of batch_size x gradient_accumulation_steps
+    images; yields this rank's share of each micro-step as (epoch, index) keys. The same on every rank, and a
+    function of the iteration alone, so a resumed run loads exactly what the uninterrupted run would have."""
+
+    def __init__(self, n_images, cfg, dist, start_iter):
+        self.n_images, self.seed, self.rank, self.world_size = n_images, cfg.seed, dist.rank, dist.world_size
+        self.batch_size, self.micro_steps = cfg.batch_size, cfg.gradient_accumulation_steps
+        self.start_iter, self.max_iters = start_iter, cfg.max_iters
+        self.steps_per_epoch = n_images // (self.batch_size * self.micro_steps)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{n_images} training images: fewer than one step of "
+                              f"batch_size x gradient_accumulation_steps = {self.batch_size * self.micro_steps}")
+
+    def __len__(self):
+        return (self.max_iters - self.start_iter) * self.micro_steps
+
+    def __iter__(self):
+        step_size = self.batch_size * self.micro_steps
+        epoch = None
+        for it in range(self.start_iter, self.max_iters):
+            if it // self.steps_per_epoch != epoch:
+                epoch = it // self.steps_per_epoch
+                order = torch.randperm(self.n_images, generator=torch.Generator().manual_seed(hash((self.seed, epoch))))
+            k = it % self.steps_per_epoch
+            step = order[k * step_size:(k + 1) * step_size]
+            step = step.view(self.micro_steps, self.world_size, -1)  # (micro-step, rank, image)
+            for indices in step[:, self.rank].tolist():
+                yield [(epoch, i) for i in indices]
+
+
+def ignore_signals(worker_id):
+    """DataLoader workers ignore Ctrl-C / SIGTERM: the main process handles them, finishing its step, which may
+    still need the workers' batches."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(dataset, cfg, device, **kwargs):
+    # generator: the loader's own seed draw comes from here, not from torch's global RNG (dropout's), so creating
+    # a loader never shifts dropout; augmentation does not use it (SeededAugmentation seeds each image)
+    return DataLoader(dataset, num_workers=cfg.num_workers, pin_memory=device.startswith('cuda'),
+                      worker_init_fn=ignore_signals, persistent_workers=cfg.num_workers > 0,
+                      generator=torch.Generator(), **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, ctx):
+    """Sums over every image the loader yields (ranks take every world_size-th image), all-reduced.
+    Returns (mean loss, top-1 accuracy, images)."""
+    nll = correct = count = 0.0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with ctx:
+            logits = model(images)
+        nll += F.cross_entropy(logits.float(), labels, reduction='sum').item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        count += labels.numel()
+    nll, correct, count = training.all_reduce_sum([nll, correct, count], device)
+    return nll / count, correct / count, int(count)
+
+
+# -----------------------------------------------------------------------------------------------
+# the run
+
+
+def build_model(model_args):
+    try:
+        return ViT(ViTConfig(**model_args))
+    except ValueError as e:  # unknown attention, norm or pool, n_embd not divisible by n_head, patch mismatch
+        raise ConfigError(str(e)) from None
+
+
+def train(cfg, config):
+    dist = training.setup_distributed(cfg.device)
+    try:
+        run(cfg, config, dist)
+    finally:
+        training.teardown_distributed()
+
+
+def run(cfg, config, dist):
+    device, master = dist.device, dist.master
+    dtype = training.resolve_dtype(device, cfg.dtype)
+    config.update(device=device, dtype=dtype)  # config.json records what actually ran
+    ctx, scaler = training.mixed_precision(device, dtype)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
+    if cfg.init_from not in ('scratch', 'resume'):
+        raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
+    train_set, augment, eval_split, eval_set, classes = load_data(cfg, dist)
+    images_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size
+
+    # model: the same seed on every rank (DDP also broadcasts rank 0's weights), then per-rank dropout streams
+    torch.manual_seed(cfg.seed)
+    model_args = {k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__}
+    model_args.update(num_classes=len(classes), causal=False)
+    model = build_model(model_args).to(device)
+    torch.manual_seed(cfg.seed + dist.rank)
+    optimizer = training.adamw(model, cfg, device)
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+    iter_num, elapsed_before = 0, 0.0
+    if cfg.init_from == 'resume':
+        checkpoint = training.load_checkpoint(ckpt_path)
+        training.check_architecture(checkpoint['model_args'], model_args, ARCHITECTURE, ckpt_path)
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+        training.restore_rng_states(checkpoint['rng'], [], dist)  # the data order follows from iter_num
+        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
+        del checkpoint
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    eval_model = model  # evaluation skips the DDP wrapper: ranks may run different numbers of eval batches
+    if dist.world_size > 1:
+        model = DDP(model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
+    if master:
+        attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
+        print(f"{cfg.attention} (bidirectional): {raw_model.num_params():,} parameters ({attention_params:,} in "
+              f"attention), {raw_model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
+              f"{dist.world_size} process(es) on {device}, {dtype}")
+    eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, device,
+                              batch_size=cfg.batch_size)
+
+    if cfg.eval_only:
+        eval_model.eval()
+        loss, accuracy, images = evaluate(eval_model, eval_loader, device, ctx)
+        results = {'iter': iter_num, eval_split: {'loss': loss, 'acc': accuracy, 'images': images}}
+        if master:
+            print(json.dumps(results, indent=2))
+            with open(os.path.join(cfg.out_dir, 'eval.json'), 'w') as f:
+                json.dump(results, f, indent=2)
+            training.Log(cfg.out_dir).write(results)
+        return
+
+    train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, device,
+                               batch_sampler=EpochBatches(len(train_set), cfg, dist, iter_num))
+    batches = iter(train_loader)
+
+    last_saved = iter_num if cfg.init_from == 'resume' else None  # the iteration of the checkpoint on disk
+
+    def save(iter_num):
+        rng = training.rng_states([])  # collective under DDP: every rank calls save
+        if not training.all_finite(raw_model):  # never overwrite a good checkpoint with a broken model
+            training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
+        if master:
+            training.save_checkpoint(ckpt_path, {
+                'model': training.model_state(raw_model), 'optimizer': optimizer.state_dict(),
+                'scaler': scaler.state_dict(), 'model_args': model_args, 'config': config, 'iter_num': iter_num,
+                'rng': rng, 'elapsed_s': elapsed_before + time.time() - t_start})
+
+    if master:
+        training.write_config(cfg.out_dir, config)
+        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    start_iter = iter_num
+    t_start = t_last = time.time()
+    iters_since_log = 0
+    with training.StopSignal() as stop:
+        while True:
+            if stop.requested(device):
+                save(iter_num)
+                if master:
+                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
+                sys.exit(130)
+            row = {}
+            if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
+                t_eval = time.time()
+                model.eval()
+                row[f'{eval_split}_loss'], row[f'{eval_split}_acc'], _ = evaluate(eval_model, eval_loader, device, ctx)
+                model.train()
+                if not math.isfinite(row[f'{eval_split}_loss']):
+                    training.exit_nonfinite(iter_num, f'{eval_split} loss', last_saved, ckpt_path)
+                if iter_num > start_iter:
+                    save(iter_num)
+                    last_saved = iter_num
+                t_last += time.time() - t_eval  # images/s counts training time only
+            if iter_num < cfg.max_iters:
+                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+                train_loss = torch.zeros((), device=device)
+                for micro_step in range(cfg.gradient_accumulation_steps):
+                    if dist.world_size > 1:  # sync gradients on the last micro-step only
+                        model.require_backward_grad_sync = micro_step == cfg.gradient_accumulation_steps - 1
+                    images, labels = next(batches)
+                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    with ctx:
+                        logits = model(images)
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                        loss = loss / cfg.gradient_accumulation_steps  # the step's gradient: mean over micro-steps
+                    scaler.scale(loss).backward()
+                    train_loss += loss.detach()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                iters_since_log += 1
+                if iter_num % cfg.log_interval == 0:
+                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
+                    if not math.isfinite(row['train_loss']):
+                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
+                    now = time.time()
+                    row.update(lr=lr, images_per_s=iters_since_log * images_per_iter / (now - t_last),
+                               peak_mem_mb=training.peak_memory_mb(device))
+                    t_last, iters_since_log = now, 0
+            if row and master:
+                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
+                log.write(row)
+                print(training.format_row(row))
+            if iter_num >= cfg.max_iters:
+                break
+            iter_num += 1
+
+
+def main(argv):
+    cfg_dict = training.apply_overrides(DEFAULTS, argv)
+    train(SimpleNamespace(**cfg_dict), cfg_dict)
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
