@@ -19,6 +19,7 @@ same whatever the attention. Parameters a variant adds (retention's gate and gro
 output norm) are its own and show up in the parameter count.
 """
 import math
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -583,3 +584,24 @@ class Block(nn.Module):
         y, state = self.attn.step(self.norm_attn(x), state)
         x = x + y
         return x + self.mlp(self.norm_mlp(x)), state
+
+
+def init_weights(model, n_layer, also=()):
+    """GPT-2's initialisation, the same in every trainer: weights of Linear and Embedding layers (and the
+    parameters named in `also`) ~ N(0, 0.02), residual projections (names ending in proj.weight) ~
+    N(0, 0.02 / sqrt(2 n_layer)), Linear biases 0; everything else (norms, convolutions) keeps its default.
+    Each tensor is drawn from its own generator, seeded by torch's seed and the parameter's name, so the
+    parameters two variants share start identical: what one variant adds (retention's gate, performer's
+    random features) shifts no other parameter's initial value."""
+    normal = set(also)
+    for module_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            normal.add(f'{module_name}.weight')
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied weight comes once, under its first name
+            if name in normal:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith('proj.weight') else 0.02
+                generator = torch.Generator().manual_seed(torch.initial_seed() + zlib.crc32(name.encode()))
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -31,10 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import Block, LayerConfig, make_norm
+from attention import Block, LayerConfig, init_weights, make_norm
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -115,18 +113,7 @@ class GPT(nn.Module):
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
-        # init as GPT-2 / nanoGPT: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
-        self.apply(self.init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith('proj.weight'):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, config.n_layer)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
@@ -320,144 +307,46 @@ def sample(cfg):
 def train(cfg, config):
     dist = training.setup_distributed(cfg.device)
     try:
-        run(cfg, config, dist)
+        run_training(cfg, config, dist)
     finally:
         training.teardown_distributed()
 
 
-def run(cfg, config, dist):
-    device, master = dist.device, dist.master
-    dtype = training.resolve_dtype(device, cfg.dtype)
-    config.update(device=device, dtype=dtype)  # config.json records what actually ran
-    ctx, scaler = training.mixed_precision(device, dtype)
-    if cfg.batch_size % dist.world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
-    if cfg.init_from not in ('scratch', 'resume'):
-        raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
+def run_training(cfg, config, dist):
+    run = training.Run(cfg, config, dist)
     meta = load_meta(cfg.data_dir)
     for split in ('train', 'val', 'test'):
         if len(open_split(cfg.data_dir, split, meta['dtype'])) <= cfg.block_size:
             raise ConfigError(f"{cfg.data_dir}/{split}.bin has fewer than block_size + 1 = {cfg.block_size + 1} tokens")
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-
-    # model: the same seed on every rank (DDP also broadcasts rank 0's weights), then per-rank dropout streams
-    torch.manual_seed(cfg.seed)
     model_args = {k: v for k, v in config.items() if k in GPTConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'], causal=True)
-    model = build_model(model_args).to(device)
-    torch.manual_seed(cfg.seed + dist.rank)
-    optimizer = training.adamw(model, cfg, device)
     data_generator = torch.Generator().manual_seed(cfg.seed)  # training windows; the same on every rank
-    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
-    iter_num, elapsed_before = 0, 0.0
-    if cfg.init_from == 'resume':
-        checkpoint = training.load_checkpoint(ckpt_path)
-        training.check_architecture(checkpoint['model_args'], model_args, ARCHITECTURE, ckpt_path)
-        model.load_state_dict(checkpoint['model'])
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        scaler.load_state_dict(checkpoint['scaler'])
-        training.restore_rng_states(checkpoint['rng'], [data_generator], dist)
-        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
-        del checkpoint
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    eval_model = model  # evaluation skips the DDP wrapper: ranks may run different numbers of eval batches
-    if dist.world_size > 1:
-        model = DDP(model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
-    if master:
+    raw_model = run.build(build_model, model_args, ARCHITECTURE, [data_generator])
+    if dist.master:
         attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
         print(f"{cfg.attention}: {raw_model.num_params():,} parameters ({attention_params:,} in attention), "
-              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, {dtype}")
+              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {dist.device}, "
+              f"{config['dtype']}")
 
     if cfg.eval_only:
-        eval_model.eval()
-        results = {'iter': iter_num}
+        run.eval_model.eval()
+        results = {'iter': run.iter_num}
         for split in ('val', 'test'):
-            loss, tokens = evaluate_split(eval_model, cfg, meta, split, dist, ctx)
+            loss, tokens = evaluate_split(run.eval_model, cfg, meta, split, dist, run.ctx)
             results[split] = split_metrics(loss, tokens, meta, split)
-        if master:
-            print(json.dumps(results, indent=2))
-            with open(os.path.join(cfg.out_dir, 'eval.json'), 'w') as f:
-                json.dump(results, f, indent=2)
-            training.Log(cfg.out_dir).write(results)
+        run.write_eval(results)
         return
 
-    last_saved = iter_num if cfg.init_from == 'resume' else None  # the iteration of the checkpoint on disk
+    def micro_loss(model):
+        data = open_split(cfg.data_dir, 'train', meta['dtype'])
+        starts = random_starts(len(data), cfg.block_size, cfg.batch_size, data_generator, dist)
+        return model(*get_batch(data, starts, cfg.block_size, dist.device))[1]
 
-    def save(iter_num):
-        rng = training.rng_states([data_generator])  # collective under DDP: every rank calls save
-        if not training.all_finite(raw_model):  # never overwrite a good checkpoint with a broken model
-            training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
-        if master:
-            training.save_checkpoint(ckpt_path, {
-                'model': training.model_state(raw_model), 'optimizer': optimizer.state_dict(),
-                'scaler': scaler.state_dict(), 'model_args': model_args, 'config': config, 'iter_num': iter_num,
-                'rng': rng, 'elapsed_s': elapsed_before + time.time() - t_start})
+    def evaluate(model):
+        return {'val_loss': estimate_loss(model, cfg, meta, dist, run.ctx)}
 
-    if master:
-        training.write_config(cfg.out_dir, config)
-        log = training.Log(cfg.out_dir, keep_before=iter_num)
-    start_iter = iter_num
-    t_start = t_last = time.time()
-    iters_since_log = 0
-    with training.StopSignal() as stop:
-        while True:
-            if stop.requested(device):
-                save(iter_num)
-                if master:
-                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
-                sys.exit(130)
-            row = {}
-            if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
-                t_eval = time.time()
-                model.eval()
-                row['val_loss'] = estimate_loss(eval_model, cfg, meta, dist, ctx)
-                model.train()
-                if not math.isfinite(row['val_loss']):
-                    training.exit_nonfinite(iter_num, 'val loss', last_saved, ckpt_path)
-                if iter_num > start_iter:
-                    save(iter_num)
-                    last_saved = iter_num
-                t_last += time.time() - t_eval  # tokens/s counts training time only
-            if iter_num < cfg.max_iters:
-                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-                for group in optimizer.param_groups:
-                    group['lr'] = lr
-                train_loss = torch.zeros((), device=device)
-                for micro_step in range(cfg.gradient_accumulation_steps):
-                    if dist.world_size > 1:  # sync gradients on the last micro-step only
-                        model.require_backward_grad_sync = micro_step == cfg.gradient_accumulation_steps - 1
-                    data = open_split(cfg.data_dir, 'train', meta['dtype'])
-                    starts = random_starts(len(data), cfg.block_size, cfg.batch_size, data_generator, dist)
-                    x, y = get_batch(data, starts, cfg.block_size, device)
-                    with ctx:
-                        _, loss = model(x, y)
-                        loss = loss / cfg.gradient_accumulation_steps  # the step's gradient: mean over micro-steps
-                    scaler.scale(loss).backward()
-                    train_loss += loss.detach()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                iters_since_log += 1
-                if iter_num % cfg.log_interval == 0:
-                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
-                    if not math.isfinite(row['train_loss']):
-                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
-                    now = time.time()
-                    row.update(lr=lr, tokens_per_s=iters_since_log * tokens_per_iter / (now - t_last),
-                               peak_mem_mb=training.peak_memory_mb(device))
-                    t_last, iters_since_log = now, 0
-            if row and master:
-                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
-                log.write(row)
-                print(training.format_row(row))
-            if iter_num >= cfg.max_iters:
-                break
-            iter_num += 1
+    run.train(micro_loss, evaluate, 'tokens_per_s', tokens_per_iter)
 
 
 def main(argv):

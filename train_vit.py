@@ -24,12 +24,9 @@ depends on the iteration alone; each image's augmentation is drawn with torch's 
 One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval_only), as train_gpt.py does.
 The model (ViT, ViTConfig) imports without side effects.
 """
-import json
-import math
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -37,12 +34,11 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, make_norm
+from attention import Block, LayerConfig, init_weights, make_norm
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -137,19 +133,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.norm = make_norm(config)
         self.head = nn.Linear(config.n_embd, config.num_classes)
-        # init as the language models: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
-        self.apply(self.init_weights)
-        nn.init.normal_(self.position_embedding, mean=0.0, std=0.02)
-        for name, p in self.named_parameters():
-            if name.endswith('proj.weight'):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_weights(self, config.n_layer, also=('position_embedding',))
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -311,145 +295,45 @@ def build_model(model_args):
 def train(cfg, config):
     dist = training.setup_distributed(cfg.device)
     try:
-        run(cfg, config, dist)
+        run_training(cfg, config, dist)
     finally:
         training.teardown_distributed()
 
 
-def run(cfg, config, dist):
-    device, master = dist.device, dist.master
-    dtype = training.resolve_dtype(device, cfg.dtype)
-    config.update(device=device, dtype=dtype)  # config.json records what actually ran
-    ctx, scaler = training.mixed_precision(device, dtype)
-    if cfg.batch_size % dist.world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
-    if cfg.init_from not in ('scratch', 'resume'):
-        raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
+def run_training(cfg, config, dist):
+    run = training.Run(cfg, config, dist)
     train_set, augment, eval_split, eval_set, classes = load_data(cfg, dist)
     images_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size
-
-    # model: the same seed on every rank (DDP also broadcasts rank 0's weights), then per-rank dropout streams
-    torch.manual_seed(cfg.seed)
     model_args = {k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__}
     model_args.update(num_classes=len(classes), causal=False)
-    model = build_model(model_args).to(device)
-    torch.manual_seed(cfg.seed + dist.rank)
-    optimizer = training.adamw(model, cfg, device)
-    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
-    iter_num, elapsed_before = 0, 0.0
-    if cfg.init_from == 'resume':
-        checkpoint = training.load_checkpoint(ckpt_path)
-        training.check_architecture(checkpoint['model_args'], model_args, ARCHITECTURE, ckpt_path)
-        model.load_state_dict(checkpoint['model'])
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        scaler.load_state_dict(checkpoint['scaler'])
-        training.restore_rng_states(checkpoint['rng'], [], dist)  # the data order follows from iter_num
-        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
-        del checkpoint
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    eval_model = model  # evaluation skips the DDP wrapper: ranks may run different numbers of eval batches
-    if dist.world_size > 1:
-        model = DDP(model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
-    if master:
+    raw_model = run.build(build_model, model_args, ARCHITECTURE)  # no generator: the data order follows iter_num
+    if dist.master:
         attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
         print(f"{cfg.attention} (bidirectional): {raw_model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {raw_model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
-              f"{dist.world_size} process(es) on {device}, {dtype}")
-    eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, device,
+              f"{dist.world_size} process(es) on {dist.device}, {config['dtype']}")
+    eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, dist.device,
                               batch_size=cfg.batch_size)
 
     if cfg.eval_only:
-        eval_model.eval()
-        loss, accuracy, images = evaluate(eval_model, eval_loader, device, ctx)
-        results = {'iter': iter_num, eval_split: {'loss': loss, 'acc': accuracy, 'images': images}}
-        if master:
-            print(json.dumps(results, indent=2))
-            with open(os.path.join(cfg.out_dir, 'eval.json'), 'w') as f:
-                json.dump(results, f, indent=2)
-            training.Log(cfg.out_dir).write(results)
+        run.eval_model.eval()
+        loss, accuracy, images = evaluate(run.eval_model, eval_loader, dist.device, run.ctx)
+        run.write_eval({'iter': run.iter_num, eval_split: {'loss': loss, 'acc': accuracy, 'images': images}})
         return
 
-    train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, device,
-                               batch_sampler=EpochBatches(len(train_set), cfg, dist, iter_num))
+    train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, dist.device,
+                               batch_sampler=EpochBatches(len(train_set), cfg, dist, run.iter_num))
     batches = iter(train_loader)
 
-    last_saved = iter_num if cfg.init_from == 'resume' else None  # the iteration of the checkpoint on disk
+    def micro_loss(model):
+        images, labels = (t.to(dist.device, non_blocking=True) for t in next(batches))
+        return F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
 
-    def save(iter_num):
-        rng = training.rng_states([])  # collective under DDP: every rank calls save
-        if not training.all_finite(raw_model):  # never overwrite a good checkpoint with a broken model
-            training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
-        if master:
-            training.save_checkpoint(ckpt_path, {
-                'model': training.model_state(raw_model), 'optimizer': optimizer.state_dict(),
-                'scaler': scaler.state_dict(), 'model_args': model_args, 'config': config, 'iter_num': iter_num,
-                'rng': rng, 'elapsed_s': elapsed_before + time.time() - t_start})
+    def evaluate_split(model):
+        loss, accuracy, _ = evaluate(model, eval_loader, dist.device, run.ctx)
+        return {f'{eval_split}_loss': loss, f'{eval_split}_acc': accuracy}
 
-    if master:
-        training.write_config(cfg.out_dir, config)
-        log = training.Log(cfg.out_dir, keep_before=iter_num)
-    start_iter = iter_num
-    t_start = t_last = time.time()
-    iters_since_log = 0
-    with training.StopSignal() as stop:
-        while True:
-            if stop.requested(device):
-                save(iter_num)
-                if master:
-                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
-                sys.exit(130)
-            row = {}
-            if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
-                t_eval = time.time()
-                model.eval()
-                row[f'{eval_split}_loss'], row[f'{eval_split}_acc'], _ = evaluate(eval_model, eval_loader, device, ctx)
-                model.train()
-                if not math.isfinite(row[f'{eval_split}_loss']):
-                    training.exit_nonfinite(iter_num, f'{eval_split} loss', last_saved, ckpt_path)
-                if iter_num > start_iter:
-                    save(iter_num)
-                    last_saved = iter_num
-                t_last += time.time() - t_eval  # images/s counts training time only
-            if iter_num < cfg.max_iters:
-                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-                for group in optimizer.param_groups:
-                    group['lr'] = lr
-                train_loss = torch.zeros((), device=device)
-                for micro_step in range(cfg.gradient_accumulation_steps):
-                    if dist.world_size > 1:  # sync gradients on the last micro-step only
-                        model.require_backward_grad_sync = micro_step == cfg.gradient_accumulation_steps - 1
-                    images, labels = next(batches)
-                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    with ctx:
-                        logits = model(images)
-                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                        loss = loss / cfg.gradient_accumulation_steps  # the step's gradient: mean over micro-steps
-                    scaler.scale(loss).backward()
-                    train_loss += loss.detach()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                iters_since_log += 1
-                if iter_num % cfg.log_interval == 0:
-                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
-                    if not math.isfinite(row['train_loss']):
-                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
-                    now = time.time()
-                    row.update(lr=lr, images_per_s=iters_since_log * images_per_iter / (now - t_last),
-                               peak_mem_mb=training.peak_memory_mb(device))
-                    t_last, iters_since_log = now, 0
-            if row and master:
-                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
-                log.write(row)
-                print(training.format_row(row))
-            if iter_num >= cfg.max_iters:
-                break
-            iter_num += 1
+    run.train(micro_loss, evaluate_split, 'images_per_s', images_per_iter)
 
 
 def main(argv):

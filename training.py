@@ -23,6 +23,7 @@ Run machinery shared by train_gpt.py, train_bert.py and train_vit.py, written on
     all_reduce_sum(values, device)             # sum floats over ranks
     exit_nonfinite(iter_num, what, last_saved, ckpt_path)   # stop on nan/inf, naming the last good checkpoint
     print(format_row(row))                     # a log row as one line
+    run = Run(cfg, config, dist)               # one training run: build, then train or write_eval (see Run)
 
 A trainer's main() raises ConfigError for any input the user can fix; its `__main__` block turns that into
 `error: <one line>` on stderr and a non-zero exit, with no traceback.
@@ -36,6 +37,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 import types
 from collections import namedtuple
 from contextlib import nullcontext
@@ -43,6 +45,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 class ConfigError(Exception):
@@ -357,3 +360,143 @@ def format_row(row):
     return f"iter {row['iter']}: " + ', '.join(
         f"{k} {v:.4f}" if k.endswith(('loss', 'acc')) else f"lr {v:.2e}" if k == 'lr' else f"{k} {v:,.0f}"
         for k, v in row.items() if k != 'iter')
+
+
+# ----------------------------------------------------------------------------------------------
+# one run: everything a trainer does around its own model, data, loss and metrics
+
+
+class Run:
+    """A training run, the same for every task:
+        run = Run(cfg, config, dist)   # dtype, autocast and GradScaler; checks the batch split and init_from
+        model = run.build(make_model, model_args, ARCHITECTURE, generators)  # seeded, AdamW, resumed, compiled, DDP
+        run.write_eval(results)        # eval_only: print, eval.json, a log row
+        run.train(micro_loss, evaluate, 'tokens_per_s', tokens_per_iter)    # the loop, checkpoints, log.jsonl
+    """
+
+    def __init__(self, cfg, config, dist):
+        self.cfg, self.config, self.dist = cfg, config, dist
+        dtype = resolve_dtype(dist.device, cfg.dtype)
+        config.update(device=dist.device, dtype=dtype)  # config.json records what actually ran
+        self.ctx, self.scaler = mixed_precision(dist.device, dtype)
+        if cfg.batch_size % dist.world_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
+        if cfg.init_from not in ('scratch', 'resume'):
+            raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
+        self.ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+
+    def build(self, make_model, model_args, architecture, generators=()):
+        """make_model(model_args) runs with torch seeded by cfg.seed on every rank (DDP also broadcasts rank 0's
+        weights); dropout then draws from a per-rank stream. generators: the run's own torch.Generators (data
+        order, masks), saved in every checkpoint. init_from='resume' restores model, optimizer, scaler, RNGs and
+        the iteration from out_dir/ckpt.pt, refusing a checkpoint that disagrees on an architecture key.
+        Returns the raw model; run.model (compiled, DDP) trains and run.eval_model (compiled) evaluates."""
+        cfg, dist = self.cfg, self.dist
+        torch.manual_seed(cfg.seed)
+        self.raw_model = make_model(model_args).to(dist.device)
+        torch.manual_seed(cfg.seed + dist.rank)
+        self.optimizer = adamw(self.raw_model, cfg, dist.device)
+        self.model_args, self.generators = model_args, list(generators)
+        self.iter_num, self.elapsed_before, self.last_saved = 0, 0.0, None
+        if cfg.init_from == 'resume':
+            checkpoint = load_checkpoint(self.ckpt_path)
+            check_architecture(checkpoint['model_args'], model_args, architecture, self.ckpt_path)
+            self.raw_model.load_state_dict(checkpoint['model'])
+            self.optimizer.load_state_dict(checkpoint['optimizer'])
+            self.scaler.load_state_dict(checkpoint['scaler'])
+            restore_rng_states(checkpoint['rng'], self.generators, dist)
+            self.iter_num, self.elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
+            self.last_saved = self.iter_num  # the iteration of the checkpoint on disk
+        self.eval_model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.model = self.eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
+        if dist.world_size > 1:
+            self.model = DDP(self.eval_model, device_ids=[dist.local_rank] if dist.device.startswith('cuda') else None)
+        return self.raw_model
+
+    def write_eval(self, results):
+        if self.dist.master:
+            print(json.dumps(results, indent=2))
+            with open(os.path.join(self.cfg.out_dir, 'eval.json'), 'w') as f:
+                json.dump(results, f, indent=2)
+            Log(self.cfg.out_dir).write(results)
+
+    def save(self, iter_num):
+        rng = rng_states(self.generators)  # collective under DDP: every rank calls save
+        if not all_finite(self.raw_model):  # never overwrite a good checkpoint with a broken model
+            exit_nonfinite(iter_num, 'parameters', self.last_saved, self.ckpt_path)
+        if self.dist.master:
+            save_checkpoint(self.ckpt_path, {
+                'model': model_state(self.raw_model), 'optimizer': self.optimizer.state_dict(),
+                'scaler': self.scaler.state_dict(), 'model_args': self.model_args, 'config': self.config,
+                'iter_num': iter_num, 'rng': rng, 'elapsed_s': self.elapsed_before + time.time() - self.t_start})
+        self.last_saved = iter_num
+
+    def train(self, micro_loss, evaluate, throughput_key, items_per_iter):
+        """Every eval_interval steps and at the end: evaluate(eval_model) -> dict of metrics (the first must be
+        finite), then a checkpoint. Each step: micro_loss(model) of gradient_accumulation_steps micro-batches,
+        averaged, gradients synced (DDP) on the last micro-step only; clipping; AdamW at get_lr's rate.
+        Every log_interval steps a log.jsonl row: train_loss, lr, throughput (items_per_iter per step, training
+        time only), peak_mem_mb. Ctrl-C / SIGTERM: save and exit 130; a non-finite loss: stop, keep the last
+        good checkpoint."""
+        cfg, dist, model = self.cfg, self.dist, self.model
+        device, accumulation = dist.device, cfg.gradient_accumulation_steps
+        if dist.master:
+            write_config(cfg.out_dir, self.config)
+            log = Log(cfg.out_dir, keep_before=self.iter_num)
+        iter_num = start_iter = self.iter_num
+        self.t_start = t_last = time.time()
+        iters_since_log = 0
+        with StopSignal() as stop:
+            while True:
+                if stop.requested(device):
+                    self.save(iter_num)
+                    if dist.master:
+                        print(f"stopped at iter {iter_num}: checkpoint in {self.ckpt_path}; continue with "
+                              "--init_from=resume")
+                    sys.exit(130)
+                row = {}
+                if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
+                    t_eval = time.time()
+                    model.eval()
+                    row.update(evaluate(self.eval_model))
+                    model.train()
+                    name, value = next(iter(row.items()))
+                    if not math.isfinite(value):
+                        exit_nonfinite(iter_num, name.replace('_', ' '), self.last_saved, self.ckpt_path)
+                    if iter_num > start_iter:
+                        self.save(iter_num)
+                    t_last += time.time() - t_eval  # throughput counts training time only
+                if iter_num < cfg.max_iters:
+                    lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+                    for group in self.optimizer.param_groups:
+                        group['lr'] = lr
+                    train_loss = torch.zeros((), device=device)
+                    for micro_step in range(accumulation):
+                        if dist.world_size > 1:  # sync gradients on the last micro-step only
+                            model.require_backward_grad_sync = micro_step == accumulation - 1
+                        with self.ctx:
+                            loss = micro_loss(model) / accumulation  # the step's gradient: mean over micro-steps
+                        self.scaler.scale(loss).backward()
+                        train_loss += loss.detach()
+                    if cfg.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    iters_since_log += 1
+                    if iter_num % cfg.log_interval == 0:
+                        row['train_loss'] = all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
+                        if not math.isfinite(row['train_loss']):
+                            exit_nonfinite(iter_num, 'train loss', self.last_saved, self.ckpt_path)
+                        now = time.time()
+                        row.update({'lr': lr, throughput_key: iters_since_log * items_per_iter / (now - t_last),
+                                    'peak_mem_mb': peak_memory_mb(device)})
+                        t_last, iters_since_log = now, 0
+                if row and dist.master:
+                    row = {'iter': iter_num, **row, 'elapsed_s': self.elapsed_before + time.time() - self.t_start}
+                    log.write(row)
+                    print(format_row(row))
+                if iter_num >= cfg.max_iters:
+                    break
+                iter_num += 1

@@ -224,6 +224,24 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         train_gpt.main(['--mode=eval'])
 
 
+def test_shared_parameters_start_identical_across_variants():
+    """Only the attention differs: every parameter two variants share has the same initial value, even when
+    one variant adds parameters (retention) or draws random features (performer) before later layers."""
+    def initial(attention):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(attention=attention, vocab_size=64, n_layer=3, n_head=2, n_embd=16, block_size=32,
+                              performer_features=8))
+        return model.state_dict()
+
+    softmax = initial('softmax')
+    for variant in ('performer', 'retention'):
+        other = initial(variant)
+        shared = softmax.keys() & other.keys()
+        assert any(name.startswith('blocks.2.') for name in shared)
+        for name in shared:
+            assert torch.equal(softmax[name], other[name]), name
+
+
 def test_import_has_no_side_effects():
     result = run_script('-c', 'import train_gpt; print(sorted(train_gpt.DEFAULTS)[:2])', timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "['attention', 'batch_size']" and not result.stderr
