@@ -304,14 +304,6 @@ def sample(cfg):
     print(decode(out[0].tolist()))
 
 
-def train(cfg, config):
-    dist = training.setup_distributed(cfg.device)
-    try:
-        run_training(cfg, config, dist)
-    finally:
-        training.teardown_distributed()
-
-
 def run_training(cfg, config, dist):
     run = training.Run(cfg, config, dist)
     meta = load_meta(cfg.data_dir)
@@ -357,7 +349,8 @@ def main(argv):
     if cfg.mode == 'sample':
         sample(cfg)
     elif cfg.mode == 'train':
-        train(cfg, cfg_dict)
+        with training.distributed(cfg.device) as dist:
+            run_training(cfg, cfg_dict, dist)
     else:
         raise ConfigError(f"mode={cfg.mode!r}; choose 'train' or 'sample'")
 

@@ -292,14 +292,6 @@ def build_model(model_args):
         raise ConfigError(str(e)) from None
 
 
-def train(cfg, config):
-    dist = training.setup_distributed(cfg.device)
-    try:
-        run_training(cfg, config, dist)
-    finally:
-        training.teardown_distributed()
-
-
 def run_training(cfg, config, dist):
     run = training.Run(cfg, config, dist)
     train_set, augment, eval_split, eval_set, classes = load_data(cfg, dist)
@@ -338,7 +330,8 @@ def run_training(cfg, config, dist):
 
 def main(argv):
     cfg_dict = training.apply_overrides(DEFAULTS, argv)
-    train(SimpleNamespace(**cfg_dict), cfg_dict)
+    with training.distributed(cfg_dict['device']) as dist:
+        run_training(SimpleNamespace(**cfg_dict), cfg_dict, dist)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ Run machinery shared by train_gpt.py, train_bert.py and train_vit.py, written on
     dist = setup_distributed(device)           # Dist(rank, local_rank, world_size, master, device); python = 1 process
     device = resolve_device(device)            # 'auto' -> 'cuda' if available, else 'cpu'
     teardown_distributed()
+    with distributed(device) as dist: ...   # both of the above around a block
     dtype = resolve_dtype(device, dtype)       # 'auto' -> bfloat16 / float16 on cuda, float32 on cpu
     ctx, scaler = mixed_precision(device, dtype)  # autocast context (GPU only) and GradScaler (enabled for float16)
     write_config(out_dir, config)              # config.json: resolved config, torch version, git commit, command line
@@ -40,7 +41,7 @@ import sys
 import time
 import types
 from collections import namedtuple
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -129,6 +130,16 @@ def setup_distributed(device):
 def teardown_distributed():
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device):
+    """with distributed(cfg.device) as dist: ... -- setup_distributed, and teardown however the block ends."""
+    dist = setup_distributed(device)
+    try:
+        yield dist
+    finally:
+        teardown_distributed()
 
 
 def resolve_dtype(device, dtype):
