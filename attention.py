@@ -456,7 +456,11 @@ class Retention(KernelAttention):
 
     def output(self, y, x):
         B, H, T, D = y.shape
-        y = self.group_norm(y.transpose(1, 2).reshape(B * T, H * D)).view(B, T, H * D)  # per-head norm
+        # GroupNorm with a group per head = LayerNorm over each head's D channels + per-channel affine;
+        # layer_norm in the (B, H, T, D) layout is the same arithmetic, about twice as fast on CPU
+        norm = self.group_norm
+        y = F.layer_norm(y, (D,), eps=norm.eps) * norm.weight.view(H, 1, D) + norm.bias.view(H, 1, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.dropout(self.proj(F.silu(self.gate(x)) * y))
 
 

@@ -17,12 +17,22 @@ autocast to dtype on GPU; reports tokens/s, and MFU only for softmax on GPU when
 device's peak (flops per token 6 N + 12 L T C, N = parameters but the position embedding: nanoGPT's
 estimate from PaLM).
 
-Time: `warmup` untimed calls, then timed ones (synchronising on GPU), at least `repeats` of them and at
-least `min_time` seconds in all; the median is reported, the min and interquartile range recorded. Cases
-run T by T, all variants at one T before the next T, so the variants compared at one T see the same
-machine load. A variant that refuses the case while it is built (ValueError: a mode it does not define;
-decode with causal=False) is recorded 'unsupported'; running out of memory is recorded 'oom' and the
-sweep goes on.
+Time: the cases of one mode are built and warmed up (`warmup` untimed calls each), then timed together in
+`repeats` interleaved rounds: in each round the cases take turns, one call each (synchronised on GPU), until
+each has spent about min_time / repeats seconds in the round (at least one call). The median of a case's
+calls is reported, their min, interquartile range and count recorded. Interleaving matters on shared or
+throttling machines: their speed swings by tens of percent over seconds, and cases timed one after the
+other would inherit different swings; taking turns, every case sees the same ones, so the ratios between
+cases (a variant against softmax at one T, one T against another for a variant) hold while absolute times
+drift. A variant that refuses the case while it is built (ValueError: a mode it does not define; decode
+with causal=False) is recorded 'unsupported'; running out of memory is recorded 'oom' and the sweep goes on.
+Every case of a mode is held at once (its layer, inputs, decode state) while that mode is timed.
+
+CPU allocator: with glibc, the timing process (malloc=reuse, the default) serves every allocation from its
+heap and keeps freed memory for the next call, as PyTorch's caching allocator does on GPU. glibc's own
+policy maps each buffer above a threshold (up to 32 MB) afresh and faults it in page by page on every
+call, so time would jump where a variant's buffers cross that size rather than with the work it does.
+--malloc=default times glibc's own policy; the JSON's env records which applied.
 
 Peak memory (MB = 2^20 bytes) counts what the measured call allocates on top of what existed when it
 began, taken after warm-up: activations, tensors saved for backward, gradients, temporaries, and (decode)
@@ -37,13 +47,12 @@ the inputs, the prefilled decode state, and (gpt) AdamW's moments.
          /proc/self/clear_refs; Linux only, elsewhere no memory is reported), and peak = VmHWM after the
          call - VmRSS before it. Resident pages of any kind count (oneDNN scratch too), so it is a little
          above a tensors-only count. A subprocess killed by the kernel (out of memory) is recorded 'oom'.
-         That malloc setting makes every large buffer a fresh mmap, faulted in and unmapped on each call,
-         which slows the call (badly when the cores are shared), so the timed calls run in the main
-         process, with glibc's default malloc.
+         Times come from the main process, with its own allocator setting (above).
 CPU timings move with whatever else the machine runs; run on an idle machine for numbers you report. On
 cores shared with other work, --threads=1 keeps one busy core from stalling every parallel op (each waits
 for all its threads), which otherwise turns a 1 ms op into tens of ms.
 """
+import ctypes
 import json
 import os
 import platform
@@ -70,6 +79,7 @@ DEFAULTS = dict(
     causal=True,
     device='auto',             # 'auto' = cuda if available, else cpu
     threads=0,                 # torch.set_num_threads; 0 = torch's default (one per core)
+    malloc='reuse',            # CPU timing with glibc: 'reuse' freed memory (see the docstring) or glibc's 'default'
     chunk_size=64,             # chunkwise linear-attention kernel (LayerConfig)
     local_window=128,          # local attention window (LayerConfig)
     performer_features=256,    # performer random features (LayerConfig)
@@ -124,6 +134,18 @@ def measure_peak_mb(fn, device):
     before = proc_status_mb('VmRSS')
     fn()
     return proc_status_mb('VmHWM') - before
+
+
+def reuse_freed_memory():
+    """glibc only: serve every allocation from the heap (no mmap) and never trim freed memory back to the
+    kernel, so that repeated calls reuse their buffers, as PyTorch's caching allocator does on GPU.
+    Returns whether it applied (False without glibc, e.g. on macOS)."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def layer_call(case, device, dtype):
@@ -189,10 +211,10 @@ def timed_ms(call, device):
     return 1000 * (time.perf_counter() - start)
 
 
-def run_case(case, measure=('time', 'memory')):
-    """One case in this process -> its record: the case, status, and what `measure` asks for
-    (time: time_ms, time_min_ms, time_iqr_ms, and tokens_per_s, mfu for training steps; memory: peak_mem_mb)."""
-    case = dict(case)
+def prepare(case, measure_memory):
+    """Builds a case's call and warms it up -> (call, record). call is None when the variant refuses the case
+    (status 'unsupported') or it ran out of memory ('oom'). Measures peak memory here if measure_memory."""
+    case = dict(case)  # gpt_call adds n_params
     device, dtype = torch.device(case['device']), getattr(torch, case['dtype'])
     if case['threads']:
         torch.set_num_threads(case['threads'])
@@ -200,36 +222,75 @@ def run_case(case, measure=('time', 'memory')):
     try:
         call = (gpt_call if case['mode'] == 'train' else layer_call)(case, device, dtype)
     except ValueError as error:  # the variant refuses this mode
-        return dict(case, status='unsupported', error=str(error))
+        return None, dict(case, status='unsupported', error=str(error))
+    record = dict(case, status='ok')
     try:
         for _ in range(case['warmup']):
             call()
-        times = []
-        while 'time' in measure and (len(times) < case['repeats'] or sum(times) < 1000 * case['min_time']):
-            times.append(timed_ms(call, device))
-        if 'memory' in measure:
-            case['peak_mem_mb'] = measure_peak_mb(call, device)
+        if measure_memory:
+            record['peak_mem_mb'] = measure_peak_mb(call, device)
     except (RuntimeError, MemoryError) as error:
         if not is_oom(error):
             raise
-        return dict(case, status='oom', error=str(error).splitlines()[0])
-    record = dict(case, status='ok')
-    if not times:
-        return record
+        return None, dict(case, status='oom', error=str(error).splitlines()[0])
+    return call, record
+
+
+def time_cases(cases, memory=None):
+    """Times cases in interleaved rounds -> one record per case. In each of `repeats` rounds the cases take
+    turns, one call each, until each has spent about min_time / repeats seconds this round (at least one
+    call). Slow swings in machine speed, large on shared cores, so fall on every case alike, and ratios
+    between cases hold even while absolute times drift. Peak memory is measured here unless `memory` gives
+    each case's record from a memory subprocess (a case that failed there is not timed)."""
+    calls, records = {}, []
+    for i, case in enumerate(cases):
+        if memory and memory[i]['status'] != 'ok':
+            records.append(memory[i])
+            continue
+        call, record = prepare(case, measure_memory=not memory)
+        if memory:
+            record['peak_mem_mb'] = memory[i]['peak_mem_mb']
+        records.append(record)
+        if call:
+            calls[i] = call
+    times = {i: [] for i in calls}
+    budget_ms = {i: 1000 * cases[i]['min_time'] / cases[i]['repeats'] for i in calls}
+    rounds = max((case['repeats'] for case in cases), default=0)
+    for round_ in range(rounds):
+        spent = {}
+        while turn := [i for i in calls if i not in spent or spent[i] < budget_ms[i]]:
+            for i in turn:
+                try:
+                    elapsed = timed_ms(calls[i], torch.device(cases[i]['device']))
+                except (RuntimeError, MemoryError) as error:
+                    if not is_oom(error):
+                        raise
+                    del calls[i]
+                    records[i] = dict(cases[i], status='oom', error=str(error).splitlines()[0])
+                    continue
+                times[i].append(elapsed)
+                spent[i] = spent.get(i, 0.0) + elapsed
+        print(f'  round {round_ + 1}/{rounds} done', flush=True)
+    for i in calls:
+        records[i].update(summarise(records[i], times[i]))
+    return records
+
+
+def summarise(case, times):
+    """Median, min and interquartile range of the timed calls, and tokens/s and MFU for training steps."""
     q1, median, q3 = np.percentile(times, [25, 50, 75])
-    record.update(time_ms=median, time_min_ms=min(times), time_iqr_ms=q3 - q1)
+    summary = dict(time_ms=median, time_min_ms=min(times), time_iqr_ms=q3 - q1, calls=len(times))
     if case['mode'] == 'train':
-        record['tokens_per_s'] = case['batch_size'] * case['seq_len'] / (median / 1000)
-        if device.type == 'cuda' and case['variant'] == 'softmax' and case['peak_tflops'] > 0:
+        summary['tokens_per_s'] = case['batch_size'] * case['seq_len'] / (median / 1000)
+        if case['device'].startswith('cuda') and case['variant'] == 'softmax' and case['peak_tflops'] > 0:
             n_embd = case['n_head'] * case['head_dim']
             flops_per_token = 6 * case['n_params'] + 12 * case['n_layer'] * case['seq_len'] * n_embd
-            record['mfu'] = flops_per_token * record['tokens_per_s'] / (case['peak_tflops'] * 1e12)
-    return record
+            summary['mfu'] = flops_per_token * summary['tokens_per_s'] / (case['peak_tflops'] * 1e12)
+    return summary
 
 
-def run_case_cpu(case):
-    """Peak memory in a fresh subprocess (see the docstring), then time in this process: the subprocess's
-    malloc setting, which makes freed memory visible, also makes every large buffer a fresh mmap (slower)."""
+def memory_in_subprocess(case):
+    """CPU: the case's record with its peak memory, measured in a fresh subprocess (see the docstring)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_case=' + json.dumps(case)],
                           stdout=subprocess.PIPE, text=True, env=env)
@@ -237,10 +298,7 @@ def run_case_cpu(case):
         return dict(case, status='oom', error=f'killed by signal {-proc.returncode}')
     if proc.returncode:
         raise RuntimeError(f"case {case['variant']} {case['mode']} T={case['seq_len']} failed; traceback above")
-    memory = json.loads(proc.stdout.splitlines()[-1])
-    if memory['status'] != 'ok':
-        return memory
-    return dict(run_case(case, measure=('time',)), peak_mem_mb=memory['peak_mem_mb'])
+    return json.loads(proc.stdout.splitlines()[-1])
 
 # ----------------------------------------------------------------------------------------------
 # the sweep and its reports
@@ -263,6 +321,8 @@ def resolve(config):
         if mode not in ('fwd', 'fwdbwd', 'decode'):
             raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
     config['modes'] = ['train'] if config['model'] == 'gpt' else config['modes'].split(',')
+    if config['malloc'] not in ('reuse', 'default'):
+        raise ConfigError(f"malloc={config['malloc']!r}; choose 'reuse' or 'default'")
     if config['model'] not in ('layer', 'gpt'):
         raise ConfigError(f"model={config['model']!r}; choose 'layer' or 'gpt'")
     return config
@@ -281,19 +341,29 @@ def cell(record):
     return ''.join(f'{c:>12}' for c in cells)
 
 
-def sweep(config, runner):
-    """Runs every case, printing one table row per (T, variant) as it completes; returns the records."""
+def sweep(config, subprocess_memory=None):
+    """Runs every case, mode by mode (the cases of one mode timed together, interleaved), then prints one table
+    row per (T, variant); returns the records in that order. Peak memory: in one subprocess per case on CPU
+    (subprocess_memory=None), else in this process."""
+    if subprocess_memory is None:
+        subprocess_memory = config['device'] == 'cpu'
+    cases = [dict(variant=variant, mode=mode, seq_len=T, **{k: config[k] for k in CASE_KEYS})
+             for T in config['seq_lens'] for variant in config['variants'] for mode in config['modes']]
+    records = [None] * len(cases)
+    for mode in config['modes']:
+        group = [i for i, case in enumerate(cases) if case['mode'] == mode]
+        print(f'{mode}: timing {len(group)} cases in {config["repeats"]} interleaved rounds', flush=True)
+        memory = [memory_in_subprocess(cases[i]) for i in group] if subprocess_memory else None
+        for i, record in zip(group, time_cases([cases[i] for i in group], memory)):
+            records[i] = record
     header = ''.join(f'{mode + " ms":>12}{mode + " MB":>12}' for mode in config['modes'])
     if config['model'] == 'gpt':
         header += f'{"tokens/s":>12}{"MFU":>12}'
-    print(f"{'variant':<12}{'T':>7}" + header, flush=True)
-    records = []
-    for T in config['seq_lens']:  # variants side by side at each T, so their ratios see the same machine load
-        for variant in config['variants']:
-            row = [runner(dict(variant=variant, mode=mode, seq_len=T, **{k: config[k] for k in CASE_KEYS}))
-                   for mode in config['modes']]
-            print(f'{variant:<12}{T:>7}' + ''.join(cell(r) for r in row), flush=True)
-            records += row
+    print(f"\n{'variant':<12}{'T':>7}" + header)
+    n_modes = len(config['modes'])
+    for start in range(0, len(records), n_modes):
+        row = records[start:start + n_modes]
+        print(f"{row[0]['variant']:<12}{row[0]['seq_len']:>7}" + ''.join(cell(r) for r in row))
     return records
 
 
@@ -392,14 +462,16 @@ def write_outputs(config, env, records):
 
 
 def main(argv):
-    if argv and argv[0].startswith('--_case='):  # a subprocess measuring one case's memory (run_case_cpu)
-        print(json.dumps(run_case(json.loads(argv[0].partition('=')[2]), measure=('memory',))))
+    if argv and argv[0].startswith('--_case='):  # a subprocess measuring one case's memory (memory_in_subprocess)
+        print(json.dumps(prepare(json.loads(argv[0].partition('=')[2]), measure_memory=True)[1]))
         return
     config = resolve(apply_overrides(DEFAULTS, argv))
     if config['threads']:
         torch.set_num_threads(config['threads'])
     env = environment(config)  # before the sweep: the code and machine state it starts with
-    records = sweep(config, run_case if config['device'].startswith('cuda') else run_case_cpu)
+    reuse = config['device'] == 'cpu' and config['malloc'] == 'reuse' and reuse_freed_memory()
+    env['malloc'] = 'reuse' if reuse else 'default'
+    records = sweep(config)
     env['load_average_end'] = os.getloadavg()
     if config['check_floors']:
         check_floors(records)

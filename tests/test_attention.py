@@ -284,3 +284,14 @@ def test_block_runs_and_decodes(name, causal):
             first, state = block.step(x[:, :10])
             second, _ = block.step(x[:, 10:], state)
         torch.testing.assert_close(torch.cat([first, second], dim=1), y.detach(), rtol=1e-9, atol=1e-10)
+
+
+def test_retention_head_norm_is_group_norm():
+    """Retention normalises each head as nn.GroupNorm(n_head, C) would; its fast form must not change that."""
+    module = make('retention', True)
+    torch.nn.init.normal_(module.group_norm.weight)
+    torch.nn.init.normal_(module.group_norm.bias)
+    y, x = torch.randn(2, 2, 7, 15, dtype=torch.float64), inputs(2, 7, 30)  # (B, H, T, D) heads, block input
+    grouped = module.group_norm(y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
+    expected = module.proj(torch.nn.functional.silu(module.gate(x)) * grouped)
+    torch.testing.assert_close(module.output(y, x), expected, rtol=1e-12, atol=1e-12)

@@ -1,6 +1,9 @@
 """bench.py: the sweep runs end to end, records what happened to every case, and measures memory honestly."""
 import json
+import platform
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -23,13 +26,16 @@ def one_case(config, variant, mode, seq_len=16):
     return dict(variant=variant, mode=mode, seq_len=seq_len, **{k: config[k] for k in bench.CASE_KEYS})
 
 
-def test_end_to_end_json_csv_png(tmp_path, capsys):
-    # memory in one subprocess per case, time in this process, as a CPU run does
+def test_end_to_end_json_csv_png(tmp_path):
+    # as run from the shell: memory in one subprocess per case, time in the main process with its malloc setting
     out, csv, png = tmp_path / 'r.json', tmp_path / 'r.csv', tmp_path / 'r.png'
-    bench.main(TINY + ['--variants=softmax,linear', '--seq_lens=16,32', '--modes=fwdbwd',
-                       f'--out={out}', f'--csv={csv}', f'--plot={png}'])
+    run = subprocess.run([sys.executable, 'bench.py', *TINY, '--variants=softmax,linear', '--seq_lens=16,32',
+                          '--modes=fwdbwd', f'--out={out}', f'--csv={csv}', f'--plot={png}'],
+                         capture_output=True, text=True, cwd=bench.__file__.rpartition('/')[0])
+    assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
-    assert {'device', 'device_name', 'torch', 'threads', 'cpu', 'dtype'} <= set(report['env'])
+    assert {'device', 'device_name', 'torch', 'threads', 'cpu', 'dtype', 'malloc'} <= set(report['env'])
+    assert report['env']['malloc'] == ('reuse' if platform.libc_ver()[0] == 'glibc' else 'default')
     results = report['results']
     order = [(r['seq_len'], r['variant']) for r in results]
     assert order == [(16, 'softmax'), (16, 'linear'), (32, 'softmax'), (32, 'linear')]
@@ -37,20 +43,39 @@ def test_end_to_end_json_csv_png(tmp_path, capsys):
         assert set(REQUIRED) <= set(r) and r['status'] == 'ok' and r['time_ms'] > 0 and r['peak_mem_mb'] >= 0
     assert len(csv.read_text().splitlines()) == 1 + len(results)
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    table = capsys.readouterr().out
-    assert 'fwdbwd ms' in table and 'linear' in table
+    assert 'fwdbwd ms' in run.stdout and 'linear' in run.stdout
+
+
+def run_case(case):
+    return bench.time_cases([case])[0]
 
 
 @pytest.mark.parametrize('mode', ['fwd', 'fwdbwd', 'decode'])
 def test_every_mode_in_process(mode):
-    record = bench.run_case(one_case(tiny_config(), 'retention', mode))
+    record = run_case(one_case(tiny_config(), 'retention', mode))
     assert record['status'] == 'ok' and record['time_ms'] > 0
 
 
 def test_decode_without_causal_is_unsupported():
-    record = bench.run_case(one_case(tiny_config('--causal=False'), 'linear', 'decode'))
+    record = run_case(one_case(tiny_config('--causal=False'), 'linear', 'decode'))
     assert record['status'] == 'unsupported'
-    assert bench.run_case(one_case(tiny_config('--causal=False'), 'linear', 'fwd'))['status'] == 'ok'
+    assert run_case(one_case(tiny_config('--causal=False'), 'linear', 'fwd'))['status'] == 'ok'
+
+
+def test_cases_take_turns(monkeypatch):
+    # a slow and a fast case timed together: they alternate, and each spends about min_time / repeats per round
+    log = []
+
+    def sleeper(case, device, dtype):
+        seconds = 0.02 if case['variant'] == 'softmax' else 0.001
+        return lambda: (log.append(case['variant']), time.sleep(seconds))
+    monkeypatch.setattr(bench, 'layer_call', sleeper)
+    config = tiny_config('--repeats=2', '--min_time=0.08', '--warmup=1')
+    records = bench.time_cases([one_case(config, 'softmax', 'fwd'), one_case(config, 'linear', 'fwd')])
+    assert log[:8] == ['softmax'] * 2 + ['linear'] * 2 + ['softmax', 'linear'] * 2  # warm-up, memory, then turns
+    slow, fast = (r['calls'] for r in records)
+    assert 2 * 2 <= slow <= 2 * 3 and fast >= 2 * 15
+    assert records[0]['time_ms'] >= 20 > records[1]['time_ms'] >= 1
 
 
 def test_peak_memory_sees_a_known_allocation():
@@ -71,14 +96,14 @@ class OutOfMemoryAttention(attention.SoftmaxAttention):
 
 def test_oom_is_recorded_and_the_sweep_goes_on(monkeypatch, capsys):
     monkeypatch.setitem(attention.ATTENTION, 'oom', OutOfMemoryAttention)
-    records = bench.sweep(tiny_config('--variants=oom,softmax', '--seq_lens=16', '--modes=fwd'), bench.run_case)
+    records = bench.sweep(tiny_config('--variants=oom,softmax', '--seq_lens=16', '--modes=fwd'), False)
     assert [(r['variant'], r['status']) for r in records] == [('oom', 'oom'), ('softmax', 'ok')]
     assert 'oom' in capsys.readouterr().out
 
 
 def test_killed_subprocess_is_oom(monkeypatch):
     monkeypatch.setattr(bench.subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(a, -9, stdout=''))
-    assert bench.run_case_cpu(one_case(tiny_config(), 'softmax', 'fwd'))['status'] == 'oom'
+    assert bench.memory_in_subprocess(one_case(tiny_config(), 'softmax', 'fwd'))['status'] == 'oom'
 
 
 def test_bad_arguments_are_refused():
@@ -108,5 +133,5 @@ def test_fit_and_floors():
 
 def test_gpt_training_step():
     pytest.importorskip('train_gpt')
-    record = bench.run_case(one_case(tiny_config('--model=gpt', '--n_layer=1'), 'linear', 'train'))
+    record = run_case(one_case(tiny_config('--model=gpt', '--n_layer=1'), 'linear', 'train'))
     assert record['status'] == 'ok' and record['tokens_per_s'] > 0 and 'mfu' not in record  # no MFU on CPU
