@@ -6,12 +6,7 @@ a one-line error.
 """
 import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,9 +17,9 @@ import torch.nn.functional as F
 import train_bert
 from attention import ATTENTION
 from train_bert import BERT, BERTConfig, IGNORE, mask_tokens
+from trainer_checks import assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
 from training import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional]
 # two layers, 32-token windows; chunk 4 and window 8 so a window crosses several chunks / local windows
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16',
@@ -35,15 +30,7 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    """A byte corpus a tiny model learns in a few steps; split lengths are not multiples of block_size."""
-    folder = tmp_path_factory.mktemp('data')
-    text = ' '.join(['the cat sat on the mat.', 'a dog ran to the log.'] * 400).encode()
-    parts = {'train': text[:15000], 'val': text[15000:15000 + 1001], 'test': text[16001:16001 + 777]}
-    for split, part in parts.items():
-        (folder / f'{split}.bin').write_bytes(part)
-    meta = {'tokenizer': 'bytes', 'vocab_size': 256, 'dtype': 'uint8', 'tokens': {k: len(v) for k, v in parts.items()}}
-    (folder / 'meta.json').write_text(json.dumps(meta))
-    return str(folder)
+    return write_byte_corpus(tmp_path_factory.mktemp('data'))
 
 
 def train(out_dir, data_dir, *args):
@@ -51,18 +38,9 @@ def train(out_dir, data_dir, *args):
     return read_log(out_dir)
 
 
-def read_log(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
 def losses(rows):
     """The deterministic part of the log: no timings."""
     return [{k: r[k] for k in ('iter', 'train_loss', 'val_loss', 'val_acc', 'lr') if k in r} for r in rows]
-
-
-def run_script(*args, **kwargs):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 def test_masking_follows_roberta():
@@ -154,19 +132,7 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path)
     # dropout and gradient accumulation on, so RNG streams, masks and micro-steps must all resume exactly
     recipe = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=60']
     stopped = tmp_path / 'stopped'
-    process = subprocess.Popen([sys.executable, 'train_bert.py', *TINY, *recipe, '--max_iters=100000',
-                                f'--data_dir={data_dir}', f'--out_dir={stopped}'],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (stopped / 'log.jsonl').exists() or len(read_log(stopped)) < 6:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert 'continue with --init_from=resume' in out
-    k = torch.load(stopped / 'ckpt.pt', weights_only=False)['iter_num']
-    assert 6 <= k < 100000
+    k = interrupt('train_bert.py', [*TINY, *recipe, f'--data_dir={data_dir}'], stopped)
     end = f'--max_iters={k + 7}'
     resumed = train(stopped, data_dir, *recipe, end, '--init_from=resume')
     uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe, end)
@@ -180,11 +146,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
     result = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_bert.py', *args,
                         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two'))
-    assert [r.keys() for r in one] == [r.keys() for r in two]
-    for a, b in zip(one, two):
-        for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):

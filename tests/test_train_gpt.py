@@ -6,10 +6,8 @@ evaluation counts every token once, and bad input is a one-line error.
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,9 +17,9 @@ import torch.nn.functional as F
 import train_gpt
 from attention import ATTENTION
 from train_gpt import GPT, GPTConfig
+from trainer_checks import ENV, ROOT, assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
 from training import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
 # two layers, 16-token windows; chunk 4 and window 4 so a window crosses several chunks / local windows
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
@@ -30,26 +28,9 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_
         '--log_interval=1', '--chunk_size=4', '--local_window=4', '--performer_features=16', '--device=cpu']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes a second thread wait for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    """A byte corpus a tiny model learns in a few steps; split lengths are not multiples of block_size."""
-    folder = tmp_path_factory.mktemp('data')
-    text = ' '.join(['the cat sat on the mat.', 'a dog ran to the log.'] * 400).encode()
-    parts = {'train': text[:15000], 'val': text[15000:15000 + 1001], 'test': text[16001:16001 + 777]}
-    for split, part in parts.items():
-        (folder / f'{split}.bin').write_bytes(part)
-    meta = {'tokenizer': 'bytes', 'vocab_size': 256, 'dtype': 'uint8', 'tokens': {k: len(v) for k, v in parts.items()}}
-    (folder / 'meta.json').write_text(json.dumps(meta))
-    return str(folder)
+    return write_byte_corpus(tmp_path_factory.mktemp('data'))
 
 
 def train(out_dir, data_dir, *args):
@@ -57,21 +38,9 @@ def train(out_dir, data_dir, *args):
     return read_log(out_dir)
 
 
-def read_log(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
 def losses(rows):
     """The deterministic part of the log: no timings."""
     return [{k: r[k] for k in ('iter', 'train_loss', 'val_loss', 'lr') if k in r} for r in rows]
-
-
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
-
-
-def run_script(*args, **kwargs):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
 
 
 @pytest.mark.parametrize('variant', CAUSAL)
@@ -94,19 +63,7 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path)
     # dropout and gradient accumulation on, so RNG streams and micro-steps must both resume exactly
     recipe = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=60']
     stopped = tmp_path / 'stopped'
-    process = subprocess.Popen([sys.executable, 'train_gpt.py', *TINY, *recipe, '--max_iters=100000',
-                                f'--data_dir={data_dir}', f'--out_dir={stopped}'],
-                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (stopped / 'log.jsonl').exists() or len(read_log(stopped)) < 6:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert 'continue with --init_from=resume' in out
-    k = torch.load(stopped / 'ckpt.pt', weights_only=False)['iter_num']
-    assert 6 <= k < 100000
+    k = interrupt('train_gpt.py', [*TINY, *recipe, f'--data_dir={data_dir}'], stopped)
     end = f'--max_iters={k + 7}'
     resumed = train(stopped, data_dir, *recipe, end, '--init_from=resume')
     uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe, end)
@@ -123,11 +80,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
     for extra in ([], ['--init_from=resume', '--eval_only=True']):
         result = run_script(*torchrun, *args, *extra, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-    one, two = losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two'))
-    assert [r.keys() for r in one] == [r.keys() for r in two]
-    for a, b in zip(one, two):
-        for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
     eval_one, eval_two = (json.load(open(tmp_path / run / 'eval.json')) for run in ('one', 'two'))
     assert eval_one['val']['tokens'] == eval_two['val']['tokens']
     assert eval_one['test']['loss'] == pytest.approx(eval_two['test']['loss'], rel=1e-5)

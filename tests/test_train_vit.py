@@ -7,10 +7,6 @@ DataLoader workers); 2-process DDP equals 1 process; bad input is a one-line err
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,9 +18,9 @@ from torchvision.datasets.utils import check_integrity
 
 import train_vit
 from attention import ATTENTION
+from trainer_checks import assert_logs_match, interrupt, read_log, run_script
 from training import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional]
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 # two layers, 8x8 patches (16 tokens + the class token); chunk 4 and window 4 so a sequence crosses several of each
@@ -99,18 +95,9 @@ def train(out_dir, data_args, *args):
     return read_log(out_dir)
 
 
-def read_log(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
 def losses(rows):
     """The deterministic part of the log: no timings."""
     return [{k: v for k, v in r.items() if k.endswith(('loss', 'acc')) or k in ('iter', 'lr')} for r in rows]
-
-
-def run_script(*args, **kwargs):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 def config(**overrides):
@@ -206,19 +193,7 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(folder_dir, tmp_pat
     recipe = data + ['--dropout=0.1', '--batch_size=16', '--gradient_accumulation_steps=2', '--eval_interval=4',
                      '--lr_decay_iters=60']
     stopped = tmp_path / 'stopped'
-    process = subprocess.Popen([sys.executable, 'train_vit.py', *TINY, *recipe, '--max_iters=100000',
-                                f'--out_dir={stopped}'],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (stopped / 'log.jsonl').exists() or len(read_log(stopped)) < 6:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert 'continue with --init_from=resume' in out
-    k = torch.load(stopped / 'ckpt.pt', weights_only=False)['iter_num']
-    assert 6 <= k < 100000
+    k = interrupt('train_vit.py', [*TINY, *recipe], stopped)
     end = f'--max_iters={k + 7}'  # 6 steps per epoch: the resumed run starts mid-epoch and crosses into the next
     resumed = train(stopped, [], *recipe, end, '--init_from=resume', '--num_workers=2')
     uninterrupted = train(tmp_path / 'uninterrupted', [], *recipe, end)
@@ -232,11 +207,7 @@ def test_two_processes_match_one(folder_dir, tmp_path):
     result = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_vit.py', *TINY,
                         *recipe, f'--out_dir={tmp_path / "two"}', timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two'))
-    assert [r.keys() for r in one] == [r.keys() for r in two]
-    for a, b in zip(one, two):
-        for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(folder_dir, tmp_path):
