@@ -448,9 +448,12 @@ class Run:
         averaged, gradients synced (DDP) on the last micro-step only; clipping; AdamW at get_lr's rate.
         Every log_interval steps a log.jsonl row: train_loss, lr, throughput (items_per_iter per step, training
         time only), peak_mem_mb. Ctrl-C / SIGTERM: save and exit 130; a non-finite loss: stop, keep the last
-        good checkpoint."""
+        good checkpoint. Refuses to start from scratch where out_dir already holds a checkpoint."""
         cfg, dist, model = self.cfg, self.dist, self.model
         device, accumulation = dist.device, cfg.gradient_accumulation_steps
+        if cfg.init_from == 'scratch' and os.path.exists(self.ckpt_path):  # never overwrite a run by accident
+            raise ConfigError(f"{cfg.out_dir} already holds a run ({self.ckpt_path}): continue it with "
+                              "--init_from=resume, or start afresh in another --out_dir")
         if dist.master:
             write_config(cfg.out_dir, self.config)
             log = Log(cfg.out_dir, keep_before=self.iter_num)

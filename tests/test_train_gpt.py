@@ -162,7 +162,9 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         ([f'--data_dir={tmp_path / "nowhere"}'], 'train.bin not found: run `python prepare_enwik8.py --src=FILE'),
         (['--n_layer=3', '--attention=linear', '--init_from=resume'], 'is a different model: n_layer=2 in the '
                                                                       "checkpoint, 3 in the config; attention="),
+        ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
     ]
+    before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
     processes = [subprocess.Popen([sys.executable, *base, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
                  for args, _ in cases]  # in parallel: python + torch startup is most of the time
@@ -170,6 +172,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         _, err = process.communicate(timeout=120)
         assert process.returncode != 0
         assert err.count('\n') == 1 and err.startswith('error: ') and message in err, (args, err)
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}  # the run there is untouched
     assert train_gpt.prepare_command('data/enwik8') == 'python prepare_enwik8.py'
     assert train_gpt.prepare_command('data/wikitext103/') == 'python prepare_wikitext103.py'
     assert train_gpt.prepare_command('/big/enwik8') == 'python prepare_enwik8.py --data_dir=/big/enwik8'
