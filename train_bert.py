@@ -4,7 +4,7 @@ dynamic masking (fresh masks every batch), no next-sentence task, on the same pr
 (WikiText-103 GPT-2 tokens, enwik8 bytes, or any byte corpus). Everything but the attention is the same for every run.
 
     python train_bert.py                                         # the WikiText-103 baseline below, softmax attention
-    python train_bert.py configs/bert/linear.py --out_dir=out-bert-linear   # the same recipe with linear attention
+    python train_bert.py configs/bert/linear.py                  # the same recipe with linear attention
     python train_bert.py configs/bert/cpu_small.py --attention=retention    # config files, then --key=value
     torchrun --standalone --nproc_per_node=8 train_bert.py configs/bert/linear.py
     python train_bert.py configs/bert/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
@@ -21,6 +21,7 @@ One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval
 The model (BERT, BERTConfig) imports without side effects.
 """
 import math
+import os
 import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -41,7 +42,7 @@ from training import ConfigError
 # 64k tokens per step (16 x 8 x 512) for 50k steps (3.3B tokens, ~28 epochs of the 117M training tokens), with
 # RoBERTa's masking, betas (0.9, 0.98) and weight decay 0.01, warmup then cosine decay.
 # I/O
-out_dir = 'out-bert'
+out_dir = ''               # '' = out-bert-<data folder>-<attention>, e.g. out-bert-wikitext103-linear
 init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same architecture)
 eval_only = False          # evaluate the full val and test splits, write out_dir/eval.json, exit
 eval_interval = 1000       # also how often ckpt.pt is written
@@ -269,6 +270,9 @@ def run_training(cfg, config, dist):
 
 def main(argv):
     cfg_dict = training.apply_overrides(DEFAULTS, argv)
+    if not cfg_dict['out_dir']:
+        data = os.path.basename(os.path.normpath(cfg_dict['data_dir']))
+        cfg_dict['out_dir'] = f"out-bert-{data}-{cfg_dict['attention']}"
     with training.distributed(cfg_dict['device']) as dist:
         run_training(SimpleNamespace(**cfg_dict), cfg_dict, dist)
 

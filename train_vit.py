@@ -4,7 +4,7 @@ Image classification with a Vision Transformer and any attention in attention.py
 Everything but the attention is the same for every run.
 
     python train_vit.py                                          # the CIFAR-10 baseline below, softmax attention
-    python train_vit.py configs/vit/linear.py --out_dir=out-vit-linear    # the same recipe with linear attention
+    python train_vit.py configs/vit/linear.py                    # the same recipe with linear attention
     python train_vit.py configs/vit/cpu_small.py --attention=retention    # config files, then --key=value
     torchrun --standalone --nproc_per_node=8 train_vit.py configs/vit/linear.py
     python train_vit.py configs/vit/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
@@ -47,7 +47,7 @@ from training import ConfigError
 # 7 layers, 384 wide, 6 heads, AdamW with weight decay 0.05, batch 128, 5 epochs of warmup then cosine decay
 # over 200 epochs (390 steps each), label smoothing 0.1, random crop + flip.
 # I/O
-out_dir = 'out-vit'
+out_dir = ''               # '' = out-vit-<cifar10 or image folder>-<attention>, e.g. out-vit-cifar10-linear
 init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same architecture)
 eval_only = False          # evaluate the full eval split, write out_dir/eval.json, exit
 eval_interval = 1950       # every 5 epochs: the full eval split; also how often ckpt.pt is written
@@ -330,6 +330,10 @@ def run_training(cfg, config, dist):
 
 def main(argv):
     cfg_dict = training.apply_overrides(DEFAULTS, argv)
+    if not cfg_dict['out_dir']:
+        data = cfg_dict['dataset'] if cfg_dict['dataset'] == 'cifar10' else \
+            os.path.basename(os.path.normpath(cfg_dict['data_dir']))
+        cfg_dict['out_dir'] = f"out-vit-{data}-{cfg_dict['attention']}"
     with training.distributed(cfg_dict['device']) as dist:
         run_training(SimpleNamespace(**cfg_dict), cfg_dict, dist)
 

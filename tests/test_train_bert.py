@@ -6,6 +6,7 @@ a one-line error.
 """
 import json
 import math
+import os
 import re
 from types import SimpleNamespace
 
@@ -147,6 +148,14 @@ def test_two_processes_match_one(data_dir, tmp_path):
                         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
+
+
+def test_each_variant_gets_its_own_run_folder(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for variant in ('softmax', 'linear'):
+        train_bert.main(TINY + [f'--data_dir={data_dir}', f'--attention={variant}', '--max_iters=1'])
+    data = os.path.basename(data_dir)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f'out-bert-{data}-linear', f'out-bert-{data}-softmax']
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):

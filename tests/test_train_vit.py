@@ -210,6 +210,15 @@ def test_two_processes_match_one(folder_dir, tmp_path):
     assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
 
 
+def test_each_variant_gets_its_own_run_folder(folder_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for variant in ('softmax', 'linear'):
+        train_vit.main(TINY + ['--dataset=imagefolder', f'--data_dir={folder_dir}', f'--attention={variant}',
+                               '--max_iters=1'])
+    data = os.path.basename(folder_dir)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f'out-vit-{data}-linear', f'out-vit-{data}-softmax']
+
+
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(folder_dir, tmp_path):
     data = ['--dataset=imagefolder', f'--data_dir={folder_dir}']
     train(tmp_path, data, '--max_iters=2')

@@ -1,6 +1,5 @@
 # a few minutes on a laptop CPU: masked LM on tiny shakespeare as bytes, prepared with
 #   python prepare_enwik8.py --src=../shared/data/tinyshakespeare.txt --data_dir=data/shakespeare
-out_dir = 'out-bert-shakespeare'
 data_dir = 'data/shakespeare'
 n_layer = 4
 n_head = 4

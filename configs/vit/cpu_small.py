@@ -1,5 +1,4 @@
 # a few minutes on a laptop CPU: a small ViT on CIFAR-10 (downloaded into data/ on the first run)
-out_dir = 'out-vit-cifar10'
 n_layer = 4
 n_head = 4
 n_embd = 128
