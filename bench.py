@@ -254,14 +254,15 @@ def time_cases(cases, memory=None):
         if call:
             calls[i] = call
     times = {i: [] for i in calls}
-    budget_ms = {i: 1000 * cases[i]['min_time'] / cases[i]['repeats'] for i in calls}
-    rounds = max((case['repeats'] for case in cases), default=0)
+    devices = {i: torch.device(cases[i]['device']) for i in calls}
+    rounds = cases[0]['repeats'] if cases else 0  # one sweep's cases share repeats and min_time
+    budget_ms = 1000 * cases[0]['min_time'] / rounds if cases else 0.0
     for round_ in range(rounds):
         spent = {}
-        while turn := [i for i in calls if i not in spent or spent[i] < budget_ms[i]]:
+        while turn := [i for i in calls if i not in spent or spent[i] < budget_ms]:
             for i in turn:
                 try:
-                    elapsed = timed_ms(calls[i], torch.device(cases[i]['device']))
+                    elapsed = timed_ms(calls[i], devices[i])
                 except (RuntimeError, MemoryError) as error:
                     if not is_oom(error):
                         raise
@@ -321,6 +322,8 @@ def resolve(config):
         if mode not in ('fwd', 'fwdbwd', 'decode'):
             raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
     config['modes'] = ['train'] if config['model'] == 'gpt' else config['modes'].split(',')
+    if config['repeats'] < 1:
+        raise ConfigError(f"repeats={config['repeats']}; time at least one round")
     if config['malloc'] not in ('reuse', 'default'):
         raise ConfigError(f"malloc={config['malloc']!r}; choose 'reuse' or 'default'")
     if config['model'] not in ('layer', 'gpt'):

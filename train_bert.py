@@ -28,12 +28,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import training
-from attention import Block, LayerConfig, init_weights, make_norm
-from train_gpt import load_meta, open_split  # the same prepared data folders
+from attention import LayerConfig
+from train_gpt import TransformerLM, load_meta, open_split  # the same trunk and prepared data folders
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -97,38 +96,20 @@ class BERTConfig(LayerConfig):
     causal: bool = False
 
 
-class BERT(nn.Module):
-    """Token + learned position embedding, n_layer bidirectional pre-norm Blocks, final norm, LM head tied to the
-    embedding. The mask token is the last id of the vocabulary."""
+class BERT(TransformerLM):
+    """The masked LM: train_gpt's TransformerLM with bidirectional Blocks. The mask token is the last id of the
+    vocabulary."""
 
     def __init__(self, config):
-        super().__init__()
         if config.causal:
             raise ValueError("a masked LM reads both directions: causal must be False")
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying
-        init_weights(self, config.n_layer)
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
+        super().__init__(config)
 
     def forward(self, idx, targets=None):
         """idx: (B, T) token ids, T <= block_size. Without targets: logits (B, T, vocab) and None. With targets
         (B, T), IGNORE where not selected: the head runs on the selected positions only, returning their logits
         (N, vocab) and the mean loss over them."""
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens, block_size is {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
+        x = self.hidden(idx)
         if targets is None:
             return self.lm_head(x), None
         selected = targets != IGNORE

@@ -99,12 +99,12 @@ class GPTConfig(LayerConfig):
     n_layer: int = 12
 
 
-class GPT(nn.Module):
-    """Token + learned position embedding, n_layer causal pre-norm Blocks, final norm, LM head tied to the embedding."""
+class TransformerLM(nn.Module):
+    """Token + learned position embedding, n_layer pre-norm Blocks (causal or not, as config says), final norm,
+    LM head tied to the embedding: the trunk of GPT below and of train_bert.BERT."""
 
     def __init__(self, config):
         super().__init__()
-        assert config.causal, "a GPT is causal"
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -118,15 +118,27 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
 
-    def forward(self, idx, targets=None):
-        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab) and the mean loss (or None)."""
+    def hidden(self, idx):
+        """idx: (B, T) token ids, T <= block_size -> the final norm's output (B, T, C), ready for lm_head."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens, block_size is {self.config.block_size}")
         x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.norm(x))
+        return self.norm(x)
+
+
+class GPT(TransformerLM):
+    """The causal language model: TransformerLM with causal Blocks, plus their recurrent form for decoding."""
+
+    def __init__(self, config):
+        assert config.causal, "a GPT is causal"
+        super().__init__(config)
+
+    def forward(self, idx, targets=None):
+        """idx, targets: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab) and the mean loss (or None)."""
+        logits = self.lm_head(self.hidden(idx))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
 
