@@ -197,10 +197,13 @@ def gpt_call(case, device, dtype):
     return train_step
 
 
-def is_oom(error):
+def oom_record(case, error):
+    """The record of a case that ran out of memory; any other error propagates."""
     text = str(error)
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or 'out of memory' in text \
-        or "can't allocate memory" in text
+    if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or 'out of memory' in text
+            or "can't allocate memory" in text):
+        raise error
+    return dict(case, status='oom', error=text.splitlines()[0])
 
 
 def timed_ms(call, device):
@@ -230,9 +233,7 @@ def prepare(case, measure_memory):
         if measure_memory:
             record['peak_mem_mb'] = measure_peak_mb(call, device)
     except (RuntimeError, MemoryError) as error:
-        if not is_oom(error):
-            raise
-        return None, dict(case, status='oom', error=str(error).splitlines()[0])
+        return None, oom_record(case, error)
     return call, record
 
 
@@ -264,10 +265,8 @@ def time_cases(cases, memory=None):
                 try:
                     elapsed = timed_ms(calls[i], devices[i])
                 except (RuntimeError, MemoryError) as error:
-                    if not is_oom(error):
-                        raise
+                    records[i] = oom_record(cases[i], error)
                     del calls[i]
-                    records[i] = dict(cases[i], status='oom', error=str(error).splitlines()[0])
                     continue
                 times[i].append(elapsed)
                 spent[i] = spent.get(i, 0.0) + elapsed
