@@ -590,6 +590,49 @@ class Block(nn.Module):
         return x + self.mlp(self.norm_mlp(x)), state
 
 
+@dataclass
+class LMConfig(LayerConfig):
+    """The block's LayerConfig (attention, n_embd, n_head, causal, block_size, ...) plus a language model's own
+    fields: the trunk of train_gpt.py's GPT (causal) and train_bert.py's BERT (bidirectional)."""
+    vocab_size: int = 256
+    n_layer: int = 12
+
+
+class TransformerLM(nn.Module):
+    """Token + learned position embedding, n_layer pre-norm Blocks (causal or not, as config says), final norm,
+    LM head tied to the embedding. forward(idx) -> logits; train_gpt.py's GPT and train_bert.py's BERT add their loss."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying
+        init_weights(self, config.n_layer)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
+
+    def hidden(self, idx):
+        """idx: (B, T) token ids, T <= block_size -> the final norm's output (B, T, C), ready for lm_head."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens, block_size is {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, idx):
+        """idx: (B, T) token ids -> logits (B, T, vocab_size)."""
+        return self.lm_head(self.hidden(idx))
+
+
+
 def init_weights(model, n_layer, also=()):
     """GPT-2's initialisation, the same in every trainer: weights of Linear and Embedding layers (and the
     parameters named in `also`) ~ N(0, 0.02), residual projections (names ending in proj.weight) ~

@@ -4,7 +4,7 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py                                                # every variant, fwd / fwdbwd / decode
     python bench.py --variants=softmax,linear --seq_lens=1024,4096 --modes=fwdbwd --out=bench_results/a.json
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
-    python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # whole training steps of train_gpt.GPT
+    python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # whole training steps of the causal LM (train_gpt.py's model)
 
 Layer benchmark (default): one attention layer from build_attention, its qkv and output projections
 included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and input cast to it).
@@ -12,8 +12,8 @@ included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and
     fwdbwd  forward, then backward of a fixed random output gradient (parameter and input gradients)
     decode  one step(x_t, state) under no_grad, from a state prefilled with T tokens: per-token cost at
             context T. Every timed step starts from the same prefilled state.
-Model benchmark (--model=gpt): forward + backward + AdamW step of train_gpt.GPT with block_size = T,
-autocast to dtype on GPU; reports tokens/s, and MFU only for softmax on GPU when --peak_tflops gives the
+Model benchmark (--model=gpt): forward + backward + AdamW step of attention.TransformerLM, causal (the model
+train_gpt.py trains), with block_size = T, autocast to dtype on GPU; reports tokens/s, and MFU only for softmax on GPU when --peak_tflops gives the
 device's peak (flops per token 6 N + 12 L T C, N = parameters but the position embedding: nanoGPT's
 estimate from PaLM).
 
@@ -64,11 +64,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from attention import ATTENTION, LayerConfig, build_attention
+from attention import ATTENTION, LayerConfig, LMConfig, TransformerLM, build_attention
 from training import ConfigError, apply_overrides, git_commit, resolve_dtype
 
 DEFAULTS = dict(
-    model='layer',             # 'layer': one attention layer; 'gpt': training steps of train_gpt.GPT
+    model='layer',             # 'layer': one attention layer; 'gpt': training steps of the causal LM (train_gpt.py's model)
     variants='',               # comma-separated names from attention.ATTENTION; '' = all
     seq_lens='',               # comma-separated; '' = 256 .. 16384 on GPU, 256 .. 8192 on CPU (powers of 2)
     modes='fwd,fwdbwd,decode',  # layer benchmark only
@@ -176,13 +176,12 @@ def layer_call(case, device, dtype):
 
 def gpt_call(case, device, dtype):
     """The call to time for --model=gpt: one training step (forward, backward, AdamW)."""
-    from train_gpt import GPT, GPTConfig
     T = case['seq_len']
-    config = GPTConfig(vocab_size=case['vocab_size'], block_size=T, n_layer=case['n_layer'], n_head=case['n_head'],
+    config = LMConfig(vocab_size=case['vocab_size'], block_size=T, n_layer=case['n_layer'], n_head=case['n_head'],
                        n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
                        chunk_size=case['chunk_size'], local_window=case['local_window'],
                        performer_features=case['performer_features'])
-    model = GPT(config).to(device)
+    model = TransformerLM(config).to(device)  # train_gpt.py's GPT: this trunk, causal
     case['n_params'] = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # as nanoGPT's MFU
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = torch.randint(case['vocab_size'], (case['batch_size'], T + 1), device=device)
@@ -190,7 +189,8 @@ def gpt_call(case, device, dtype):
 
     def train_step():
         with ctx:
-            _, loss = model(data[:, :-1], data[:, 1:])
+            logits = model(data[:, :-1])  # (B, T, vocab)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import training
-from attention import LayerConfig
-from train_gpt import TransformerLM, load_meta, open_split  # the same trunk and prepared data folders
+from attention import LMConfig, TransformerLM
+from train_gpt import load_meta, open_split
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ IGNORE = -100              # target of the tokens that were not selected (F.cros
 
 
 @dataclass
-class BERTConfig(LayerConfig):
+class BERTConfig(LMConfig):
     """The block's LayerConfig plus the masked LM's own fields. vocab_size includes the mask token."""
     vocab_size: int = 257
     n_layer: int = 8
@@ -97,7 +97,7 @@ class BERTConfig(LayerConfig):
 
 
 class BERT(TransformerLM):
-    """The masked LM: train_gpt's TransformerLM with bidirectional Blocks. The mask token is the last id of the
+    """The masked LM: attention.TransformerLM with bidirectional Blocks. The mask token is the last id of the
     vocabulary."""
 
     def __init__(self, config):

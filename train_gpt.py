@@ -17,22 +17,20 @@ A log.jsonl row: iter; val_loss (at evals: the fixed-batch estimate); train_loss
 micro-batches and ranks), lr, tokens_per_s (all ranks, eval time excluded), peak_mem_mb (cuda: this GPU's
 max_memory_allocated; cpu: the process's peak RSS, an upper bound) every log_interval; elapsed_s.
 Losses are in nats per token; eval_only adds bits per byte (byte data) or token and word perplexity.
-The model (GPT, GPTConfig) imports without side effects.
+The model (GPT, LMConfig) imports without side effects.
 """
 import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import training
-from attention import Block, LayerConfig, init_weights, make_norm
+from attention import LMConfig, TransformerLM
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -90,43 +88,6 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isin
 ARCHITECTURE = ('vocab_size', 'n_layer', 'attention', 'n_head', 'n_embd', 'block_size', 'bias', 'norm',
                 'chunk_size', 'local_window', 'performer_features')  # a checkpoint must agree on these
 # -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GPTConfig(LayerConfig):
-    """The block's LayerConfig (attention, n_embd, n_head, block_size, ...) plus the language model's own fields."""
-    vocab_size: int = 256
-    n_layer: int = 12
-
-
-class TransformerLM(nn.Module):
-    """Token + learned position embedding, n_layer pre-norm Blocks (causal or not, as config says), final norm,
-    LM head tied to the embedding: the trunk of GPT below and of train_bert.BERT."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying
-        init_weights(self, config.n_layer)
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
-
-    def hidden(self, idx):
-        """idx: (B, T) token ids, T <= block_size -> the final norm's output (B, T, C), ready for lm_head."""
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens, block_size is {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
 
 
 class GPT(TransformerLM):
@@ -283,7 +244,7 @@ def split_metrics(loss, tokens, meta, split):
 
 def build_model(model_args):
     try:
-        return GPT(GPTConfig(**model_args))
+        return GPT(LMConfig(**model_args))
     except ValueError as e:  # unknown attention or norm, n_embd not divisible by n_head
         raise ConfigError(str(e)) from None
 
@@ -323,7 +284,7 @@ def run_training(cfg, config, dist):
         if len(open_split(cfg.data_dir, split, meta['dtype'])) <= cfg.block_size:
             raise ConfigError(f"{cfg.data_dir}/{split}.bin has fewer than block_size + 1 = {cfg.block_size + 1} tokens")
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    model_args = {k: v for k, v in config.items() if k in GPTConfig.__dataclass_fields__}
+    model_args = {k: v for k, v in config.items() if k in LMConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'], causal=True)
     data_generator = torch.Generator().manual_seed(cfg.seed)  # training windows; the same on every rank
     raw_model = run.build(build_model, model_args, ARCHITECTURE, [data_generator])

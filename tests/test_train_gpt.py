@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import train_gpt
 from attention import ATTENTION
-from train_gpt import GPT, GPTConfig
+from attention import LMConfig
+from train_gpt import GPT
 from trainer_checks import ENV, ROOT, assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
 from training import ConfigError
 
@@ -93,7 +94,7 @@ def test_eval_only_covers_every_token_once(data_dir, tmp_path):
     results = json.load(open(tmp_path / 'eval.json'))
     assert read_log(tmp_path)[-1] == results
     checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
-    model = GPT(GPTConfig(**checkpoint['model_args']))
+    model = GPT(LMConfig(**checkpoint['model_args']))
     model.load_state_dict(checkpoint['model'])
     model.eval()
     for split in ('val', 'test'):
@@ -120,7 +121,7 @@ def test_word_level_perplexity_for_tokenized_text():
 @pytest.mark.parametrize('variant', CAUSAL)
 def test_generate_by_steps_equals_greedy_full_forward(variant):
     torch.manual_seed(0)
-    config = GPTConfig(attention=variant, vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=16,
+    config = LMConfig(attention=variant, vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=16,
                        chunk_size=4, local_window=4, performer_features=16)
     model = GPT(config).double().eval()
     prompt = torch.randint(50, (1, 5))
@@ -185,7 +186,7 @@ def test_shared_parameters_start_identical_across_variants():
     one variant adds parameters (retention) or draws random features (performer) before later layers."""
     def initial(attention):
         torch.manual_seed(0)
-        model = GPT(GPTConfig(attention=attention, vocab_size=64, n_layer=3, n_head=2, n_embd=16, block_size=32,
+        model = GPT(LMConfig(attention=attention, vocab_size=64, n_layer=3, n_head=2, n_embd=16, block_size=32,
                               performer_features=8))
         return model.state_dict()
 
