@@ -1,17 +1,23 @@
 """
 Every attention variant in trev, behind one interface, plus the transformer block they all share.
 
-Interface (see ../shared/DESIGN.md):
+Interface:
     attn = build_attention(config)            # config.attention names a class in ATTENTION
     y = attn(x, pad_mask=None)                # x, y: (B, T, C); pad_mask: (B, T) bool, True = padding
     y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens
 
 Inside attention every tensor is laid out (B, H, T, D), as in SDPA. Each variant has
     attend(q, k, v, pad_mask)                 # the fast path, (B, H, T, D) -> (B, H, T, D)
-    attend_reference(q, k, v, pad_mask)       # the naive, obviously-correct form of the same formula
+    attend_reference(q, k, v, pad_mask)       # the paper's formula on the (T, T) score matrix, written
+                                              # out directly: it shares no helper with the fast path
 and causal variants also have
-    attend_step(q, k, v, state)               # recurrent form: returns (y, new_state)
-The tests in tests/test_attention.py check every registered class against its reference.
+    attend_step(q, k, v, state)               # decoding: the tokens after state -> (y, new_state)
+The linear-attention family (KernelAttention) computes its causal forward and its decoding with one
+chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state): attend runs it from state None and
+attend_step delegates to it.
+pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
+tests/test_attention.py checks every registered class against its reference, decoding against the parallel
+forward, causality, padding and determinism.
 
 All variants share the q/k/v projection (`qkv`) and the output projection (`proj`); dropout is applied
 to the attention output in every variant (no variant drops attention weights), so regularisation is the
@@ -109,14 +115,6 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     return y.reshape(B, H, N * C, E)[:, :, :T], S
 
 
-def quadratic_linear_attention(q, k, v, allowed, decay=None):
-    """Reference for chunked_linear_attention: (q k^T * decay, masked) v, materialising the (T, T) matrix."""
-    scores = q @ k.transpose(-2, -1)
-    if decay is not None:
-        scores = scores * decay
-    return scores.masked_fill(~allowed, 0) @ v
-
-
 def append_ones(v):
     """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
@@ -133,8 +131,9 @@ def exp_stabilised(log_x, dims):
 
 
 def reference_mask(T, causal, pad_mask, device):
-    """(B|1, 1, T, T) bool: which key each query may use, for the quadratic references."""
-    allowed = causal_mask(T, T, device) if causal else torch.ones(T, T, dtype=torch.bool, device=device)
+    """(B|1, 1, T, T) bool: which key j each query i may use (causal: j <= i), for the quadratic references."""
+    position = torch.arange(T, device=device)
+    allowed = position[None, :] <= position[:, None] if causal else torch.ones(T, T, dtype=torch.bool, device=device)
     allowed = allowed[None, None]
     if pad_mask is not None:
         allowed = allowed & ~pad_mask[:, None, None, :]
@@ -280,11 +279,19 @@ class LocalAttention(Attention):
         return y.reshape(B, H, N * w, D)[:, :, :T]
 
     def attend_reference(self, q, k, v, pad_mask):
+        """softmax_j(q_i . k_j / sqrt(D)) over the window, on the (T, T) matrix; nothing from the fast path."""
         T = q.size(2)
         position = torch.arange(T, device=q.device)
-        key_valid = torch.ones(T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask[:, None, None, :]
-        allowed = self.allowed(position[:, None] - position[None, :], key_valid)
-        return masked_softmax_attention(q, k, v, allowed)
+        distance = position[:, None] - position[None, :]  # i - j, (T, T)
+        if self.causal:
+            inside = (distance >= 0) & (distance < self.window)
+        else:
+            inside = distance.abs() <= self.window // 2
+        allowed = inside[None, None] if pad_mask is None else inside & ~pad_mask[:, None, None, :]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
+        # a padded query with no key in its window averages over all keys rather than giving NaN
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
 
     def attend_step(self, q, k, v, state):
         cached = 0 if state is None else state['k'].size(2)
@@ -302,14 +309,17 @@ class LocalAttention(Attention):
 
 
 class KernelAttention(Attention):
-    """The linear-attention family: y_i = sum_j s_ij v_j [/ sum_j s_ij] with s_ij = phi(q_i) . phi(k_j) a_ij,
+    """The linear-attention family: y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)], s_ij = phi(q_i) . phi(k_j) a_ij,
     where a_ij is 1 or a decay gamma^|i-j|. Subclasses choose the feature map (`features`), whether to
-    normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay.
+    normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay, and
+    write s_ij once more, straight from the paper, in `reference_scores` for attend_reference.
 
-    Causal: chunked_linear_attention, time O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding
-    keeps a fixed (F, D) state per head: O(F D) per token whatever the position.
+    Causal: attend_chunkwise (chunked_linear_attention) for training and decoding alike, time
+    O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding keeps a fixed (F, D) state per head:
+    O(F D) per token whatever the position.
     Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
     pass plus an anti-causal pass.
+    Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
     """
     normalise = True
     eps = 1e-6
@@ -326,8 +336,10 @@ class KernelAttention(Attention):
         """None (no decay) or (1, H, 1) log gamma_h <= 0."""
         return None
 
-    def reference_features(self, q, k):
-        return self.features(q, k, 0)
+    def reference_scores(self, q, k):
+        """(B, H, T, D) queries/keys -> (B, H, T, T) s_ij for every pair i, j (unmasked), from the paper's
+        formula, sharing nothing with `features`."""
+        raise NotImplementedError
 
     def values(self, v):
         return append_ones(v) if self.normalise else v
@@ -337,7 +349,7 @@ class KernelAttention(Attention):
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
-            return self.attend_step(q, k, v, None)[0]
+            return self.attend_chunkwise(q, k, v, None)[0]
         return self.bidirectional(*self.features(q, k, 0), v, pad_mask)
 
     def bidirectional(self, fq, fk, v, pad_mask):
@@ -353,7 +365,9 @@ class KernelAttention(Attention):
         diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
         return self.finish(forward + backward.flip(2) - diagonal)
 
-    def attend_step(self, q, k, v, state):
+    def attend_chunkwise(self, q, k, v, state):
+        """Causal, chunkwise-parallel: the T >= 1 tokens after `state` (None = the start) -> (y, new state).
+        The causal forward is this from state None; decoding continues from any state."""
         offset = 0 if state is None else state['offset']
         fq, fk = self.features(q, k, offset)
         log_decay = self.log_decay()
@@ -363,16 +377,15 @@ class KernelAttention(Attention):
                                          None if state is None else state['kv'], self.chunk_size)
         return self.finish(y), {'kv': kv, 'offset': offset + q.size(2)}
 
+    def attend_step(self, q, k, v, state):
+        return self.attend_chunkwise(q, k, v, state)
+
     def attend_reference(self, q, k, v, pad_mask):
-        fq, fk = self.reference_features(q, k)
-        T = q.size(2)
-        log_decay = self.log_decay()
-        decay = None
-        if log_decay is not None:
-            position = torch.arange(T, device=q.device, dtype=q.dtype)
-            decay = (log_decay[..., None] * (position[:, None] - position[None, :]).abs()).exp()  # (1, H, T, T)
-        allowed = reference_mask(T, self.causal, pad_mask, q.device)
-        return self.finish(quadratic_linear_attention(fq, fk, self.values(v), allowed, decay))
+        """y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)] over the allowed j, on the (T, T) matrix."""
+        allowed = reference_mask(q.size(2), self.causal, pad_mask, q.device)
+        scores = self.reference_scores(q, k).masked_fill(~allowed, 0)  # (B, H, T, T)
+        y = scores @ v
+        return y / (scores.sum(-1, keepdim=True) + self.eps) if self.normalise else y
 
 
 class LinearAttention(KernelAttention):
@@ -384,6 +397,9 @@ class LinearAttention(KernelAttention):
 
     def features(self, q, k, offset):
         return F.elu(q) + 1, F.elu(k) + 1
+
+    def reference_scores(self, q, k):
+        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)  # s_ij = phi(q_i) . phi(k_j)
 
 
 class NormLinearAttention(KernelAttention):
@@ -401,6 +417,9 @@ class NormLinearAttention(KernelAttention):
 
     def features(self, q, k, offset):
         return F.elu(q) + 1, F.elu(k) + 1
+
+    def reference_scores(self, q, k):
+        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)  # s_ij = phi(q_i) . phi(k_j)
 
     def output(self, y, x):
         B, H, T, D = y.shape
@@ -429,6 +448,12 @@ class CosformerAttention(KernelAttention):
         q, k = F.relu(q), F.relu(k)
         return torch.cat([q * cos, q * sin], dim=-1), torch.cat([k * cos, k * sin], dim=-1)
 
+    def reference_scores(self, q, k):
+        """s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), the cosine taken of i - j whole."""
+        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype)
+        reweighting = torch.cos(math.pi / 2 * (position[:, None] - position[None, :]) / self.max_len)  # (T, T)
+        return (F.relu(q) @ F.relu(k).transpose(-2, -1)) * reweighting
+
 
 class Retention(KernelAttention):
     """RetNet multi-scale retention. Sun et al. 2023, "Retentive Network", arXiv:2307.08621.
@@ -454,6 +479,22 @@ class Retention(KernelAttention):
     def log_decay(self):
         return self.log_gamma[None, :, None]
 
+    def reference_scores(self, q, k):
+        """The paper's complex form: channel pairs (x_2i, x_2i+1) are complex numbers, Q_n = q_n e^{i n theta},
+        K_m = k_m e^{i m theta}, theta_i = 10000^(-i / half); s_nm = Re(Q_n conj(K_m)) / sqrt(D) gamma^|n - m|
+        = Re(q_n conj(k_m) e^{i (n - m) theta}) / sqrt(D) gamma^|n - m|. An odd last channel adds q . k."""
+        B, H, T, D = q.shape
+        half = D // 2
+        as_complex = lambda x: torch.view_as_complex(x[..., :2 * half].reshape(B, H, T, half, 2).contiguous())
+        theta = 10000.0 ** (-torch.arange(half, device=q.device, dtype=q.dtype) / max(half, 1))
+        position = torch.arange(T, device=q.device, dtype=q.dtype)
+        relative = position[:, None] - position[None, :]  # n - m, (T, T)
+        phase = torch.exp(1j * relative[..., None] * theta)  # e^{i (n - m) theta}, (T, T, half)
+        rotated = torch.einsum('bhni,bhmi,nmi->bhnm', as_complex(q), as_complex(k).conj(), phase).real
+        unrotated = q[..., 2 * half:] @ k[..., 2 * half:].transpose(-2, -1)  # (B, H, T, T), zero if D is even
+        decay = (self.log_gamma[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
+        return (rotated + unrotated) / math.sqrt(D) * decay
+
     def output(self, y, x):
         B, H, T, D = y.shape
         # GroupNorm with a group per head = LayerNorm over each head's D channels + per-channel affine;
@@ -475,7 +516,8 @@ class PerformerAttention(KernelAttention):
     Stabiliser: each feature vector is divided by a common factor, which cancels between numerator and
     normaliser. Queries use their own max. Keys use the running max up to their position (so no future
     token leaks in): a larger max arriving at step t rescales the state by exp(max_{t-1} - max_t), which
-    is exactly a data-dependent decay <= 1 and goes through the same chunked kernel.
+    is exactly a data-dependent decay <= 1 and goes through the same chunked kernel (attend_chunkwise, for
+    the causal forward and decoding alike).
     Complexity as KernelAttention with F = m.
     """
     eps = 0.0  # features are positive, the normaliser never vanishes
@@ -502,13 +544,16 @@ class PerformerAttention(KernelAttention):
     def query_features(self, q):
         return exp_stabilised(self.project(q)[0], -1)  # |q|^2 / 2 is common to a query's features: cancels too
 
-    def reference_features(self, q, k):
-        scale = self.n_features ** -0.5
-        return [torch.exp(wx - half_norm) * scale for wx, half_norm in (self.project(q), self.project(k))]
+    def reference_scores(self, q, k):
+        """s_ij = phi(q_i) . phi(k_j), phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x scaled by D^(-1/4): no stabiliser."""
+        def phi(x):
+            x = x / self.head_dim ** 0.25
+            return torch.exp(x @ self.projection.T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(self.n_features)
+        return phi(q) @ phi(k).transpose(-2, -1)
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
-            return self.attend_step(q, k, v, None)[0]
+            return self.attend_chunkwise(q, k, v, None)[0]
         wk, half_norm = self.project(k)
         log_k = wk - half_norm
         if pad_mask is not None:  # padded keys must not set the stabiliser
@@ -516,7 +561,7 @@ class PerformerAttention(KernelAttention):
         fk = exp_stabilised(log_k, (-2, -1))  # bidirectional: one max over all keys is fine
         return self.bidirectional(self.query_features(q), fk, v, pad_mask)
 
-    def attend_step(self, q, k, v, state):
+    def attend_chunkwise(self, q, k, v, state):
         wk, half_norm = self.project(k)
         key_max = (wk.amax(-1, keepdim=True) - half_norm).squeeze(-1).detach()  # largest log-feature, (B, H, T)
         previous = key_max[..., :1] if state is None else state['key_max']

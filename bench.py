@@ -13,9 +13,12 @@ included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and
     decode  one step(x_t, state) under no_grad, from a state prefilled with T tokens: per-token cost at
             context T. Every timed step starts from the same prefilled state.
 Model benchmark (--model=gpt): forward + backward + AdamW step of attention.TransformerLM, causal (the model
-train_gpt.py trains), with block_size = T, autocast to dtype on GPU; reports tokens/s, and MFU only for softmax on GPU when --peak_tflops gives the
-device's peak (flops per token 6 N + 12 L T C, N = parameters but the position embedding: nanoGPT's
-estimate from PaLM).
+train_gpt.py trains), with block_size = T, autocast to dtype on GPU; reports tokens/s, and MFU only for softmax
+on GPU when --peak_tflops gives the device's peak (flops per token 6 N + 12 L T C, N = parameters but the
+position embedding: nanoGPT's estimate from PaLM).
+Variant knobs: every LayerConfig field that bench does not set itself (STRUCTURAL_FIELDS) is an option of both
+benchmarks with LayerConfig's default, e.g. --chunk_size=64, --local_window=128, --performer_features=128;
+a field added to LayerConfig becomes one with no change here.
 
 Time: the cases of one mode are built and warmed up (`warmup` untimed calls each), then timed together in
 `repeats` interleaved rounds: in each round the cases take turns, one call each (synchronised on GPU), until
@@ -60,12 +63,21 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import numpy as np
 import torch
 
-from attention import ATTENTION, LayerConfig, LMConfig, TransformerLM, build_attention
+from attention import ATTENTION, KernelAttention, LayerConfig, LMConfig, TransformerLM, build_attention
 from training import ConfigError, apply_overrides, git_commit, resolve_dtype
+
+# LayerConfig fields bench sets itself (attention, n_embd, n_head, causal, block_size: from the variant, the head
+# shape, --causal and T), holds fixed (dropout 0) or leaves at LayerConfig's default (bias, norm, mlp_ratio).
+# Every other field is a knob of the variants (chunk size, window, features, ...): a bench option of the same
+# name and default, passed through to LayerConfig (LMConfig for --model=gpt).
+STRUCTURAL_FIELDS = ('attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout',
+                     'bias', 'norm', 'mlp_ratio')
+LAYER_KNOBS = tuple(f.name for f in fields(LayerConfig) if f.name not in STRUCTURAL_FIELDS)
 
 DEFAULTS = dict(
     model='layer',             # 'layer': one attention layer; 'gpt': training steps of the causal LM (train_gpt.py's model)
@@ -80,9 +92,7 @@ DEFAULTS = dict(
     device='auto',             # 'auto' = cuda if available, else cpu
     threads=0,                 # torch.set_num_threads; 0 = torch's default (one per core)
     malloc='reuse',            # CPU timing with glibc: 'reuse' freed memory (see the docstring) or glibc's 'default'
-    chunk_size=64,             # chunkwise linear-attention kernel (LayerConfig)
-    local_window=128,          # local attention window (LayerConfig)
-    performer_features=256,    # performer random features (LayerConfig)
+    **{name: getattr(LayerConfig(), name) for name in LAYER_KNOBS},  # as LayerConfig: chunk_size, ...
     warmup=2,                  # untimed calls first
     repeats=5,                 # timed calls: at least this many ...
     min_time=1.0,              # ... and at least this many seconds of them (cheap cases get many repeats)
@@ -95,12 +105,29 @@ DEFAULTS = dict(
     fit_from=0,                # fit exponents over T >= fit_from only
     check_floors=False,        # print the floors below with PASS / FAIL
 )
-LINEAR_FAMILY = ('linear', 'performer', 'cosformer', 'retention', 'norm_linear')
-CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', 'causal', 'chunk_size',
-             'local_window', 'performer_features', 'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size',
-             'peak_tflops')  # copied from the config into each case
-FLOORS = dict(fwdbwd_vs_softmax=(4096, 0.5), time_exponent=1.2, memory_exponent=1.1,
-              decode_growth=(1024, 16384, 1.2), fit_range=(1024, 16384))
+CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', 'causal', *LAYER_KNOBS,
+             'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size', 'peak_tflops')  # config -> each case
+FLOORS = dict(
+    # fwdbwd time / softmax's at T <= limit: {T: limit} per variant; a variant's own row replaces 'default'.
+    # performer, with the paper's default of 256 random features per head, is bound by its feature map and
+    # kernel matmuls at T=4096 and pulls ahead of softmax only at longer T.
+    fwdbwd_vs_softmax={'default': {4096: 0.5},
+                       'performer': {4096: 0.8, 16384: 0.3}},
+    time_exponent=1.2, memory_exponent=1.1,  # fitted over fit_range, fwd and fwdbwd
+    decode_growth=(1024, 16384, 1.2),        # decode time at the longer context / at the shorter
+    fit_range=(1024, 16384))
+
+
+def linear_family():
+    """The variants the floors apply to: the causal ones built on attention.KernelAttention, read from the
+    registry when called (so a class registered at run time counts too)."""
+    return [name for name, cls in ATTENTION.items() if issubclass(cls, KernelAttention) and cls.supports_causal]
+
+
+def vs_softmax_floors(variant):
+    """{T: most fwdbwd time / softmax's at T} for a variant: its own row of the table, else the default."""
+    table = FLOORS['fwdbwd_vs_softmax']
+    return table.get(variant, table['default'])
 
 # ----------------------------------------------------------------------------------------------
 # one case
@@ -153,8 +180,7 @@ def layer_call(case, device, dtype):
     B, T, H = case['batch_size'], case['seq_len'], case['n_head']
     C = H * case['head_dim']
     config = LayerConfig(attention=case['variant'], n_embd=C, n_head=H, causal=case['causal'], block_size=T + 1,
-                         chunk_size=case['chunk_size'], local_window=case['local_window'],
-                         performer_features=case['performer_features'])
+                         **{name: case[name] for name in LAYER_KNOBS})
     layer = build_attention(config).to(device, dtype)
     x = torch.randn(B, T, C, device=device, dtype=dtype)
     if case['mode'] == 'fwd':
@@ -179,8 +205,7 @@ def gpt_call(case, device, dtype):
     T = case['seq_len']
     config = LMConfig(vocab_size=case['vocab_size'], block_size=T, n_layer=case['n_layer'], n_head=case['n_head'],
                        n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
-                       chunk_size=case['chunk_size'], local_window=case['local_window'],
-                       performer_features=case['performer_features'])
+                       **{name: case[name] for name in LAYER_KNOBS})
     model = TransformerLM(config).to(device)  # train_gpt.py's GPT: this trunk, causal
     case['n_params'] = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # as nanoGPT's MFU
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -379,18 +404,19 @@ def fit_exponent(records, variant, mode, key, low=0, high=float('inf')):
 
 
 def check_floors(records):
-    """Prints each floor of the linear family, as a measured ratio or exponent against its limit."""
+    """Prints each floor of the linear family (linear_family()) whose records are present, as a measured ratio
+    or exponent against its limit; returns the lines as (name, value, limit)."""
     find = {(r['variant'], r['mode'], r['seq_len']): r for r in records if r['status'] == 'ok'}
-    T_ratio, max_ratio = FLOORS['fwdbwd_vs_softmax']
     T_short, T_long, max_growth = FLOORS['decode_growth']
     low, high = FLOORS['fit_range']
     print(f'\nfloors (linear family; exponents fitted over T = {low} .. {high})')
     lines = []
-    for variant in (v for v in LINEAR_FAMILY if any(r['variant'] == v for r in records)):
-        ours, softmax = find.get((variant, 'fwdbwd', T_ratio)), find.get(('softmax', 'fwdbwd', T_ratio))
-        if ours and softmax:
-            lines.append((f'{variant} fwdbwd time / softmax at T={T_ratio}',
-                          ours['time_ms'] / softmax['time_ms'], max_ratio))
+    for variant in (v for v in linear_family() if any(r['variant'] == v for r in records)):
+        for T, max_ratio in sorted(vs_softmax_floors(variant).items()):
+            ours, softmax = find.get((variant, 'fwdbwd', T)), find.get(('softmax', 'fwdbwd', T))
+            if ours and softmax:
+                lines.append((f'{variant} fwdbwd time / softmax at T={T}',
+                              ours['time_ms'] / softmax['time_ms'], max_ratio))
         for mode in ('fwd', 'fwdbwd'):
             for what, key in (('time', 'time_ms'), ('memory', 'peak_mem_mb')):
                 exponent = fit_exponent(records, variant, mode, key, low, high)

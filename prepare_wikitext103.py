@@ -34,26 +34,13 @@ import sys
 from multiprocessing import Pool
 
 import numpy as np
-import tiktoken
 
 from prepare_enwik8 import ERRORS, SPLITS, download, open_zip, progress, staging, up_to_date, write_meta
+from training import load_encoding
 
 URL = "https://wikitext.smerity.com/wikitext-103-raw-v1.zip"
 RAW_FILES = dict(train="wiki.train.raw", val="wiki.valid.raw", test="wiki.test.raw")
 LINES_PER_CHUNK = 4096  # one unit of work for the pool
-
-
-def load_encoding(name):
-    if name not in tiktoken.list_encoding_names():
-        raise ValueError(f"unknown tokenizer {name}: tiktoken has {', '.join(tiktoken.list_encoding_names())}")
-    try:
-        encoding = tiktoken.get_encoding(name)
-    except Exception:  # tiktoken's download fails in many ways (requests, OSError, ...) when offline
-        raise ValueError(f"could not load tiktoken's {name} encoding (needs internet once, or TIKTOKEN_CACHE_DIR "
-                         f"set to a cache that has it)") from None
-    if encoding.n_vocab > 2**16:
-        raise ValueError(f"tokenizer {name} has {encoding.n_vocab:,} tokens: too many for uint16")
-    return encoding
 
 
 def open_raw(src, filename):

@@ -14,20 +14,23 @@ One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval
 state (written every eval_interval, at the end, and on Ctrl-C), so a resumed run continues with the same data
 order, schedule and RNG streams: on CPU it logs bitwise the same losses as an uninterrupted run.
 A log.jsonl row: iter; val_loss (at evals: the fixed-batch estimate); train_loss (the step's mean over its
-micro-batches and ranks), lr, tokens_per_s (all ranks, eval time excluded), peak_mem_mb (cuda: this GPU's
-max_memory_allocated; cpu: the process's peak RSS, an upper bound) every log_interval; elapsed_s.
+micro-batches and ranks), lr, grad_norm (of the step's gradient, before clipping), tokens_per_s (all ranks, eval
+time excluded), peak_mem_mb (cuda: this GPU's max_memory_allocated; cpu: the process's peak RSS, an upper bound)
+every log_interval; elapsed_s.
 Losses are in nats per token; eval_only adds bits per byte (byte data) or token and word perplexity.
-The model (GPT, LMConfig) imports without side effects.
+The model (GPT) imports without side effects; the training loop is train() below, top to bottom.
 """
 import json
 import math
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
 from attention import LMConfig, TransformerLM
@@ -46,7 +49,7 @@ init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same archit
 eval_only = False          # evaluate the full val and test splits, write out_dir/eval.json, exit
 eval_interval = 1000       # also how often ckpt.pt is written
 eval_iters = 100           # batches in the quick val estimate, the same fixed batches for every run
-log_interval = 10
+log_interval = 10          # also how often Ctrl-C is acted on under DDP (the check is a sync)
 # data
 data_dir = 'data/enwik8'   # {train,val,test}.bin and meta.json from prepare_enwik8.py / prepare_wikitext103.py
 batch_size = 16            # sequences per micro-step over ALL processes: each of N ranks takes batch_size / N
@@ -63,7 +66,8 @@ norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 128         # local: keys per query
 performer_features = 256   # performer: random features per head
-# optimizer: AdamW, weight decay on matrices and embeddings only
+# optimizer: weight decay on matrices and embeddings only
+optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
 max_iters = 50000
 weight_decay = 0.1
@@ -85,8 +89,6 @@ max_new_tokens = 500
 temperature = 0.8
 top_k = 200                # sample from the k likeliest tokens; 0 = all
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-ARCHITECTURE = ('vocab_size', 'n_layer', 'attention', 'n_head', 'n_embd', 'block_size', 'bias', 'norm',
-                'chunk_size', 'local_window', 'performer_features')  # a checkpoint must agree on these
 # -----------------------------------------------------------------------------------------------
 
 
@@ -144,34 +146,6 @@ class GPT(TransformerLM):
 # data
 
 
-def prepare_command(data_dir):
-    """The command that writes data_dir: enwik8 and wikitext103 by name, any other folder from a file as bytes."""
-    name = os.path.basename(os.path.normpath(data_dir))
-    if name not in ('enwik8', 'wikitext103'):
-        return f"python prepare_enwik8.py --src=FILE --data_dir={data_dir}"
-    custom = os.path.normpath(data_dir) != os.path.join('data', name)
-    return f"python prepare_{name}.py" + (f" --data_dir={data_dir}" if custom else '')
-
-
-def load_meta(data_dir, splits=('train', 'val', 'test')):
-    """meta.json of a prepared data folder, 'dtype' and 'tokenizer' inferred from vocab_size where missing.
-    A missing file is a ConfigError naming the prepare command."""
-    for name in [f'{split}.bin' for split in splits] + ['meta.json']:
-        path = os.path.join(data_dir, name)
-        if not os.path.exists(path):
-            raise ConfigError(f"{path} not found: run `{prepare_command(data_dir)}`")
-    with open(os.path.join(data_dir, 'meta.json')) as f:
-        meta = json.load(f)
-    meta.setdefault('dtype', 'uint8' if meta['vocab_size'] <= 256 else 'uint16')
-    meta.setdefault('tokenizer', 'bytes' if meta['vocab_size'] <= 256 else 'gpt2')
-    return meta
-
-
-def open_split(data_dir, split, dtype):
-    # re-opened for every batch, as nanoGPT does: a long-lived np.memmap leaks memory
-    return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=dtype, mode='r')
-
-
 def get_batch(data, starts, length, device):
     """x, y: (len(starts), length) int64, y shifted one token ahead of x."""
     x = torch.from_numpy(np.stack([data[s:s + length] for s in starts]).astype(np.int64))
@@ -192,7 +166,7 @@ def random_starts(n_tokens, block_size, batch_size, generator, dist):
 @torch.no_grad()
 def estimate_loss(model, cfg, meta, dist, ctx):
     """Mean loss on eval_iters random val batches from a fixed seed: the same batches at every eval of every run."""
-    data = open_split(cfg.data_dir, 'val', meta['dtype'])
+    data = training.open_split(cfg.data_dir, 'val', meta['dtype'])
     generator = torch.Generator().manual_seed(0)
     total = 0.0
     for _ in range(cfg.eval_iters):
@@ -209,7 +183,7 @@ def evaluate_split(model, cfg, meta, split, dist, ctx):
     """Loss over every token of the split but the first, in fixed non-overlapping windows of block_size (the last
     one shorter): each token is predicted once, from the tokens before it in its window. Ranks take every
     world_size-th window and the sums are all-reduced. Returns (mean loss in nats/token, tokens)."""
-    data = open_split(cfg.data_dir, split, meta['dtype'])
+    data = training.open_split(cfg.data_dir, split, meta['dtype'])
     starts = list(range(0, len(data) - 1, cfg.block_size))[dist.rank::dist.world_size]
     full = [s for s in starts if s + cfg.block_size < len(data)]  # a full window needs block_size + 1 tokens
     groups = [full[i:i + cfg.batch_size] for i in range(0, len(full), cfg.batch_size)]
@@ -258,14 +232,13 @@ def sample(cfg):
     model = build_model(checkpoint['model_args'])
     model.load_state_dict(checkpoint['model'])
     model.to(device).eval()
-    meta = load_meta(checkpoint['config']['data_dir'], splits=())
+    meta = training.load_meta(checkpoint['config']['data_dir'], splits=())
     if meta['tokenizer'] == 'bytes':
         encode, decode = list, lambda ids: bytes(ids).decode('utf-8', errors='replace')
         prompt = cfg.start.encode('utf-8')
     else:
-        from prepare_wikitext103 import load_encoding  # the tokenizer the data was prepared with
         try:
-            encoding = load_encoding(meta['tokenizer'])
+            encoding = training.load_encoding(meta['tokenizer'])  # the tokenizer the data was prepared with
         except ValueError as e:
             raise ConfigError(str(e)) from None
         encode, decode, prompt = encoding.encode_ordinary, encoding.decode, cfg.start
@@ -277,53 +250,150 @@ def sample(cfg):
     print(decode(out[0].tolist()))
 
 
-def run_training(cfg, config, dist):
-    run = training.Run(cfg, config, dist)
-    meta = load_meta(cfg.data_dir)
+def train(cfg, config, dist):
+    """The run: checks, data, model, optimizer, resume, then eval_only or the training loop."""
+    device, accumulation = dist.device, cfg.gradient_accumulation_steps
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+    training.check_run(cfg, dist)
+    dtype = training.resolve_dtype(device, cfg.dtype)
+    config.update(device=device, dtype=dtype)  # config.json records what actually ran
+    ctx, scaler = training.mixed_precision(device, dtype)  # autocast, and fp16's loss scaling (a no-op otherwise)
+
+    # data: random training windows drawn from a generator that is the same on every rank
+    meta = training.load_meta(cfg.data_dir)
     for split in ('train', 'val', 'test'):
-        if len(open_split(cfg.data_dir, split, meta['dtype'])) <= cfg.block_size:
+        if len(training.open_split(cfg.data_dir, split, meta['dtype'])) <= cfg.block_size:
             raise ConfigError(f"{cfg.data_dir}/{split}.bin has fewer than block_size + 1 = {cfg.block_size + 1} tokens")
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    data_generator = torch.Generator().manual_seed(cfg.seed)
+    tokens_per_iter = accumulation * cfg.batch_size * cfg.block_size
+
+    # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in config.items() if k in LMConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'], causal=True)
-    data_generator = torch.Generator().manual_seed(cfg.seed)  # training windows; the same on every rank
-    raw_model = run.build(build_model, model_args, ARCHITECTURE, [data_generator])
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_args).to(device)
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
+    # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
+    optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,
+                                         (cfg.beta1, cfg.beta2), device)
+    iter_num, elapsed_before, last_saved = 0, 0.0, None
+    if cfg.init_from == 'resume':
+        checkpoint = training.load_checkpoint(ckpt_path)
+        training.check_resume(checkpoint, model_args, optimizer, ckpt_path)
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+        training.restore_rng_states(checkpoint['rng'], [data_generator], dist)
+        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
+        last_saved = iter_num  # the iteration of the checkpoint on disk
+    elif not cfg.eval_only:
+        training.check_fresh(cfg.out_dir, ckpt_path)
+    eval_model = torch.compile(model) if cfg.compile else model
+    train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
+    if dist.world_size > 1:
+        train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     if dist.master:
-        attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
-        print(f"{cfg.attention}: {raw_model.num_params():,} parameters ({attention_params:,} in attention), "
-              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {dist.device}, "
-              f"{config['dtype']}")
+        attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
+        print(f"{cfg.attention}: {model.num_params():,} parameters ({attention_params:,} in attention), "
+              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, {dtype}, "
+              f"{type(optimizer).__name__}")
 
     if cfg.eval_only:
-        run.eval_model.eval()
-        results = {'iter': run.iter_num}
+        eval_model.eval()
+        results = {'iter': iter_num}
         for split in ('val', 'test'):
-            loss, tokens = evaluate_split(run.eval_model, cfg, meta, split, dist, run.ctx)
+            loss, tokens = evaluate_split(eval_model, cfg, meta, split, dist, ctx)
             results[split] = split_metrics(loss, tokens, meta, split)
-        run.write_eval(results)
+        if dist.master:
+            training.write_eval(cfg.out_dir, results)
         return
 
-    def micro_loss(model):
-        data = open_split(cfg.data_dir, 'train', meta['dtype'])
-        starts = random_starts(len(data), cfg.block_size, cfg.batch_size, data_generator, dist)
-        return model(*get_batch(data, starts, cfg.block_size, dist.device))[1]
+    if dist.master:
+        training.write_config(cfg.out_dir, config)
+        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    start_iter = iter_num
+    t_start = t_last = time.time()
+    iters_since_log = 0
+    with training.StopSignal() as stop:
+        while True:
+            # Ctrl-C / SIGTERM: ranks agree on log steps only, as the check is a host sync under DDP
+            stopping = stop.requested(device, agree_now=iter_num % cfg.log_interval == 0)
+            row = {}
+            t_pause = time.time()
+            if not stopping and (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters):
+                eval_model.eval()
+                row['val_loss'] = estimate_loss(eval_model, cfg, meta, dist, ctx)
+                eval_model.train()
+                if not math.isfinite(row['val_loss']):
+                    training.exit_nonfinite(iter_num, 'val loss', last_saved, ckpt_path)
+            if stopping or (row and iter_num > start_iter):  # a checkpoint after each eval, and before stopping
+                rng = training.rng_states([data_generator])  # a collective under DDP: every rank calls it
+                if not training.all_finite(model):  # never overwrite a good checkpoint with a broken model
+                    training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
+                if dist.master:
+                    training.save_checkpoint(ckpt_path, {
+                        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                        'optimizer_class': type(optimizer).__name__, 'scaler': scaler.state_dict(),
+                        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'rng': rng,
+                        'elapsed_s': elapsed_before + time.time() - t_start})
+                last_saved = iter_num
+            if stopping:
+                if dist.master:
+                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
+                sys.exit(130)
+            t_last += time.time() - t_pause  # throughput counts training time only
 
-    def evaluate(model):
-        return {'val_loss': estimate_loss(model, cfg, meta, dist, run.ctx)}
-
-    run.train(micro_loss, evaluate, 'tokens_per_s', tokens_per_iter)
+            if iter_num < cfg.max_iters:
+                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+                train_loss = torch.zeros((), device=device)
+                for micro_step in range(accumulation):
+                    if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step
+                        train_model.require_backward_grad_sync = micro_step == accumulation - 1
+                    data = training.open_split(cfg.data_dir, 'train', meta['dtype'])
+                    starts = random_starts(len(data), cfg.block_size, cfg.batch_size, data_generator, dist)
+                    x, y = get_batch(data, starts, cfg.block_size, device)
+                    with ctx:
+                        _, loss = train_model(x, y)
+                        loss = loss / accumulation  # the step's gradient is the mean over its micro-batches
+                    scaler.scale(loss).backward()
+                    train_loss += loss.detach()
+                scaler.unscale_(optimizer)  # the true gradients (fp16's loss scale divided out) for the norm and clip
+                # the norm before clipping, logged as grad_norm; grad_clip = 0 leaves the gradients as they are
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                scaler.step(optimizer)  # fp16: skipped when a gradient is inf/nan, and the scale lowered
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                iters_since_log += 1
+                if iter_num % cfg.log_interval == 0:  # .item() waits for the GPU: on log steps only
+                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
+                    if not math.isfinite(row['train_loss']):
+                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
+                    now = time.time()
+                    row.update(lr=lr, grad_norm=grad_norm.item(),
+                               tokens_per_s=iters_since_log * tokens_per_iter / (now - t_last),
+                               peak_mem_mb=training.peak_memory_mb(device))
+                    t_last, iters_since_log = now, 0
+            if row and dist.master:
+                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
+                log.write(row)
+                print(training.format_row(row))
+            if iter_num >= cfg.max_iters:
+                break
+            iter_num += 1
 
 
 def main(argv):
-    cfg_dict = training.apply_overrides(DEFAULTS, argv)
-    if not cfg_dict['out_dir']:
-        cfg_dict['out_dir'] = f"out-{os.path.basename(os.path.normpath(cfg_dict['data_dir']))}-{cfg_dict['attention']}"
-    cfg = SimpleNamespace(**cfg_dict)
+    config = training.apply_overrides(DEFAULTS, argv)
+    if not config['out_dir']:
+        config['out_dir'] = f"out-{os.path.basename(os.path.normpath(config['data_dir']))}-{config['attention']}"
+    cfg = SimpleNamespace(**config)
     if cfg.mode == 'sample':
         sample(cfg)
     elif cfg.mode == 'train':
         with training.distributed(cfg.device) as dist:
-            run_training(cfg, cfg_dict, dist)
+            train(cfg, config, dist)
     else:
         raise ConfigError(f"mode={cfg.mode!r}; choose 'train' or 'sample'")
 

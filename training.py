@@ -1,30 +1,23 @@
 """
-Run machinery shared by train_gpt.py, train_bert.py and train_vit.py, written once.
+Small stateless plumbing the trainers call (train_gpt.py, train_bert.py, train_vit.py). No loop lives here: each
+trainer writes its own model build, optimizer, resume and training loop, top to bottom, and calls these.
 
     config = apply_overrides(defaults, argv)   # configs/*.py files, then --key=value; bad input -> ConfigError
-    dist = setup_distributed(device)           # Dist(rank, local_rank, world_size, master, device); python = 1 process
-    device = resolve_device(device)            # 'auto' -> 'cuda' if available, else 'cpu'
-    teardown_distributed()
-    with distributed(device) as dist: ...   # both of the above around a block
+    with distributed(device) as dist: ...      # Dist(rank, local_rank, world_size, master, device); python = 1 process
     dtype = resolve_dtype(device, dtype)       # 'auto' -> bfloat16 / float16 on cuda, float32 on cpu
     ctx, scaler = mixed_precision(device, dtype)  # autocast context (GPU only) and GradScaler (enabled for float16)
-    write_config(out_dir, config)              # config.json: resolved config, torch version, git commit, command line
-    log = Log(out_dir, keep_before)            # log.jsonl; log.write(row) appends one JSON object per line
-    save_checkpoint(path, checkpoint)          # atomic: temp file in the same folder, then os.replace
-    checkpoint = load_checkpoint(path)         # on cpu; ConfigError if missing
-    unwrap(model), model_state(model)          # the raw model under DDP / torch.compile, and its state_dict
+    check_run(cfg, dist); check_fresh(out_dir, ckpt_path)  # batch split and init_from; no run overwritten
+    optimizer = build_optimizer(name, model, learning_rate, weight_decay, betas, device)  # 'adamw', 'sgd', 'adafactor'
+    check_resume(checkpoint, model_args, optimizer, path)  # ConfigError when a checkpoint is another model or optimizer
+    write_config(out_dir, config); log = Log(out_dir, keep_before); write_eval(out_dir, results)  # the run folder
+    save_checkpoint(path, checkpoint); checkpoint = load_checkpoint(path)   # atomic, fsync'd; cpu
+    unwrap(model), all_finite(model)           # the raw model under DDP / torch.compile; no nan/inf in parameters
     get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters)  # linear warmup, cosine decay to min_lr
-    with StopSignal() as stop: ... stop.requested()  # Ctrl-C / SIGTERM: finish the step, save, exit
-    all_finite(model)                          # no nan/inf in the parameters (checked before any checkpoint)
-    states = rng_states(generators)            # every RNG that drives a run, one entry per rank
-    restore_rng_states(states, generators, dist)
-    peak_memory_mb(device)
-    adamw(model, cfg, device)                  # AdamW, weight decay on 2+ dim parameters only
-    check_architecture(saved_args, model_args, keys, path)  # ConfigError when a checkpoint is another model
-    all_reduce_sum(values, device)             # sum floats over ranks
+    with StopSignal() as stop: ... stop.requested(device, agree_now)  # Ctrl-C / SIGTERM: finish the step, save, exit
+    states = rng_states(generators); restore_rng_states(states, generators, dist)  # every RNG of a run, per rank
+    all_reduce_sum(values, device); peak_memory_mb(device); format_row(row)
     exit_nonfinite(iter_num, what, last_saved, ckpt_path)   # stop on nan/inf, naming the last good checkpoint
-    print(format_row(row))                     # a log row as one line
-    run = Run(cfg, config, dist)               # one training run: build, then train or write_eval (see Run)
+    meta = load_meta(data_dir); data = open_split(data_dir, split, dtype); load_encoding(name)  # prepared data
 
 A trainer's main() raises ConfigError for any input the user can fix; its `__main__` block turns that into
 `error: <one line>` on stderr and a non-zero exit, with no traceback.
@@ -34,7 +27,6 @@ import json
 import math
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -46,7 +38,6 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 class ConfigError(Exception):
@@ -138,6 +129,8 @@ def distributed(device):
     dist = setup_distributed(device)
     try:
         yield dist
+        if torch_dist.is_initialized():  # every rank done before any tears down (gloo aborts on a peer gone mid-exchange)
+            torch_dist.barrier()
     finally:
         teardown_distributed()
 
@@ -167,6 +160,10 @@ def peak_memory_mb(device):
     (ru_maxrss: everything the process ever held, Python and torch included), so CPU numbers are upper bounds."""
     if device.startswith('cuda'):
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # POSIX only: on Windows CPU runs log no peak memory
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == 'darwin' else peak / 2**10  # bytes on macOS, KiB on Linux
 
@@ -179,26 +176,43 @@ def git_commit():
     """(commit, dirty) of the code that ran, or (None, None) outside a git checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, check=True)
-        status = subprocess.run(['git', 'status', '--porcelain'], cwd=here, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+        git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, check=True,
+                                           timeout=60).stdout.strip()
+        commit, status = git('rev-parse', 'HEAD'), git('status', '--porcelain')
+    except (OSError, subprocess.SubprocessError):
         return None, None
-    return commit.stdout.strip(), bool(status.stdout.strip())
+    return commit, bool(status)
+
+
+def write_atomic(path, write):
+    """write(file) into a temp file next to path, flushed to disk, then renamed over path: a crash at any moment
+    leaves either the old file or the new one, never a part."""
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
 
 
 def write_config(out_dir, config):
+    """config.json: the resolved config, torch version, git commit (and whether the tree was dirty), command line."""
     os.makedirs(out_dir, exist_ok=True)
     commit, dirty = git_commit()
-    record = {'config': config, 'torch': torch.__version__, 'git_commit': commit, 'git_dirty': dirty,
-              'command': [sys.executable] + sys.argv}
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(record, f, indent=2)
+    write_json(os.path.join(out_dir, 'config.json'), {
+        'config': config, 'torch': torch.__version__, 'git_commit': commit, 'git_dirty': dirty,
+        'command': [sys.executable] + sys.argv})
 
 
 class Log:
     """log.jsonl in the run folder, keeping only the existing rows with iter < keep_before: 0 for a fresh run,
     k when resuming at iteration k (rows the stopped run wrote after its checkpoint go, so the file reads as one
-    uninterrupted run), None to append to everything (e.g. an evaluation of a finished run)."""
+    uninterrupted run), None to append to everything (e.g. an evaluation of a finished run). The cut is an
+    atomic rewrite; rows are then appended, each flushed."""
 
     def __init__(self, out_dir, keep_before=None):
         os.makedirs(out_dir, exist_ok=True)
@@ -207,20 +221,24 @@ class Log:
             rows = []
             if os.path.exists(self.path):
                 with open(self.path) as f:
-                    rows = [line for line in f if json.loads(line)['iter'] < keep_before]
-            with open(self.path, 'w') as f:
-                f.writelines(rows)
+                    rows = [line for line in f if line.strip() and json.loads(line)['iter'] < keep_before]
+            write_atomic(self.path, lambda f: f.write(''.join(rows).encode()))
 
     def write(self, row):
         with open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
 
 
+def write_eval(out_dir, results):
+    """eval_only's results: printed, written to eval.json (atomically) and appended to log.jsonl."""
+    print(json.dumps(results, indent=2))
+    write_json(os.path.join(out_dir, 'eval.json'), results)
+    Log(out_dir).write(results)
+
+
 def save_checkpoint(path, checkpoint):
-    """torch.save to a temp file in the same folder, then os.replace: a crash mid-write leaves the old file."""
-    tmp = path + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    """torch.save through write_atomic: a crash mid-write leaves the old checkpoint."""
+    write_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path):
@@ -286,10 +304,13 @@ class StopSignal:
             print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", flush=True)
         self.flag = True
 
-    def requested(self, device='cpu'):
-        """True once any rank got a signal; under DDP every rank agrees, so all stop at the same step."""
+    def requested(self, device='cpu', agree_now=True):
+        """True once a signal came. Under DDP every rank must stop at the same step, so ranks agree through an
+        all-reduce, a host sync: only when agree_now (the loops pass their log steps); otherwise False on all ranks."""
         if not torch_dist.is_initialized():
             return self.flag
+        if not agree_now:
+            return False
         flag = torch.tensor(float(self.flag), device=device)
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -333,21 +354,53 @@ def restore_rng_states(states, generators, dist):
 # pieces of the training loop every trainer writes the same way
 
 
-def adamw(model, cfg, device):
-    """AdamW from cfg's learning_rate, weight_decay, beta1, beta2: weight decay on matrices, convolutions and
-    embeddings (every parameter of 2+ dims), none on biases and norm gains."""
-    return torch.optim.AdamW(
-        [{'params': [p for p in model.parameters() if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
-         {'params': [p for p in model.parameters() if p.dim() < 2], 'weight_decay': 0.0}],
-        lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.startswith('cuda'))
+def check_run(cfg, dist):
+    """The settings every trainer checks before it builds anything."""
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
+    if cfg.init_from not in ('scratch', 'resume'):
+        raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
 
 
-def check_architecture(saved_args, model_args, keys, path):
-    """ConfigError naming every key in keys on which a checkpoint's model_args and the config disagree."""
-    diff = [f"{k}={saved_args[k]!r} in the checkpoint, {model_args[k]!r} in the config"
-            for k in keys if saved_args[k] != model_args[k]]
+def check_fresh(out_dir, ckpt_path):
+    """A run from scratch never overwrites another run's checkpoint."""
+    if os.path.exists(ckpt_path):
+        raise ConfigError(f"{out_dir} already holds a run ({ckpt_path}): continue it with --init_from=resume, or "
+                          "start afresh in another --out_dir")
+
+
+OPTIMIZERS = ('adamw', 'sgd', 'adafactor')
+
+
+def build_optimizer(name, model, learning_rate, weight_decay, betas, device):
+    """The optimizer a config names, over two groups: weight decay on matrices, convolutions and embeddings (every
+    parameter of 2+ dims), none on biases and norm gains.
+        'adamw'     torch.optim.AdamW(betas)
+        'sgd'       torch.optim.SGD with Nesterov momentum beta1 (weight decay added to the gradient, as SGD does)
+        'adafactor' torch.optim.Adafactor (Shazeer & Stern 2018, factored second moments; betas unused)"""
+    groups = [{'params': [p for p in model.parameters() if p.dim() >= 2], 'weight_decay': weight_decay},
+              {'params': [p for p in model.parameters() if p.dim() < 2], 'weight_decay': 0.0}]
+    if name == 'adamw':
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device.startswith('cuda'))
+    if name == 'sgd':
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=betas[0], nesterov=True)
+    if name == 'adafactor':
+        return torch.optim.Adafactor(groups, lr=learning_rate)
+    raise ConfigError(f"optimizer={name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+def check_resume(checkpoint, model_args, optimizer, path):
+    """ConfigError when a checkpoint holds another model (any model_args key but dropout differs) or was trained
+    with another optimizer class than the one this run built."""
+    saved = checkpoint['model_args']
+    diff = [f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config"
+            for k, v in model_args.items() if k != 'dropout' and saved.get(k) != v]
     if diff:
         raise ConfigError(f"{path} is a different model: {'; '.join(diff)}")
+    built = type(optimizer).__name__
+    if checkpoint['optimizer_class'] != built:
+        raise ConfigError(f"{path} was trained with {checkpoint['optimizer_class']}, this run builds {built}: resume "
+                          f"with the same optimizer, or start afresh in another --out_dir")
 
 
 def all_reduce_sum(values, device):
@@ -374,143 +427,48 @@ def format_row(row):
 
 
 # ----------------------------------------------------------------------------------------------
-# one run: everything a trainer does around its own model, data, loss and metrics
+# prepared data folders: {train,val,test}.bin and meta.json from prepare_enwik8.py / prepare_wikitext103.py
 
 
-class Run:
-    """A training run, the same for every task:
-        run = Run(cfg, config, dist)   # dtype, autocast and GradScaler; checks the batch split and init_from
-        model = run.build(make_model, model_args, ARCHITECTURE, generators)  # seeded, AdamW, resumed, compiled, DDP
-        run.write_eval(results)        # eval_only: print, eval.json, a log row
-        run.train(micro_loss, evaluate, 'tokens_per_s', tokens_per_iter)    # the loop, checkpoints, log.jsonl
-    """
+def prepare_command(data_dir):
+    """The command that writes data_dir: enwik8 and wikitext103 by name, any other folder from a file as bytes."""
+    name = os.path.basename(os.path.normpath(data_dir))
+    if name not in ('enwik8', 'wikitext103'):
+        return f"python prepare_enwik8.py --src=FILE --data_dir={data_dir}"
+    custom = os.path.normpath(data_dir) != os.path.join('data', name)
+    return f"python prepare_{name}.py" + (f" --data_dir={data_dir}" if custom else '')
 
-    def __init__(self, cfg, config, dist):
-        self.cfg, self.config, self.dist = cfg, config, dist
-        dtype = resolve_dtype(dist.device, cfg.dtype)
-        config.update(device=dist.device, dtype=dtype)  # config.json records what actually ran
-        self.ctx, self.scaler = mixed_precision(dist.device, dtype)
-        if cfg.batch_size % dist.world_size:
-            raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
-        if cfg.init_from not in ('scratch', 'resume'):
-            raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
-        self.ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
 
-    def build(self, make_model, model_args, architecture, generators=()):
-        """make_model(model_args) runs with torch seeded by cfg.seed on every rank (DDP also broadcasts rank 0's
-        weights); dropout then draws from a per-rank stream. generators: the run's own torch.Generators (data
-        order, masks), saved in every checkpoint. init_from='resume' restores model, optimizer, scaler, RNGs and
-        the iteration from out_dir/ckpt.pt, refusing a checkpoint that disagrees on an architecture key.
-        Returns the raw model; run.model (compiled, DDP) trains and run.eval_model (compiled) evaluates."""
-        cfg, dist = self.cfg, self.dist
-        torch.manual_seed(cfg.seed)
-        self.raw_model = make_model(model_args).to(dist.device)
-        torch.manual_seed(cfg.seed + dist.rank)
-        self.optimizer = adamw(self.raw_model, cfg, dist.device)
-        self.model_args, self.generators = model_args, list(generators)
-        self.iter_num, self.elapsed_before, self.last_saved = 0, 0.0, None
-        if cfg.init_from == 'resume':
-            checkpoint = load_checkpoint(self.ckpt_path)
-            check_architecture(checkpoint['model_args'], model_args, architecture, self.ckpt_path)
-            self.raw_model.load_state_dict(checkpoint['model'])
-            self.optimizer.load_state_dict(checkpoint['optimizer'])
-            self.scaler.load_state_dict(checkpoint['scaler'])
-            restore_rng_states(checkpoint['rng'], self.generators, dist)
-            self.iter_num, self.elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
-            self.last_saved = self.iter_num  # the iteration of the checkpoint on disk
-        self.eval_model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
-        self.model = self.eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
-        if dist.world_size > 1:
-            self.model = DDP(self.eval_model, device_ids=[dist.local_rank] if dist.device.startswith('cuda') else None)
-        return self.raw_model
+def load_meta(data_dir, splits=('train', 'val', 'test')):
+    """meta.json of a prepared data folder, 'dtype' and 'tokenizer' inferred from vocab_size where missing.
+    A missing file is a ConfigError naming the prepare command."""
+    for name in [f'{split}.bin' for split in splits] + ['meta.json']:
+        path = os.path.join(data_dir, name)
+        if not os.path.exists(path):
+            raise ConfigError(f"{path} not found: run `{prepare_command(data_dir)}`")
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        meta = json.load(f)
+    meta.setdefault('dtype', 'uint8' if meta['vocab_size'] <= 256 else 'uint16')
+    meta.setdefault('tokenizer', 'bytes' if meta['vocab_size'] <= 256 else 'gpt2')
+    return meta
 
-    def write_eval(self, results):
-        if self.dist.master:
-            print(json.dumps(results, indent=2))
-            with open(os.path.join(self.cfg.out_dir, 'eval.json'), 'w') as f:
-                json.dump(results, f, indent=2)
-            Log(self.cfg.out_dir).write(results)
 
-    def save(self, iter_num):
-        rng = rng_states(self.generators)  # collective under DDP: every rank calls save
-        if not all_finite(self.raw_model):  # never overwrite a good checkpoint with a broken model
-            exit_nonfinite(iter_num, 'parameters', self.last_saved, self.ckpt_path)
-        if self.dist.master:
-            save_checkpoint(self.ckpt_path, {
-                'model': model_state(self.raw_model), 'optimizer': self.optimizer.state_dict(),
-                'scaler': self.scaler.state_dict(), 'model_args': self.model_args, 'config': self.config,
-                'iter_num': iter_num, 'rng': rng, 'elapsed_s': self.elapsed_before + time.time() - self.t_start})
-        self.last_saved = iter_num
+def open_split(data_dir, split, dtype):
+    # re-opened for every batch, as nanoGPT does: a long-lived np.memmap leaks memory
+    return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=dtype, mode='r')
 
-    def train(self, micro_loss, evaluate, throughput_key, items_per_iter):
-        """Every eval_interval steps and at the end: evaluate(eval_model) -> dict of metrics (the first must be
-        finite), then a checkpoint. Each step: micro_loss(model) of gradient_accumulation_steps micro-batches,
-        averaged, gradients synced (DDP) on the last micro-step only; clipping; AdamW at get_lr's rate.
-        Every log_interval steps a log.jsonl row: train_loss, lr, throughput (items_per_iter per step, training
-        time only), peak_mem_mb. Ctrl-C / SIGTERM: save and exit 130; a non-finite loss: stop, keep the last
-        good checkpoint. Refuses to start from scratch where out_dir already holds a checkpoint."""
-        cfg, dist, model = self.cfg, self.dist, self.model
-        device, accumulation = dist.device, cfg.gradient_accumulation_steps
-        if cfg.init_from == 'scratch' and os.path.exists(self.ckpt_path):  # never overwrite a run by accident
-            raise ConfigError(f"{cfg.out_dir} already holds a run ({self.ckpt_path}): continue it with "
-                              "--init_from=resume, or start afresh in another --out_dir")
-        if dist.master:
-            write_config(cfg.out_dir, self.config)
-            log = Log(cfg.out_dir, keep_before=self.iter_num)
-        iter_num = start_iter = self.iter_num
-        self.t_start = t_last = time.time()
-        iters_since_log = 0
-        with StopSignal() as stop:
-            while True:
-                if stop.requested(device):
-                    self.save(iter_num)
-                    if dist.master:
-                        print(f"stopped at iter {iter_num}: checkpoint in {self.ckpt_path}; continue with "
-                              "--init_from=resume")
-                    sys.exit(130)
-                row = {}
-                if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters:
-                    t_eval = time.time()
-                    model.eval()
-                    row.update(evaluate(self.eval_model))
-                    model.train()
-                    name, value = next(iter(row.items()))
-                    if not math.isfinite(value):
-                        exit_nonfinite(iter_num, name.replace('_', ' '), self.last_saved, self.ckpt_path)
-                    if iter_num > start_iter:
-                        self.save(iter_num)
-                    t_last += time.time() - t_eval  # throughput counts training time only
-                if iter_num < cfg.max_iters:
-                    lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-                    for group in self.optimizer.param_groups:
-                        group['lr'] = lr
-                    train_loss = torch.zeros((), device=device)
-                    for micro_step in range(accumulation):
-                        if dist.world_size > 1:  # sync gradients on the last micro-step only
-                            model.require_backward_grad_sync = micro_step == accumulation - 1
-                        with self.ctx:
-                            loss = micro_loss(model) / accumulation  # the step's gradient: mean over micro-steps
-                        self.scaler.scale(loss).backward()
-                        train_loss += loss.detach()
-                    if cfg.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    iters_since_log += 1
-                    if iter_num % cfg.log_interval == 0:
-                        row['train_loss'] = all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
-                        if not math.isfinite(row['train_loss']):
-                            exit_nonfinite(iter_num, 'train loss', self.last_saved, self.ckpt_path)
-                        now = time.time()
-                        row.update({'lr': lr, throughput_key: iters_since_log * items_per_iter / (now - t_last),
-                                    'peak_mem_mb': peak_memory_mb(device)})
-                        t_last, iters_since_log = now, 0
-                if row and dist.master:
-                    row = {'iter': iter_num, **row, 'elapsed_s': self.elapsed_before + time.time() - self.t_start}
-                    log.write(row)
-                    print(format_row(row))
-                if iter_num >= cfg.max_iters:
-                    break
-                iter_num += 1
+
+def load_encoding(name):
+    """tiktoken's encoding `name` (the tokenizer prepare_wikitext103.py wrote the data with); ValueError if it is
+    unknown, cannot be loaded offline, or has too many tokens for uint16 files."""
+    import tiktoken  # only tokenized data needs it
+    if name not in tiktoken.list_encoding_names():
+        raise ValueError(f"unknown tokenizer {name}: tiktoken has {', '.join(tiktoken.list_encoding_names())}")
+    try:
+        encoding = tiktoken.get_encoding(name)
+    except Exception:  # tiktoken's download fails in many ways (requests, OSError, ...) when offline
+        raise ValueError(f"could not load tiktoken's {name} encoding (needs internet once, or TIKTOKEN_CACHE_DIR "
+                         f"set to a cache that has it)") from None
+    if encoding.n_vocab > 2**16:
+        raise ValueError(f"tokenizer {name} has {encoding.n_vocab:,} tokens: too many for uint16")
+    return encoding

@@ -1,19 +1,62 @@
 """
-The correctness protocol of ../shared/DESIGN.md, run on every class in ATTENTION: a variant added to the
-registry is covered with no edit here. Comparisons run in float64 so that only real differences show.
+The correctness protocol, run on every class in ATTENTION in each mode it supports: the parametrized tests
+draw their variants from the registry, so a variant added there is covered with no edit here, and
+registry_checks(name) runs the same checks on a variant registered at run time. Comparisons run in float64
+so that only real differences show.
+
+1. Reference: each variant's attend_reference is the paper's formula written out on the (T, T) score
+   matrix (or an explicit loop), sharing no helper or decomposition with the fast path; the
+   test_reference_catches_* tests show that a fast path with a deliberate mistake no longer matches it.
+2. Fast path == reference in float64, outputs and gradients of the input, of q, k, v and of every
+   parameter: test_fast_path_equals_reference, test_attend_gradients_of_q_k_v.
+3. Recurrent decoding == the parallel forward, token by token after a prefill of 0, 1 or 13 tokens and in
+   uneven pieces; the linear family's state does not grow: test_recurrent_equals_parallel,
+   test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size, test_block_runs_and_decodes.
+4. Causality: perturbing token t changes no output before t: test_no_leakage_from_the_future.
+5. Awkward shapes: T = 37 is no multiple of the chunk (8) or the window (6), T = 1, head dim 15 (odd, not
+   a power of two), B > 1: the shapes of the tests above.
+6. Padding (bidirectional): outputs at real positions do not depend on padded positions, and a padded
+   sequence gives what it gives alone: test_padding_is_ignored; test_bidirectional_sees_both_sides.
+7. Determinism: the same seed gives the same parameters and bitwise the same outputs: test_deterministic.
+Memory: test_memory_grows_linearly, for the variants that claim O(T) memory.
 """
+import inspect
+import itertools
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import attention
 from attention import ATTENTION, LayerConfig, build_attention
 
+
+class Selection(list):
+    """Parametrize values drawn from the registry: rule(name, cls) gives one variant's values. registry_checks
+    applies the rule to a variant registered after this module was imported."""
+
+    def __init__(self, rule):
+        super().__init__(value for name, cls in ATTENTION.items() for value in rule(name, cls))
+        self.rule = rule
+
+
+def modes(cls):
+    """causal=True and/or causal=False, as the class supports them."""
+    return [causal for causal, ok in ((True, cls.supports_causal), (False, cls.supports_bidirectional)) if ok]
+
+
+def is_linear_family(cls):
+    return issubclass(cls, attention.KernelAttention)
+
+
 VARIANTS = list(ATTENTION)
-CAUSAL = [v for v in VARIANTS if ATTENTION[v].supports_causal]
-BIDIRECTIONAL = [v for v in VARIANTS if ATTENTION[v].supports_bidirectional]
-MODES = [(v, True) for v in CAUSAL] + [(v, False) for v in BIDIRECTIONAL]
-LINEAR_FAMILY = [v for v in CAUSAL if issubclass(ATTENTION[v], attention.KernelAttention)]
+CAUSAL = Selection(lambda name, cls: [name] if cls.supports_causal else [])
+BIDIRECTIONAL = Selection(lambda name, cls: [name] if cls.supports_bidirectional else [])
+MODES = Selection(lambda name, cls: [(name, causal) for causal in modes(cls)])
+LINEAR_FAMILY = Selection(lambda name, cls: [name] if is_linear_family(cls) and cls.supports_causal else [])
+LINEAR_MEMORY = Selection(lambda name, cls: [(name, causal) for causal in modes(cls)]
+                          if is_linear_family(cls) or issubclass(cls, attention.LocalAttention) else [])
 
 
 def make(name, causal, n_embd=30, n_head=2, seed=0, **knobs):
@@ -56,6 +99,38 @@ def test_fast_path_equals_reference(name, causal, B, T):
     assert g_fast.keys() == g_ref.keys()
     for key in g_fast:
         torch.testing.assert_close(g_fast[key], g_ref[key], rtol=1e-9, atol=1e-10, msg=f"gradient of {key}")
+
+
+def fast_matches_reference(module):
+    q, k, v = (inputs(2, 37, 30, seed=s).view(2, 37, 2, 15).transpose(1, 2) for s in (1, 2, 3))  # (B, H, T, D)
+    with torch.no_grad():
+        fast, reference = module.attend(q, k, v, None), module.attend_reference(q, k, v, None)
+    return torch.allclose(fast, reference, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_reference_catches_a_cosformer_with_the_wrong_angle(causal):
+    module = make('cosformer', causal)
+    assert fast_matches_reference(module)
+    module.features = make('cosformer', causal, block_size=128).features  # M doubled in the fast path only
+    assert not fast_matches_reference(module)
+
+
+RETENTION_MISTAKES = {  # retention's features are (rotary(q), rotary(k) / sqrt(D)), D = 15 in make()
+    'frequency doubled': lambda q, k, offset: (attention.rotary(attention.rotary(q, offset), offset),
+                                               attention.rotary(attention.rotary(k, offset), offset) / 15 ** 0.5),
+    'queries one position late': lambda q, k, offset: (attention.rotary(q, offset + 1),
+                                                       attention.rotary(k, offset) / 15 ** 0.5),
+}
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('mistake', RETENTION_MISTAKES)
+def test_reference_catches_a_retention_with_the_wrong_rotation(causal, mistake):
+    module = make('retention', causal)
+    assert fast_matches_reference(module)
+    module.features = RETENTION_MISTAKES[mistake]  # the fast path only
+    assert not fast_matches_reference(module)
 
 
 @pytest.mark.parametrize('name,causal', MODES)
@@ -220,8 +295,7 @@ class TensorSizes(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize('name', LINEAR_FAMILY + ['local'])
-@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('name,causal', LINEAR_MEMORY)
 def test_memory_grows_linearly(name, causal):
     """No (T, T) matrix and no (T, F, D) tensor: the largest intermediate doubles when T doubles."""
     largest = {}
@@ -295,3 +369,83 @@ def test_retention_head_norm_is_group_norm():
     grouped = module.group_norm(y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
     expected = module.proj(torch.nn.functional.silu(module.gate(x)) * grouped)
     torch.testing.assert_close(module.output(y, x), expected, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# the checks above, for a variant registered at run time
+
+
+def argnames(mark):
+    names = mark.args[0]
+    return [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
+
+
+def registry_checks(name):
+    """Runs this file's registry-driven tests on the variant `name`, wherever it was registered: every test_*
+    with a Selection of variants among its parametrize marks, with that Selection's rule applied to `name`
+    and every combination of its other parametrized values. Returns the checks run, as calls
+    ("test_deterministic(name='linear', causal=True)"); after running them all, raises AssertionError
+    naming each that failed."""
+    cls = ATTENTION[name]
+    run, failures = [], []
+    for test_name, test in list(globals().items()):
+        marks = [m for m in getattr(test, 'pytestmark', []) if m.name == 'parametrize']
+        if not test_name.startswith('test_') or not any('name' in argnames(m) for m in marks):
+            continue
+        choices = []  # for each mark, the keyword arguments of each of its values
+        for mark in marks:
+            names, values = argnames(mark), mark.args[1]
+            if 'name' in names:
+                if not isinstance(values, Selection):
+                    raise TypeError(f"{test_name}: parametrize 'name' with a Selection, for registry_checks")
+                values = values.rule(name, cls)
+            choices.append([dict(zip(names, value if len(names) > 1 else [value])) for value in values])
+        for combination in itertools.product(*choices):
+            kwargs = {key: value for part in combination for key, value in part.items()}
+            call = ', '.join(f'{p}={kwargs[p]!r}' for p in inspect.signature(test).parameters)
+            run.append(f'{test_name}({call})')
+            try:
+                test(**kwargs)
+            except AssertionError as error:
+                failures.append(f'{run[-1]}: {error}')
+    if failures:
+        raise AssertionError(f"{len(failures)} of {len(run)} checks failed for '{name}':\n" + '\n'.join(failures))
+    return run
+
+
+def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
+    class SoftplusAttention(attention.KernelAttention):
+        """Linear attention with phi(x) = softplus(x), a throwaway for this test: y_i = sum_j s_ij v_j /
+        (sum_j s_ij + eps), s_ij = softplus(q_i) . softplus(k_j). Complexity as KernelAttention."""
+
+        def features(self, q, k, offset):
+            return F.softplus(q), F.softplus(k)
+
+        def reference_scores(self, q, k):
+            return F.softplus(q) @ F.softplus(k).transpose(-2, -1)
+
+    class ForgetsTheNormaliser(SoftplusAttention):
+        def attend_reference(self, q, k, v, pad_mask):  # sum_j s_ij v_j, never divided by sum_j s_ij
+            allowed = attention.reference_mask(q.size(2), self.causal, pad_mask, q.device)
+            return self.reference_scores(q, k).masked_fill(~allowed, 0) @ v
+
+    class SeesTheFuture(SoftplusAttention):
+        def attend(self, q, k, v, pad_mask):  # the bidirectional sums in either mode
+            return self.bidirectional(*self.features(q, k, 0), v, pad_mask)
+
+    monkeypatch.setitem(ATTENTION, 'throwaway', SoftplusAttention)
+    checks = registry_checks('throwaway')
+    assert {check.split('(')[0] for check in checks} == {
+        'test_fast_path_equals_reference', 'test_attend_gradients_of_q_k_v', 'test_recurrent_equals_parallel',
+        'test_decoding_in_uneven_pieces', 'test_linear_family_state_has_fixed_size',
+        'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
+        'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}
+    assert "test_recurrent_equals_parallel(name='throwaway', prefill=13)" in checks
+    assert "test_deterministic(name='throwaway', causal=False)" in checks
+
+    monkeypatch.setitem(ATTENTION, 'throwaway', ForgetsTheNormaliser)
+    with pytest.raises(AssertionError, match='test_fast_path_equals_reference'):
+        registry_checks('throwaway')
+    monkeypatch.setitem(ATTENTION, 'throwaway', SeesTheFuture)
+    with pytest.raises(AssertionError, match='test_no_leakage_from_the_future'):
+        registry_checks('throwaway')

@@ -1,6 +1,8 @@
 """bench.py: the sweep runs end to end, records what happened to every case, and measures memory honestly."""
+import dataclasses
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -115,20 +117,150 @@ def test_bad_arguments_are_refused():
         bench.main(['--variants=nope'])
 
 
-def test_fit_and_floors():
+FLOOR_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)  # every T that bench.FLOORS names
+
+
+def floor_records(variants, seq_lens=FLOOR_SEQ_LENS):
+    """Synthetic 'ok' records on which every floor of `variants` passes: softmax's fwdbwd time grows as T^2, each
+    variant's fwdbwd time and memory as T (0.24x softmax's time at T=4096, 0.06x at 16384), its decode time is
+    flat. No fwd records."""
     records = []
-    for T in (1024, 2048, 4096, 8192, 16384):
+    for T in seq_lens:
         case = dict(seq_len=T, status='ok')
         records.append(dict(case, variant='softmax', mode='fwdbwd', time_ms=T**2 / 1e6, peak_mem_mb=T / 100))
-        records.append(dict(case, variant='linear', mode='fwdbwd', time_ms=T / 1e3, peak_mem_mb=T / 100))
-        records.append(dict(case, variant='linear', mode='decode', time_ms=1.0, peak_mem_mb=0.0))
+        for variant in variants:
+            records.append(dict(case, variant=variant, mode='fwdbwd', time_ms=T / 1e3, peak_mem_mb=T / 100))
+            records.append(dict(case, variant=variant, mode='decode', time_ms=1.0, peak_mem_mb=0.0))
+    return records
+
+
+def set_vs_softmax(records, variant, T, ratio):
+    """Sets the variant's fwdbwd time at T to `ratio` times softmax's."""
+    find = {(r['variant'], r['mode'], r['seq_len']): r for r in records}
+    find[variant, 'fwdbwd', T]['time_ms'] = ratio * find['softmax', 'fwdbwd', T]['time_ms']
+
+
+def floor_lines(records):
+    """bench.check_floors(records) as {name: (value, limit)}."""
+    return {name: (value, limit) for name, value, limit in bench.check_floors(records)}
+
+
+def floor_names(variant):
+    """The names of the floors check_floors checks for a linear-family variant on floor_records([variant])."""
+    T_short, T_long, _ = bench.FLOORS['decode_growth']
+    return ({f'{variant} fwdbwd time / softmax at T={T}' for T in bench.vs_softmax_floors(variant)}
+            | {f'{variant} fwdbwd time exponent', f'{variant} fwdbwd memory exponent',
+               f'{variant} decode time at T={T_long} / T={T_short}'})
+
+
+def assert_family_includes(name):
+    """`name` (registered in attention.ATTENTION) is in bench's linear family, and check_floors checks each of its
+    floors (fwdbwd time against softmax at every T of its row, fwdbwd exponents, decode growth) on synthetic
+    records, all passing there."""
+    assert name in bench.linear_family()
+    lines = floor_lines(floor_records([name]))
+    assert set(lines) == floor_names(name)
+    assert all(value <= limit for value, limit in lines.values())
+
+
+def assert_family_excludes(name):
+    """`name` is not in bench's linear family: check_floors reports nothing for it."""
+    assert name not in bench.linear_family()
+    assert floor_lines(floor_records([name])) == {}
+
+
+class ThrowawayKernel(attention.LinearAttention):  # a KernelAttention, causal
+    pass
+
+
+class ThrowawayBidirectionalKernel(attention.LinearAttention):
+    supports_causal = False
+
+
+class ThrowawaySoftmax(attention.SoftmaxAttention):
+    pass
+
+
+def test_linear_family_is_read_from_the_registry(monkeypatch):
+    for name in ('linear', 'performer', 'cosformer', 'retention', 'norm_linear'):
+        assert_family_includes(name)
+    for name in ('softmax', 'local'):
+        assert_family_excludes(name)
+    monkeypatch.setitem(attention.ATTENTION, 'throwaway', ThrowawayKernel)  # registered after bench was imported
+    monkeypatch.setitem(attention.ATTENTION, 'throwaway_bidirectional', ThrowawayBidirectionalKernel)
+    monkeypatch.setitem(attention.ATTENTION, 'throwaway_softmax', ThrowawaySoftmax)
+    assert_family_includes('throwaway')
+    assert_family_excludes('throwaway_bidirectional')
+    assert_family_excludes('throwaway_softmax')
+    records = floor_records(['throwaway'])
+    set_vs_softmax(records, 'throwaway', 4096, 0.6)  # the default floor, 0.5, applies to it
+    assert floor_lines(records)['throwaway fwdbwd time / softmax at T=4096'] == (pytest.approx(0.6), 0.5)
+
+
+def test_vs_softmax_floors():
+    assert bench.vs_softmax_floors('performer') == {4096: 0.8, 16384: 0.3}
+    others = [name for name in bench.linear_family() if name != 'performer']
+    assert others and all(bench.vs_softmax_floors(name) == {4096: 0.5} for name in others)
+
+
+@pytest.mark.parametrize('variant', ['performer', 'linear'])
+def test_vs_softmax_floors_flip_at_their_limits(variant, capsys):
+    for T, limit in bench.vs_softmax_floors(variant).items():
+        name = f'{variant} fwdbwd time / softmax at T={T}'
+        for ratio, verdict in ((0.99 * limit, 'PASS'), (1.01 * limit, 'FAIL')):
+            records = floor_records([variant])
+            set_vs_softmax(records, variant, T, ratio)
+            assert floor_lines(records)[name] == (pytest.approx(ratio), limit)
+            assert re.search(rf'^{re.escape(name)} .* \(<= {limit}\)  {verdict}$', capsys.readouterr().out, re.M)
+    # one line per (variant, T) the records hold: none for a T without records
+    lines = floor_lines(floor_records([variant], seq_lens=(1024, 2048, 4096)))
+    assert [name for name in lines if 'softmax at' in name] == [f'{variant} fwdbwd time / softmax at T=4096']
+
+
+def test_fit_and_floors():
+    records = floor_records(['linear', 'performer'])
     assert bench.fit_exponent(records, 'softmax', 'fwdbwd', 'time_ms') == pytest.approx(2.0)
     assert bench.fit_exponent(records, 'linear', 'fwdbwd', 'time_ms', 2048) == pytest.approx(1.0)
     assert bench.fit_exponent(records, 'linear', 'decode', 'peak_mem_mb') is None  # no positive points
-    lines = bench.check_floors(records)
-    assert len(lines) == 4 and all(value <= limit for _, value, limit in lines)
-    records[-1]['time_ms'] = 100.0  # decode at 16384 now 100x slower than at 1024
-    assert any(value > limit for name, value, limit in bench.check_floors(records) if 'decode' in name)
+    lines = floor_lines(records)
+    assert set(lines) == floor_names('linear') | floor_names('performer')
+    assert len(lines) == 4 + 5 and all(value <= limit for value, limit in lines.values())
+    decode = {r['seq_len']: r for r in records if r['variant'] == 'linear' and r['mode'] == 'decode'}
+    decode[16384]['time_ms'] = 100.0
+    failed = [name for name, (value, limit) in floor_lines(records).items() if value > limit]
+    assert failed == ['linear decode time at T=16384 / T=1024']  # 100x slower at 16384 than at 1024
+
+
+STRUCTURAL = {'attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout', 'bias', 'norm', 'mlp_ratio'}
+
+
+def test_layer_config_knobs_are_options():
+    # derived, not typed: every LayerConfig field but the structural ones is an option, with LayerConfig's default
+    assert set(bench.STRUCTURAL_FIELDS) == STRUCTURAL
+    knobs = [f.name for f in dataclasses.fields(attention.LayerConfig) if f.name not in STRUCTURAL]
+    assert list(bench.LAYER_KNOBS) == knobs and set(knobs) <= set(bench.CASE_KEYS)
+    assert {k: bench.DEFAULTS[k] for k in knobs} == {k: getattr(attention.LayerConfig(), k) for k in knobs}
+    assert {'chunk_size': 64, 'local_window': 128, 'performer_features': 256}.items() <= bench.DEFAULTS.items()
+    assert bench.apply_overrides(bench.DEFAULTS, ['--performer_features=128'])['performer_features'] == 128
+    with pytest.raises(ConfigError, match='int'):
+        bench.apply_overrides(bench.DEFAULTS, ['--performer_features=many'])
+
+
+@pytest.mark.parametrize('model', ['layer', 'gpt'])
+def test_knobs_reach_the_built_layer(model, monkeypatch):
+    built = []  # (config, module) for every layer or model bench builds
+
+    def recording(build):
+        return lambda config: built.append((config, build(config))) or built[-1][1]
+    monkeypatch.setattr(bench, 'build_attention', recording(attention.build_attention))
+    monkeypatch.setattr(bench, 'TransformerLM', recording(attention.TransformerLM))
+    config = tiny_config('--performer_features=12', f'--model={model}', '--n_layer=1')
+    case = one_case(config, 'performer', 'train' if model == 'gpt' else 'fwd')
+    (bench.gpt_call if model == 'gpt' else bench.layer_call)(case, torch.device('cpu'), torch.float32)
+    (layer_config, built_), = built
+    assert all(getattr(layer_config, k) == config[k] for k in bench.LAYER_KNOBS)  # TINY's 8s, not the defaults
+    layer = built_.blocks[0].attn if model == 'gpt' else built_
+    assert layer.n_features == 12 and layer.projection.shape == (12, config['head_dim'])
 
 
 def test_gpt_training_step():

@@ -18,7 +18,7 @@ import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 
 import prepare_enwik8
-import prepare_wikitext103
+import training
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -254,6 +254,6 @@ def test_wikitext_unknown_tokenizer(tmp_path, wiki_zip):
 def test_gpt2_unavailable_says_so(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
-    monkeypatch.setattr(prepare_wikitext103.tiktoken, "get_encoding", offline)
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(ValueError, match="could not load tiktoken's gpt2 encoding .*TIKTOKEN_CACHE_DIR"):
-        prepare_wikitext103.load_encoding("gpt2")
+        training.load_encoding("gpt2")

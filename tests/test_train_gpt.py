@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt
+import training
 from attention import ATTENTION
 from attention import LMConfig
 from train_gpt import GPT
@@ -161,8 +162,9 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         (['--n_layer=2.5'], 'expected int'),
         (['--attention=flash'], 'choose one of: softmax, linear'),
         ([f'--data_dir={tmp_path / "nowhere"}'], 'train.bin not found: run `python prepare_enwik8.py --src=FILE'),
-        (['--n_layer=3', '--attention=linear', '--init_from=resume'], 'is a different model: n_layer=2 in the '
-                                                                      "checkpoint, 3 in the config; attention="),
+        (['--n_layer=3', '--attention=linear', '--init_from=resume'],
+         "is a different model: attention='softmax' in the checkpoint, 'linear' in the config; n_layer=2 in the "
+         "checkpoint, 3 in the config"),
         ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
     ]
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
@@ -174,9 +176,9 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         assert process.returncode != 0
         assert err.count('\n') == 1 and err.startswith('error: ') and message in err, (args, err)
     assert before == {name: (tmp_path / name).read_bytes() for name in before}  # the run there is untouched
-    assert train_gpt.prepare_command('data/enwik8') == 'python prepare_enwik8.py'
-    assert train_gpt.prepare_command('data/wikitext103/') == 'python prepare_wikitext103.py'
-    assert train_gpt.prepare_command('/big/enwik8') == 'python prepare_enwik8.py --data_dir=/big/enwik8'
+    assert training.prepare_command('data/enwik8') == 'python prepare_enwik8.py'
+    assert training.prepare_command('data/wikitext103/') == 'python prepare_wikitext103.py'
+    assert training.prepare_command('/big/enwik8') == 'python prepare_enwik8.py --data_dir=/big/enwik8'
     with pytest.raises(ConfigError, match="mode='eval'; choose 'train' or 'sample'"):
         train_gpt.main(['--mode=eval'])
 
