@@ -4,9 +4,9 @@ dynamic masking (fresh masks every batch), no next-sentence task, on the same pr
 (WikiText-103 GPT-2 tokens, enwik8 bytes, or any byte corpus). Everything but the attention is the same for every run.
 
     python train_bert.py                                         # the WikiText-103 baseline below, softmax attention
-    python train_bert.py configs/bert/linear.py                  # the same recipe with linear attention
+    python train_bert.py configs/linear.py                  # the same recipe with linear attention
     python train_bert.py configs/bert/cpu_small.py --attention=retention    # config files, then --key=value
-    torchrun --standalone --nproc_per_node=8 train_bert.py configs/bert/linear.py
+    torchrun --standalone --nproc_per_node=8 train_bert.py configs/linear.py
     python train_bert.py configs/bert/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
     python train_bert.py configs/bert/cpu_small.py --init_from=resume --eval_only=True  # full val + test split
 
@@ -23,16 +23,17 @@ The model (BERT, BERTConfig) imports without side effects.
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
 from attention import LMConfig, TransformerLM
-from train_gpt import load_meta, open_split
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same archit
 eval_only = False          # evaluate the full val and test splits, write out_dir/eval.json, exit
 eval_interval = 1000       # also how often ckpt.pt is written
 eval_iters = 100           # batches in the quick val estimate: evenly spaced windows of the fixed masked val split
-log_interval = 10
+log_interval = 10          # also how often Ctrl-C is acted on under DDP (the check is a sync)
 # data
 data_dir = 'data/wikitext103'  # {train,val,test}.bin and meta.json from prepare_wikitext103.py / prepare_enwik8.py
 batch_size = 16            # sequences per micro-step over ALL processes: each of N ranks takes batch_size / N
@@ -65,7 +66,8 @@ norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 128         # local: keys per query (64 on each side)
 performer_features = 256   # performer: random features per head
-# optimizer: AdamW, weight decay on matrices and embeddings only
+# optimizer: weight decay on matrices and embeddings only
+optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
 max_iters = 50000
 weight_decay = 0.01
@@ -82,8 +84,6 @@ dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cu
 compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-ARCHITECTURE = ('vocab_size', 'n_layer', 'attention', 'n_head', 'n_embd', 'block_size', 'bias', 'norm',
-                'chunk_size', 'local_window', 'performer_features')  # a checkpoint must agree on these
 IGNORE = -100              # target of the tokens that were not selected (F.cross_entropy's ignore_index)
 # -----------------------------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def train_batch(data, cfg, vocab_size, generator, dist):
 def masked_split(cfg, meta, split):
     """The whole split masked once, as a flat stream, from eval_seed alone: (inputs, targets), each (N,) int64.
     The same for every model and run over the same data, whatever the block_size."""
-    tokens = torch.from_numpy(open_split(cfg.data_dir, split, meta['dtype']).astype(np.int64))
+    tokens = torch.from_numpy(training.open_split(cfg.data_dir, split, meta['dtype']).astype(np.int64))
     return mask_tokens(tokens, meta['vocab_size'], cfg.mask_prob, torch.Generator().manual_seed(cfg.eval_seed))
 
 
@@ -204,58 +204,154 @@ def build_model(model_args):
         raise ConfigError(str(e)) from None
 
 
-def run_training(cfg, config, dist):
-    run = training.Run(cfg, config, dist)
+def train(cfg, config, dist):
+    """The run: checks, data, model, optimizer, resume, then eval_only or the training loop."""
+    device, accumulation = dist.device, cfg.gradient_accumulation_steps
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+    training.check_run(cfg, dist)
+    dtype = training.resolve_dtype(device, cfg.dtype)
+    config.update(device=device, dtype=dtype)  # config.json records what actually ran
+    ctx, scaler = training.mixed_precision(device, dtype)  # autocast, and fp16's loss scaling (a no-op otherwise)
+
+    # data: random training windows and their masks drawn from a generator that is the same on every rank
     if not 0 < cfg.mask_prob < 1:
         raise ConfigError(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
-    meta = load_meta(cfg.data_dir)
+    meta = training.load_meta(cfg.data_dir)
     for split in ('train', 'val', 'test'):
-        if len(open_split(cfg.data_dir, split, meta['dtype'])) < cfg.block_size:
+        if len(training.open_split(cfg.data_dir, split, meta['dtype'])) < cfg.block_size:
             raise ConfigError(f"{cfg.data_dir}/{split}.bin is shorter than block_size = {cfg.block_size} tokens")
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    data_generator = torch.Generator().manual_seed(cfg.seed)
+    tokens_per_iter = accumulation * cfg.batch_size * cfg.block_size
+
+    # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in config.items() if k in BERTConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'] + 1, causal=False)  # + 1: the mask token
-    data_generator = torch.Generator().manual_seed(cfg.seed)  # training windows and masks; the same on every rank
-    raw_model = run.build(build_model, model_args, ARCHITECTURE, [data_generator])
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_args).to(device)
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
+    # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
+    optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,
+                                         (cfg.beta1, cfg.beta2), device)
+    iter_num, elapsed_before, last_saved = 0, 0.0, None
+    if cfg.init_from == 'resume':
+        checkpoint = training.load_checkpoint(ckpt_path)
+        training.check_resume(checkpoint, model_args, optimizer, ckpt_path)
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+        training.restore_rng_states(checkpoint['rng'], [data_generator], dist)
+        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
+        last_saved = iter_num  # the iteration of the checkpoint on disk
+    eval_model = torch.compile(model) if cfg.compile else model
+    train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
+    if dist.world_size > 1:
+        train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     if dist.master:
-        attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
-        print(f"{cfg.attention} (bidirectional): {raw_model.num_params():,} parameters ({attention_params:,} in "
-              f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on "
-              f"{dist.device}, {config['dtype']}")
+        attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
+        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in attention), "
+              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, {dtype}, "
+              f"{type(optimizer).__name__}")
 
     if cfg.eval_only:
-        run.eval_model.eval()
-        results = {'iter': run.iter_num}
+        eval_model.eval()
+        results = {'iter': iter_num}
         for split in ('val', 'test'):
             masked = masked_split(cfg, meta, split)
-            loss, accuracy, masked_tokens = evaluate(run.eval_model, masked,
-                                                     list(range(0, len(masked[0]), cfg.block_size)), cfg, dist, run.ctx)
+            starts = list(range(0, len(masked[0]), cfg.block_size))
+            loss, accuracy, masked_tokens = evaluate(eval_model, masked, starts, cfg, dist, ctx)
             results[split] = {'loss': loss, 'ppl': math.exp(loss), 'acc': accuracy, 'masked_tokens': masked_tokens}
-        run.write_eval(results)
+        if dist.master:
+            training.write_eval(cfg.out_dir, results)
         return
 
-    val = masked_split(cfg, meta, 'val')
+    val = masked_split(cfg, meta, 'val')  # the quick estimate: fixed windows of the fixed masked val split
     val_starts = quick_starts(len(val[0]), cfg)
+    if cfg.init_from == 'scratch':
+        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
+    if dist.master:
+        training.write_config(cfg.out_dir, config)
+        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    start_iter = iter_num
+    t_start = t_last = time.time()
+    iters_since_log = 0
+    with training.StopSignal() as stop:
+        while True:
+            # Ctrl-C / SIGTERM: ranks agree on log steps only, as the check is a host sync under DDP
+            stopping = stop.requested(device, agree_now=iter_num % cfg.log_interval == 0)
+            row = {}
+            t_pause = time.time()
+            if not stopping and (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters):
+                eval_model.eval()
+                row['val_loss'], row['val_acc'], _ = evaluate(eval_model, val, val_starts, cfg, dist, ctx)
+                eval_model.train()
+                if not math.isfinite(row['val_loss']):
+                    training.exit_nonfinite(iter_num, 'val loss', last_saved, ckpt_path)
+            if stopping or (row and iter_num > start_iter):  # a checkpoint after each eval, and before stopping
+                rng = training.rng_states([data_generator])  # a collective under DDP: every rank calls it
+                if not training.all_finite(model):  # never overwrite a good checkpoint with a broken model
+                    training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
+                if dist.master:
+                    training.save_checkpoint(ckpt_path, {
+                        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                        'optimizer_class': type(optimizer).__name__, 'scaler': scaler.state_dict(),
+                        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'rng': rng,
+                        'elapsed_s': elapsed_before + time.time() - t_start})
+                last_saved = iter_num
+            if stopping:
+                if dist.master:
+                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
+                sys.exit(130)
+            t_last += time.time() - t_pause  # throughput counts training time only
 
-    def micro_loss(model):
-        x, y, weight = train_batch(open_split(cfg.data_dir, 'train', meta['dtype']), cfg, meta['vocab_size'],
-                                   data_generator, dist)
-        return model(x, y)[1] * weight  # weight: this rank's share of the masked tokens, see train_batch
-
-    def evaluate_val(model):
-        loss, accuracy, _ = evaluate(model, val, val_starts, cfg, dist, run.ctx)
-        return {'val_loss': loss, 'val_acc': accuracy}
-
-    run.train(micro_loss, evaluate_val, 'tokens_per_s', tokens_per_iter)
+            if iter_num < cfg.max_iters:
+                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+                train_loss = torch.zeros((), device=device)
+                for micro_step in range(accumulation):
+                    if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step
+                        train_model.require_backward_grad_sync = micro_step == accumulation - 1
+                    data = training.open_split(cfg.data_dir, 'train', meta['dtype'])
+                    x, y, weight = train_batch(data, cfg, meta['vocab_size'], data_generator, dist)
+                    with ctx:
+                        _, loss = train_model(x, y)
+                        # weight: this rank's share of the masked tokens (see train_batch); the step's gradient is
+                        # the mean over its micro-batches
+                        loss = loss * weight / accumulation
+                    scaler.scale(loss).backward()
+                    train_loss += loss.detach()
+                scaler.unscale_(optimizer)  # the true gradients (fp16's loss scale divided out) for the norm and clip
+                # the norm before clipping, logged as grad_norm; grad_clip = 0 leaves the gradients as they are
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                scaler.step(optimizer)  # fp16: skipped when a gradient is inf/nan, and the scale lowered
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                iters_since_log += 1
+                if iter_num % cfg.log_interval == 0:  # .item() waits for the GPU: on log steps only
+                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
+                    if not math.isfinite(row['train_loss']):
+                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
+                    now = time.time()
+                    row.update(lr=lr, grad_norm=grad_norm.item(),
+                               tokens_per_s=iters_since_log * tokens_per_iter / (now - t_last),
+                               peak_mem_mb=training.peak_memory_mb(device))
+                    t_last, iters_since_log = now, 0
+            if row and dist.master:
+                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
+                log.write(row)
+                print(training.format_row(row))
+            if iter_num >= cfg.max_iters:
+                break
+            iter_num += 1
 
 
 def main(argv):
-    cfg_dict = training.apply_overrides(DEFAULTS, argv)
-    if not cfg_dict['out_dir']:
-        data = os.path.basename(os.path.normpath(cfg_dict['data_dir']))
-        cfg_dict['out_dir'] = f"out-bert-{data}-{cfg_dict['attention']}"
-    with training.distributed(cfg_dict['device']) as dist:
-        run_training(SimpleNamespace(**cfg_dict), cfg_dict, dist)
+    config = training.apply_overrides(DEFAULTS, argv)
+    if not config['out_dir']:
+        config['out_dir'] = f"out-bert-{os.path.basename(os.path.normpath(config['data_dir']))}-{config['attention']}"
+    cfg = SimpleNamespace(**config)
+    with training.distributed(cfg.device) as dist:
+        train(cfg, config, dist)
 
 
 if __name__ == '__main__':

@@ -286,8 +286,6 @@ def train(cfg, config, dist):
         training.restore_rng_states(checkpoint['rng'], [data_generator], dist)
         iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
         last_saved = iter_num  # the iteration of the checkpoint on disk
-    elif not cfg.eval_only:
-        training.check_fresh(cfg.out_dir, ckpt_path)
     eval_model = torch.compile(model) if cfg.compile else model
     train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
     if dist.world_size > 1:
@@ -308,6 +306,8 @@ def train(cfg, config, dist):
             training.write_eval(cfg.out_dir, results)
         return
 
+    if cfg.init_from == 'scratch':
+        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
     if dist.master:
         training.write_config(cfg.out_dir, config)
         log = training.Log(cfg.out_dir, keep_before=iter_num)

@@ -4,9 +4,9 @@ Image classification with a Vision Transformer and any attention in attention.py
 Everything but the attention is the same for every run.
 
     python train_vit.py                                          # the CIFAR-10 baseline below, softmax attention
-    python train_vit.py configs/vit/linear.py                    # the same recipe with linear attention
+    python train_vit.py configs/linear.py                    # the same recipe with linear attention
     python train_vit.py configs/vit/cpu_small.py --attention=retention    # config files, then --key=value
-    torchrun --standalone --nproc_per_node=8 train_vit.py configs/vit/linear.py
+    torchrun --standalone --nproc_per_node=8 train_vit.py configs/linear.py
     python train_vit.py configs/vit/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
     python train_vit.py configs/vit/cpu_small.py --init_from=resume --eval_only=True  # the full eval split
     python train_vit.py --dataset=imagefolder --data_dir=data/imagenet --image_size=224 --patch_size=16
@@ -24,9 +24,11 @@ depends on the iteration alone; each image's augmentation is drawn with torch's 
 One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval_only), as train_gpt.py does.
 The model (ViT, ViTConfig) imports without side effects.
 """
+import math
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -34,6 +36,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
@@ -51,7 +54,7 @@ out_dir = ''               # '' = out-vit-<cifar10 or image folder>-<attention>,
 init_from = 'scratch'      # 'scratch' or 'resume' (out_dir/ckpt.pt, same architecture)
 eval_only = False          # evaluate the full eval split, write out_dir/eval.json, exit
 eval_interval = 1950       # every 5 epochs: the full eval split; also how often ckpt.pt is written
-log_interval = 50
+log_interval = 50          # also how often Ctrl-C is acted on under DDP (the check is a sync)
 # data
 dataset = 'cifar10'        # 'cifar10' or 'imagefolder'
 data_dir = 'data'          # cifar10: holds cifar-10-batches-py/ (downloaded if missing); imagefolder: train/ and val/
@@ -73,7 +76,8 @@ norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
 performer_features = 256   # performer: random features per head
-# optimizer: AdamW, weight decay on matrices, convolutions and embeddings only
+# optimizer: weight decay on matrices, convolutions and embeddings only
+optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
 max_iters = 78000          # 200 epochs of 50,000 / 128 = 390 steps
 weight_decay = 0.05
@@ -90,8 +94,6 @@ dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cu
 compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-ARCHITECTURE = ('num_classes', 'image_size', 'patch_size', 'pool', 'n_layer', 'attention', 'n_head', 'n_embd',
-                'bias', 'norm', 'chunk_size', 'local_window', 'performer_features')  # a checkpoint must agree on these
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # -----------------------------------------------------------------------------------------------
@@ -292,50 +294,147 @@ def build_model(model_args):
         raise ConfigError(str(e)) from None
 
 
-def run_training(cfg, config, dist):
-    run = training.Run(cfg, config, dist)
+def train(cfg, config, dist):
+    """The run: checks, data, model, optimizer, resume, then eval_only or the training loop."""
+    device, accumulation = dist.device, cfg.gradient_accumulation_steps
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+    training.check_run(cfg, dist)
+    dtype = training.resolve_dtype(device, cfg.dtype)
+    config.update(device=device, dtype=dtype)  # config.json records what actually ran
+    ctx, scaler = training.mixed_precision(device, dtype)  # autocast, and fp16's loss scaling (a no-op otherwise)
+
+    # data: what an iteration loads depends on the iteration alone (EpochBatches, SeededAugmentation)
     train_set, augment, eval_split, eval_set, classes = load_data(cfg, dist)
-    images_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size
+    images_per_iter = accumulation * cfg.batch_size
+
+    # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in config.items() if k in ViTConfig.__dataclass_fields__}
     model_args.update(num_classes=len(classes), causal=False)
-    raw_model = run.build(build_model, model_args, ARCHITECTURE)  # no generator: the data order follows iter_num
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_args).to(device)
+    torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
+    # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
+    optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,
+                                         (cfg.beta1, cfg.beta2), device)
+    iter_num, elapsed_before, last_saved = 0, 0.0, None
+    if cfg.init_from == 'resume':
+        checkpoint = training.load_checkpoint(ckpt_path)
+        training.check_resume(checkpoint, model_args, optimizer, ckpt_path)
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+        training.restore_rng_states(checkpoint['rng'], [], dist)
+        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
+        last_saved = iter_num  # the iteration of the checkpoint on disk
+    eval_model = torch.compile(model) if cfg.compile else model
+    train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
+    if dist.world_size > 1:
+        train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     if dist.master:
-        attention_params = sum(p.numel() for block in raw_model.blocks for p in block.attn.parameters())
-        print(f"{cfg.attention} (bidirectional): {raw_model.num_params():,} parameters ({attention_params:,} in "
-              f"attention), {raw_model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
-              f"{dist.world_size} process(es) on {dist.device}, {config['dtype']}")
-    eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, dist.device,
+        attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
+        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
+              f"attention), {model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
+              f"{dist.world_size} process(es) on {device}, {dtype}, {type(optimizer).__name__}")
+    eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, device,
                               batch_size=cfg.batch_size)
 
     if cfg.eval_only:
-        run.eval_model.eval()
-        loss, accuracy, images = evaluate(run.eval_model, eval_loader, dist.device, run.ctx)
-        run.write_eval({'iter': run.iter_num, eval_split: {'loss': loss, 'acc': accuracy, 'images': images}})
+        eval_model.eval()
+        loss, accuracy, images = evaluate(eval_model, eval_loader, device, ctx)
+        results = {'iter': iter_num, eval_split: {'loss': loss, 'acc': accuracy, 'images': images}}
+        if dist.master:
+            training.write_eval(cfg.out_dir, results)
         return
 
-    train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, dist.device,
-                               batch_sampler=EpochBatches(len(train_set), cfg, dist, run.iter_num))
+    train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, device,
+                               batch_sampler=EpochBatches(len(train_set), cfg, dist, iter_num))
     batches = iter(train_loader)
+    if cfg.init_from == 'scratch':
+        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
+    if dist.master:
+        training.write_config(cfg.out_dir, config)
+        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    start_iter = iter_num
+    t_start = t_last = time.time()
+    iters_since_log = 0
+    with training.StopSignal() as stop:
+        while True:
+            # Ctrl-C / SIGTERM: ranks agree on log steps only, as the check is a host sync under DDP
+            stopping = stop.requested(device, agree_now=iter_num % cfg.log_interval == 0)
+            row = {}
+            t_pause = time.time()
+            if not stopping and (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters):
+                eval_model.eval()
+                loss, accuracy, _ = evaluate(eval_model, eval_loader, device, ctx)
+                row.update({f'{eval_split}_loss': loss, f'{eval_split}_acc': accuracy})
+                eval_model.train()
+                if not math.isfinite(loss):
+                    training.exit_nonfinite(iter_num, f'{eval_split} loss', last_saved, ckpt_path)
+            if stopping or (row and iter_num > start_iter):  # a checkpoint after each eval, and before stopping
+                rng = training.rng_states([])  # a collective under DDP: every rank calls it
+                if not training.all_finite(model):  # never overwrite a good checkpoint with a broken model
+                    training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
+                if dist.master:
+                    training.save_checkpoint(ckpt_path, {
+                        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                        'optimizer_class': type(optimizer).__name__, 'scaler': scaler.state_dict(),
+                        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'rng': rng,
+                        'elapsed_s': elapsed_before + time.time() - t_start})
+                last_saved = iter_num
+            if stopping:
+                if dist.master:
+                    print(f"stopped at iter {iter_num}: checkpoint in {ckpt_path}; continue with --init_from=resume")
+                sys.exit(130)
+            t_last += time.time() - t_pause  # throughput counts training time only
 
-    def micro_loss(model):
-        images, labels = (t.to(dist.device, non_blocking=True) for t in next(batches))
-        return F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
-
-    def evaluate_split(model):
-        loss, accuracy, _ = evaluate(model, eval_loader, dist.device, run.ctx)
-        return {f'{eval_split}_loss': loss, f'{eval_split}_acc': accuracy}
-
-    run.train(micro_loss, evaluate_split, 'images_per_s', images_per_iter)
+            if iter_num < cfg.max_iters:
+                lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+                train_loss = torch.zeros((), device=device)
+                for micro_step in range(accumulation):
+                    if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step
+                        train_model.require_backward_grad_sync = micro_step == accumulation - 1
+                    images, labels = (t.to(device, non_blocking=True) for t in next(batches))
+                    with ctx:
+                        logits = train_model(images)
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                        loss = loss / accumulation  # the step's gradient is the mean over its micro-batches
+                    scaler.scale(loss).backward()
+                    train_loss += loss.detach()
+                scaler.unscale_(optimizer)  # the true gradients (fp16's loss scale divided out) for the norm and clip
+                # the norm before clipping, logged as grad_norm; grad_clip = 0 leaves the gradients as they are
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                scaler.step(optimizer)  # fp16: skipped when a gradient is inf/nan, and the scale lowered
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                iters_since_log += 1
+                if iter_num % cfg.log_interval == 0:  # .item() waits for the GPU: on log steps only
+                    row['train_loss'] = training.all_reduce_sum([train_loss.item()], device)[0] / dist.world_size
+                    if not math.isfinite(row['train_loss']):
+                        training.exit_nonfinite(iter_num, 'train loss', last_saved, ckpt_path)
+                    now = time.time()
+                    row.update(lr=lr, grad_norm=grad_norm.item(),
+                               images_per_s=iters_since_log * images_per_iter / (now - t_last),
+                               peak_mem_mb=training.peak_memory_mb(device))
+                    t_last, iters_since_log = now, 0
+            if row and dist.master:
+                row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
+                log.write(row)
+                print(training.format_row(row))
+            if iter_num >= cfg.max_iters:
+                break
+            iter_num += 1
 
 
 def main(argv):
-    cfg_dict = training.apply_overrides(DEFAULTS, argv)
-    if not cfg_dict['out_dir']:
-        data = cfg_dict['dataset'] if cfg_dict['dataset'] == 'cifar10' else \
-            os.path.basename(os.path.normpath(cfg_dict['data_dir']))
-        cfg_dict['out_dir'] = f"out-vit-{data}-{cfg_dict['attention']}"
-    with training.distributed(cfg_dict['device']) as dist:
-        run_training(SimpleNamespace(**cfg_dict), cfg_dict, dist)
+    config = training.apply_overrides(DEFAULTS, argv)
+    if not config['out_dir']:
+        data = config['dataset'] if config['dataset'] == 'cifar10' else os.path.basename(os.path.normpath(config['data_dir']))
+        config['out_dir'] = f"out-vit-{data}-{config['attention']}"
+    cfg = SimpleNamespace(**config)
+    with training.distributed(cfg.device) as dist:
+        train(cfg, config, dist)
 
 
 if __name__ == '__main__':

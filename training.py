@@ -420,10 +420,14 @@ def exit_nonfinite(iter_num, what, last_saved, ckpt_path):
 
 
 def format_row(row):
-    """A log row as one printed line: losses and accuracies to 4 decimals, lr in e-notation, the rest as integers."""
-    return f"iter {row['iter']}: " + ', '.join(
-        f"{k} {v:.4f}" if k.endswith(('loss', 'acc')) else f"lr {v:.2e}" if k == 'lr' else f"{k} {v:,.0f}"
-        for k, v in row.items() if k != 'iter')
+    """A log row as one printed line: losses and accuracies to 4 decimals, lr in e-notation, grad_norm to 3
+    significant digits, the rest as integers; None (no peak memory on Windows CPU) is left out."""
+    def text(key, value):
+        if key.endswith(('loss', 'acc')):
+            return f"{key} {value:.4f}"
+        return f"{key} {value:.2e}" if key == 'lr' else f"{key} {value:.3g}" if key == 'grad_norm' else \
+            f"{key} {value:,.0f}"
+    return f"iter {row['iter']}: " + ', '.join(text(k, v) for k, v in row.items() if k != 'iter' and v is not None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 # A CPU recipe (nanoGPT's shakespeare_char CPU line, on bytes): tiny shakespeare prepared with
-#   python prepare_enwik8.py --src=../shared/data/tinyshakespeare.txt --data_dir=data/shakespeare
+#   python prepare_enwik8.py --src=corpus/tinyshakespeare.txt --data_dir=data/shakespeare
 # 4.1M tokens in 2000 steps. Softmax ends at 1.741 nats/byte on the full val split (2.51 bpc), linear at
 # 1.851 (2.67 bpc); 4 and 5 minutes on two idle cores (17.8k and 14.5k tokens/s).
 data_dir = 'data/shakespeare'

@@ -413,17 +413,18 @@ def registry_checks(name):
     return run
 
 
+class SoftplusAttention(attention.KernelAttention):
+    """Linear attention with phi(x) = softplus(x), a throwaway variant that tests register at run time:
+    y_i = sum_j s_ij v_j / (sum_j s_ij + eps), s_ij = softplus(q_i) . softplus(k_j). Complexity as KernelAttention."""
+
+    def features(self, q, k, offset):
+        return F.softplus(q), F.softplus(k)
+
+    def reference_scores(self, q, k):
+        return F.softplus(q) @ F.softplus(k).transpose(-2, -1)
+
+
 def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
-    class SoftplusAttention(attention.KernelAttention):
-        """Linear attention with phi(x) = softplus(x), a throwaway for this test: y_i = sum_j s_ij v_j /
-        (sum_j s_ij + eps), s_ij = softplus(q_i) . softplus(k_j). Complexity as KernelAttention."""
-
-        def features(self, q, k, offset):
-            return F.softplus(q), F.softplus(k)
-
-        def reference_scores(self, q, k):
-            return F.softplus(q) @ F.softplus(k).transpose(-2, -1)
-
     class ForgetsTheNormaliser(SoftplusAttention):
         def attend_reference(self, q, k, v, pad_mask):  # sum_j s_ij v_j, never divided by sum_j s_ij
             allowed = attention.reference_mask(q.size(2), self.causal, pad_mask, q.device)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import train_bert
+import training
 from attention import ATTENTION
 from train_bert import BERT, BERTConfig, IGNORE, mask_tokens
 from trainer_checks import assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
@@ -69,7 +70,7 @@ def test_masking_follows_roberta():
 
 
 def test_evaluation_masks_depend_only_on_the_eval_seed_and_the_data(data_dir):
-    meta = train_bert.load_meta(data_dir)
+    meta = training.load_meta(data_dir)
     cfg = SimpleNamespace(data_dir=data_dir, mask_prob=0.15, eval_seed=1234)
     torch.manual_seed(0)
     first = train_bert.masked_split(cfg, meta, 'val')
@@ -93,7 +94,7 @@ def test_eval_only_scores_every_masked_token_once_and_the_same_ones_for_every_va
     model = BERT(BERTConfig(**checkpoint['model_args']))
     model.load_state_dict(checkpoint['model'])
     model.eval()
-    meta = train_bert.load_meta(data_dir)
+    meta = training.load_meta(data_dir)
     cfg = SimpleNamespace(data_dir=data_dir, mask_prob=0.15, eval_seed=1234)
     for split in ('val', 'test'):
         inputs, targets = train_bert.masked_split(cfg, meta, split)
@@ -175,6 +176,8 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         ([f'--data_dir={tmp_path / "nowhere"}'], 'train.bin not found: run `python prepare_enwik8.py --src=FILE'),
         (['--block_size=4000'], 'val.bin is shorter than block_size = 4000 tokens'),
         (['--n_layer=3', '--init_from=resume'], 'is a different model: n_layer=2 in the checkpoint, 3 in the config'),
+        (['--optimizer=adafactor', '--init_from=resume'], 'was trained with AdamW, this run builds Adafactor'),
+        (['--optimizer=lion'], "optimizer='lion'; choose one of: adamw, sgd, adafactor"),
     ]
     for args, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -72,6 +72,16 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path)
     assert losses(resumed) == losses(uninterrupted)  # bitwise: same data, schedule, dropout masks
 
 
+@pytest.mark.parametrize('optimizer', ['sgd', 'adafactor'])
+def test_other_optimizers_train_and_resume_exactly(optimizer, data_dir, tmp_path):
+    recipe = [f'--optimizer={optimizer}', '--learning_rate=0.1', '--eval_interval=3', '--max_iters=6']
+    train(tmp_path / 'stopped', data_dir, *recipe[:-1], '--max_iters=3')
+    resumed = train(tmp_path / 'stopped', data_dir, *recipe, '--init_from=resume')
+    uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe)
+    assert losses(resumed) == losses(uninterrupted)
+    assert losses(uninterrupted)[-1]['val_loss'] < losses(uninterrupted)[0]['val_loss']
+
+
 def test_two_processes_match_one(data_dir, tmp_path):
     recipe = ['--gradient_accumulation_steps=2', '--max_iters=6', '--eval_interval=3']
     train(tmp_path / 'one', data_dir, *recipe)
@@ -165,6 +175,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         (['--n_layer=3', '--attention=linear', '--init_from=resume'],
          "is a different model: attention='softmax' in the checkpoint, 'linear' in the config; n_layer=2 in the "
          "checkpoint, 3 in the config"),
+        (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD: resume with the same'),
         ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
     ]
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}

@@ -240,6 +240,7 @@ def test_bad_input_is_one_line_error(folder_dir, tmp_path):
         (['--attention=flash'], 'choose one of: softmax, linear'),
         (['--batch_size=1000'], '192 training images: fewer than one step'),
         (['--n_layer=3', '--init_from=resume'], 'is a different model: n_layer=2 in the checkpoint, 3 in the config'),
+        (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD'),
     ]
     for args, message in cases:
         with pytest.raises(ConfigError, match=message):

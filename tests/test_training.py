@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +132,53 @@ def test_stop_signal_sets_a_flag_instead_of_raising():
         os.kill(os.getpid(), signal.SIGINT)  # repeats are ignored too
         assert stop.requested()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_build_optimizer_choices_and_decay_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    choices = {'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD, 'adafactor': torch.optim.Adafactor}
+    assert tuple(choices) == training.OPTIMIZERS
+    for name, cls in choices.items():
+        optimizer = training.build_optimizer(name, model, 0.1, 0.5, (0.8, 0.99), 'cpu')
+        assert type(optimizer) is cls
+        decayed, plain = optimizer.param_groups
+        assert decayed['weight_decay'] == 0.5 and [p.dim() for p in decayed['params']] == [2]
+        assert plain['weight_decay'] == 0.0 and [p.dim() for p in plain['params']] == [1, 1, 1]
+    sgd = training.build_optimizer('sgd', model, 0.1, 0.5, (0.8, 0.99), 'cpu').param_groups[0]
+    assert sgd['momentum'] == 0.8 and sgd['nesterov']
+    with pytest.raises(ConfigError, match="optimizer='lion'; choose one of: adamw, sgd, adafactor"):
+        training.build_optimizer('lion', model, 0.1, 0.5, (0.8, 0.99), 'cpu')
+
+
+def test_check_resume_names_what_differs():
+    optimizer = training.build_optimizer('adamw', torch.nn.Linear(2, 2), 0.1, 0.0, (0.9, 0.99), 'cpu')
+    checkpoint = {'model_args': {'n_layer': 2, 'attention': 'linear', 'dropout': 0.1}, 'optimizer_class': 'AdamW'}
+    training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'dropout': 0.0}, optimizer, 'c.pt')
+    with pytest.raises(ConfigError, match="c.pt is a different model: attention='linear' in the checkpoint, 'local'"):
+        training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'local', 'dropout': 0.1}, optimizer, 'c.pt')
+    with pytest.raises(ConfigError, match="chunk_size=None in the checkpoint, 8 in the config"):  # a new knob
+        training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'chunk_size': 8}, optimizer, 'c.pt')
+    with pytest.raises(ConfigError, match='c.pt was trained with SGD, this run builds AdamW'):
+        training.check_resume(checkpoint | {'optimizer_class': 'SGD'}, checkpoint['model_args'], optimizer, 'c.pt')
+
+
+def test_peak_memory_without_resource_module(monkeypatch):
+    """resource is POSIX-only: without it (Windows) a CPU run logs no peak memory instead of failing to start."""
+    assert training.peak_memory_mb('cpu') > 0
+    monkeypatch.setitem(sys.modules, 'resource', None)  # import resource now raises ImportError
+    assert training.peak_memory_mb('cpu') is None
+    assert training.format_row({'iter': 3, 'train_loss': 1.0, 'grad_norm': 0.01234, 'peak_mem_mb': None}) == \
+        'iter 3: train_loss 1.0000, grad_norm 0.0123'
+
+
+def test_stop_signal_under_ddp_is_agreed_on_only_when_asked():
+    """Under DDP the flag travels through an all-reduce, a host sync: only when agree_now (the loops' log steps),
+    and False otherwise, so that every rank stops at the same step."""
+    torch_dist.init_process_group('gloo', store=torch_dist.HashStore(), rank=0, world_size=1)
+    try:
+        with training.StopSignal() as stop:
+            stop.flag = True
+            assert not stop.requested('cpu', agree_now=False)
+            assert stop.requested('cpu', agree_now=True)
+    finally:
+        torch_dist.destroy_process_group()

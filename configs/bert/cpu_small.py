@@ -1,5 +1,5 @@
 # a few minutes on a laptop CPU: masked LM on tiny shakespeare as bytes, prepared with
-#   python prepare_enwik8.py --src=../shared/data/tinyshakespeare.txt --data_dir=data/shakespeare
+#   python prepare_enwik8.py --src=corpus/tinyshakespeare.txt --data_dir=data/shakespeare
 data_dir = 'data/shakespeare'
 n_layer = 4
 n_head = 4
