@@ -3,7 +3,7 @@ Prepare enwik8 (or any file) as bytes for train_gpt.py: one byte = one token, vo
 
     python prepare_enwik8.py                                  # download enwik8.zip into data/enwik8
     python prepare_enwik8.py --src=enwik8.zip                 # a local copy: the zip or the unzipped enwik8
-    python prepare_enwik8.py --src=../shared/data/tinyshakespeare.txt --data_dir=data/shakespeare
+    python prepare_enwik8.py --src=corpus/tinyshakespeare.txt --data_dir=data/shakespeare
 
 enwik8 is the first 100,000,000 bytes of an English Wikipedia XML dump (Hutter Prize). It is verified
 by its exact size and the MD5 Matt Mahoney publishes for the unzipped file (zip members are also

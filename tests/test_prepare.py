@@ -143,10 +143,12 @@ def test_any_file_cli(tmp_path):
     assert read_meta(data_dir)["tokens"] == dict(train=900, val=50, test=51)
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared/data/tinyshakespeare.txt").exists(), reason="no ../shared/data")
 def test_shakespeare_readme_command(tmp_path):
-    """the README's example, run from the repo root (into tmp_path rather than data/shakespeare)"""
-    result = run("prepare_enwik8.py", "--src=../shared/data/tinyshakespeare.txt", f"--data_dir={tmp_path}")
+    """the README's quick-start corpus, shipped in the repository, run from the repo root (into tmp_path rather than
+    data/shakespeare)"""
+    corpus = (REPO / "corpus" / "tinyshakespeare.txt").read_bytes()
+    assert hashlib.md5(corpus).hexdigest() == "6fb458f1232090904fb40fe944165e91"  # as recorded in the README
+    result = run("prepare_enwik8.py", "--src=corpus/tinyshakespeare.txt", f"--data_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert read_meta(tmp_path)["tokens"] == dict(train=1_003_854, val=55_769, test=55_771)
 

@@ -1,7 +1,16 @@
-"""The README stays true: its variant table matches the registry and CI runs its own commands."""
+"""The README stays true and the repository stands alone: the variant table matches the registry, CI runs the
+README's own commands, every variant's config serves every trainer, and no file points outside the repository."""
+import ast
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
+
+import train_bert
+import train_gpt
+import train_vit
+import training
 from attention import ATTENTION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +30,44 @@ def test_ci_runs_the_readme_commands():
         assert f'\n{command}\n' in README, f"README does not give: {command}"
 
 
-def test_every_variant_has_a_config():
+@pytest.mark.parametrize('trainer', [train_gpt, train_bert, train_vit], ids=lambda m: m.__name__)
+def test_every_variant_has_one_config_for_every_trainer(trainer):
     for name in ATTENTION:
-        assert (ROOT / 'configs' / f'{name}.py').exists(), f"configs/{name}.py is missing"
+        path = ROOT / 'configs' / f'{name}.py'
+        assert path.exists(), f"configs/{name}.py is missing"
+        assert training.apply_overrides(trainer.DEFAULTS, [str(path)])['attention'] == name
+
+
+def test_scripts_import_only_the_model_and_the_plumbing():
+    """nanoGPT's import graph: a script imports attention.py and training.py, never another script."""
+    scripts = {path.stem for path in ROOT.glob('*.py')}
+    for path in ROOT.glob('*.py'):
+        if path.stem.startswith('prepare_'):  # the prepare scripts share their download and staging code
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert imported & scripts <= {'attention', 'training'}, f"{path.name} imports {imported & scripts}"
+
+
+def test_no_file_refers_outside_the_repository():
+    outside = ('..' + '/', 'DESIGN' + '.md')  # spelled in pieces, or this file would name them
+    tracked = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True, check=True,
+                             timeout=60).stdout.split()
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in ('.py', '.md', '.txt', '') and path.is_file() and not name.startswith('corpus/'):
+            text = path.read_text(errors='replace')
+            assert not any(word in text for word in outside), f"{name} refers outside the repository"
+
+
+def test_quick_start_needs_nothing_outside_the_repository():
+    """The quick start's files are in the repository: the corpus (with the md5 the README records) and configs."""
+    section = README.split('## Quick start')[1].split('\n## ')[0]
+    command = re.search(r'```\n(.*?)\n```', section, flags=re.S).group(1)
+    paths = re.findall(r'(?:corpus|configs)/[\w/]+\.(?:py|txt)', command)
+    assert 'corpus/tinyshakespeare.txt' in paths and 'configs/cpu_small.py' in paths
+    for path in paths:
+        assert (ROOT / path).is_file(), path
+    assert 'md5 6fb458f1232090904fb40fe944165e91' in README
