@@ -4,7 +4,7 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py                                                # every variant, fwd / fwdbwd / decode
     python bench.py --variants=softmax,linear --seq_lens=1024,4096 --modes=fwdbwd --out=bench_results/a.json
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
-    python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # whole training steps of the causal LM (train_gpt.py's model)
+    python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # training steps of train_gpt.py's model
 
 Layer benchmark (default): one attention layer from build_attention, its qkv and output projections
 included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and input cast to it).
@@ -80,7 +80,7 @@ STRUCTURAL_FIELDS = ('attention', 'n_embd', 'n_head', 'causal', 'block_size', 'd
 LAYER_KNOBS = tuple(f.name for f in fields(LayerConfig) if f.name not in STRUCTURAL_FIELDS)
 
 DEFAULTS = dict(
-    model='layer',             # 'layer': one attention layer; 'gpt': training steps of the causal LM (train_gpt.py's model)
+    model='layer',             # 'layer': one attention layer; 'gpt': training steps of train_gpt.py's model
     variants='',               # comma-separated names from attention.ATTENTION; '' = all
     seq_lens='',               # comma-separated; '' = 256 .. 16384 on GPU, 256 .. 8192 on CPU (powers of 2)
     modes='fwd,fwdbwd,decode',  # layer benchmark only
@@ -204,8 +204,8 @@ def gpt_call(case, device, dtype):
     """The call to time for --model=gpt: one training step (forward, backward, AdamW)."""
     T = case['seq_len']
     config = LMConfig(vocab_size=case['vocab_size'], block_size=T, n_layer=case['n_layer'], n_head=case['n_head'],
-                       n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
-                       **{name: case[name] for name in LAYER_KNOBS})
+                      n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
+                      **{name: case[name] for name in LAYER_KNOBS})
     model = TransformerLM(config).to(device)  # train_gpt.py's GPT: this trunk, causal
     case['n_params'] = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # as nanoGPT's MFU
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

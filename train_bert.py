@@ -214,8 +214,6 @@ def train(cfg, config, dist):
     ctx, scaler = training.mixed_precision(device, dtype)  # autocast, and fp16's loss scaling (a no-op otherwise)
 
     # data: random training windows and their masks drawn from a generator that is the same on every rank
-    if not 0 < cfg.mask_prob < 1:
-        raise ConfigError(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
     meta = training.load_meta(cfg.data_dir)
     for split in ('train', 'val', 'test'):
         if len(training.open_split(cfg.data_dir, split, meta['dtype'])) < cfg.block_size:
@@ -248,9 +246,9 @@ def train(cfg, config, dist):
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     if dist.master:
         attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
-        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in attention), "
-              f"{tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, {dtype}, "
-              f"{type(optimizer).__name__}")
+        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
+              f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, "
+              f"{dtype}, {type(optimizer).__name__}")
 
     if cfg.eval_only:
         eval_model.eval()
@@ -268,9 +266,7 @@ def train(cfg, config, dist):
     val_starts = quick_starts(len(val[0]), cfg)
     if cfg.init_from == 'scratch':
         training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
-    if dist.master:
-        training.write_config(cfg.out_dir, config)
-        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    log = None  # the run folder changes once this run has evaluated and stepped: a failed start changes nothing
     start_iter = iter_num
     t_start = t_last = time.time()
     iters_since_log = 0
@@ -336,6 +332,8 @@ def train(cfg, config, dist):
                                tokens_per_s=iters_since_log * tokens_per_iter / (now - t_last),
                                peak_mem_mb=training.peak_memory_mb(device))
                     t_last, iters_since_log = now, 0
+            if log is None and dist.master:
+                log = training.start_run_folder(cfg.out_dir, config, start_iter)  # config.json, log.jsonl cut
             if row and dist.master:
                 row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
                 log.write(row)

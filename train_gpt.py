@@ -308,9 +308,7 @@ def train(cfg, config, dist):
 
     if cfg.init_from == 'scratch':
         training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
-    if dist.master:
-        training.write_config(cfg.out_dir, config)
-        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    log = None  # the run folder changes once this run has evaluated and stepped: a failed start changes nothing
     start_iter = iter_num
     t_start = t_last = time.time()
     iters_since_log = 0
@@ -375,6 +373,8 @@ def train(cfg, config, dist):
                                tokens_per_s=iters_since_log * tokens_per_iter / (now - t_last),
                                peak_mem_mb=training.peak_memory_mb(device))
                     t_last, iters_since_log = now, 0
+            if log is None and dist.master:
+                log = training.start_run_folder(cfg.out_dir, config, start_iter)  # config.json, log.jsonl cut
             if row and dist.master:
                 row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
                 log.write(row)

@@ -351,9 +351,7 @@ def train(cfg, config, dist):
     batches = iter(train_loader)
     if cfg.init_from == 'scratch':
         training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
-    if dist.master:
-        training.write_config(cfg.out_dir, config)
-        log = training.Log(cfg.out_dir, keep_before=iter_num)
+    log = None  # the run folder changes once this run has evaluated and stepped: a failed start changes nothing
     start_iter = iter_num
     t_start = t_last = time.time()
     iters_since_log = 0
@@ -418,6 +416,8 @@ def train(cfg, config, dist):
                                images_per_s=iters_since_log * images_per_iter / (now - t_last),
                                peak_mem_mb=training.peak_memory_mb(device))
                     t_last, iters_since_log = now, 0
+            if log is None and dist.master:
+                log = training.start_run_folder(cfg.out_dir, config, start_iter)  # config.json, log.jsonl cut
             if row and dist.master:
                 row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
                 log.write(row)
@@ -430,7 +430,9 @@ def train(cfg, config, dist):
 def main(argv):
     config = training.apply_overrides(DEFAULTS, argv)
     if not config['out_dir']:
-        data = config['dataset'] if config['dataset'] == 'cifar10' else os.path.basename(os.path.normpath(config['data_dir']))
+        data = config['dataset']
+        if data != 'cifar10':
+            data = os.path.basename(os.path.normpath(config['data_dir']))
         config['out_dir'] = f"out-vit-{data}-{config['attention']}"
     cfg = SimpleNamespace(**config)
     with training.distributed(cfg.device) as dist:

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import types
 from collections import namedtuple
 from contextlib import contextmanager, nullcontext
@@ -71,8 +72,12 @@ def apply_overrides(config, argv):
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} not found")
             namespace = dict(config)
-            with open(arg) as f:
-                exec(compile(f.read(), arg, 'exec'), namespace)
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), namespace)
+            except Exception as error:  # a config file is the user's Python: any error is theirs to fix
+                raise ConfigError(f"config file {arg}{error_line(error, arg)}: {type(error).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else ''}; fix the file") from None
             for key, value in namespace.items():
                 if key.startswith('_') or isinstance(value, types.ModuleType):
                     continue
@@ -89,7 +94,43 @@ def apply_overrides(config, argv):
             except (ValueError, SyntaxError):
                 value = text
         config[key] = check_value(config, key, value, arg)
+    check_ranges(config)
     return config
+
+
+def error_line(error, path):
+    """' line N' of the innermost frame in `path` (or of a SyntaxError), '' if none."""
+    line = getattr(error, 'lineno', None) if isinstance(error, SyntaxError) else None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == path:
+            line = frame.lineno
+    return f" line {line}" if line else ''
+
+
+# the ranges of the keys the scripts share, checked by name in whatever config holds them
+AT_LEAST_ONE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'gradient_accumulation_steps',
+                'eval_interval', 'eval_iters', 'log_interval', 'chunk_size', 'local_window', 'performer_features',
+                'mlp_ratio', 'patch_size', 'image_size', 'head_dim', 'vocab_size', 'repeats')
+AT_LEAST_ZERO = ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+                 'grad_clip', 'num_workers', 'max_new_tokens', 'top_k', 'warmup', 'min_time', 'threads',
+                 'peak_tflops', 'fit_from')
+FRACTIONS = ('dropout', 'beta1', 'beta2', 'label_smoothing')  # in [0, 1)
+
+
+def check_ranges(config):
+    """ConfigError for the first value outside its range, naming the key and what it must be."""
+    for key, value in config.items():
+        if key in AT_LEAST_ONE and value < 1:
+            raise ConfigError(f"{key}={value!r}: must be at least 1; set --{key} to a positive value")
+        if key in AT_LEAST_ZERO and (value < 0 or value != value):
+            raise ConfigError(f"{key}={value!r}: must not be negative; set --{key} to 0 or more")
+        if key in FRACTIONS and not 0 <= value < 1:
+            raise ConfigError(f"{key}={value!r}: must be in [0, 1); set --{key} to a value in that range")
+    if not 0 < config.get('mask_prob', 0.5) < 1:
+        raise ConfigError(f"mask_prob={config['mask_prob']!r}: must be between 0 and 1 (exclusive); RoBERTa's is 0.15")
+    if not config.get('temperature', 1.0) > 0:
+        raise ConfigError(f"temperature={config['temperature']!r}: must be positive (small = near-greedy; top_k=1 is "
+                          "greedy)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,9 +140,24 @@ Dist = namedtuple('Dist', 'rank local_rank world_size master device')
 
 
 def resolve_device(device):
+    """'auto' -> 'cuda' if available, else 'cpu'; any other name must be a device this machine has."""
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return device
+    kind, colon, index = device.partition(':')
+    if kind == 'cpu' and not colon:
+        return device
+    if kind == 'cuda' and (not colon or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} but torch sees no CUDA GPU here; use --device=cpu or --device=auto")
+        if colon and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s): "
+                              f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return device
+    if device == 'mps':
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device='mps' but torch sees no Apple GPU here; use --device=cpu or --device=auto")
+        return device
+    raise ConfigError(f"device={device!r}: choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def setup_distributed(device):
@@ -129,7 +185,7 @@ def distributed(device):
     dist = setup_distributed(device)
     try:
         yield dist
-        if torch_dist.is_initialized():  # every rank done before any tears down (gloo aborts on a peer gone mid-exchange)
+        if torch_dist.is_initialized():  # all ranks done before any tears down: gloo aborts on a peer gone mid-exchange
             torch_dist.barrier()
     finally:
         teardown_distributed()
@@ -199,13 +255,35 @@ def write_json(path, obj):
     write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
 
 
-def write_config(out_dir, config):
-    """config.json: the resolved config, torch version, git commit (and whether the tree was dirty), command line."""
+def write_config(out_dir, config, start_iter=0):
+    """config.json: the resolved config, torch version, git commit (and whether the tree was dirty), command line,
+    and under 'segments' the same for every stretch of the run: a resume at start_iter > 0 keeps the segments that
+    began before it and adds its own, so a setting changed on resume is on record beside the one it replaced."""
     os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'config.json')
     commit, dirty = git_commit()
-    write_json(os.path.join(out_dir, 'config.json'), {
-        'config': config, 'torch': torch.__version__, 'git_commit': commit, 'git_dirty': dirty,
-        'command': [sys.executable] + sys.argv})
+    segment = {'start_iter': start_iter, 'config': config, 'torch': torch.__version__, 'git_commit': commit,
+               'git_dirty': dirty, 'command': [sys.executable] + sys.argv}
+    earlier = []
+    if start_iter > 0 and os.path.exists(path):
+        earlier = [s for s in read_json(path).get('segments', []) if s['start_iter'] < start_iter]
+    write_json(path, {**{k: v for k, v in segment.items() if k != 'start_iter'}, 'segments': earlier + [segment]})
+
+
+def start_run_folder(out_dir, config, start_iter):
+    """What a run writes to its folder once it is really running (has evaluated and stepped): config.json with
+    this segment, and log.jsonl cut to the rows before start_iter. Returns the Log to append to."""
+    write_config(out_dir, config, start_iter)
+    return Log(out_dir, keep_before=start_iter)
+
+
+def read_json(path):
+    """A JSON file of a run or data folder; ConfigError naming it when it is unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} is not readable JSON ({error}); restore it or prepare / train again") from None
 
 
 class Log:
@@ -218,15 +296,32 @@ class Log:
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, 'log.jsonl')
         if keep_before is not None:
-            rows = []
-            if os.path.exists(self.path):
-                with open(self.path) as f:
-                    rows = [line for line in f if line.strip() and json.loads(line)['iter'] < keep_before]
-            write_atomic(self.path, lambda f: f.write(''.join(rows).encode()))
+            rows = read_log_rows(self.path) if os.path.exists(self.path) else []
+            text = ''.join(json.dumps(row) + '\n' for row in rows if row['iter'] < keep_before)
+            write_atomic(self.path, lambda f: f.write(text.encode()))
 
     def write(self, row):
         with open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
+
+
+def read_log_rows(path):
+    """The rows of a log.jsonl. A last line cut short (a kill mid-append) is dropped with a note; a bad line
+    anywhere else is a ConfigError."""
+    with open(path) as f:
+        lines = [line for line in f.read().split('\n') if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            row['iter']
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):
+                print(f"note: {path}: dropping a cut-off last line ({line[:40]!r}...)")
+                break
+            raise ConfigError(f"{path} line {number} is not a log row; repair or remove that line") from None
+        rows.append(row)
+    return rows
 
 
 def write_eval(out_dir, results):
@@ -241,11 +336,25 @@ def save_checkpoint(path, checkpoint):
     write_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
+CHECKPOINT_KEYS = ('model', 'optimizer', 'optimizer_class', 'scaler', 'model_args', 'config', 'iter_num', 'rng',
+                   'elapsed_s')
+
+
 def load_checkpoint(path):
-    if not os.path.exists(path):
+    """A trev checkpoint, on cpu; ConfigError when it is missing, unreadable (empty, cut short) or not trev's."""
+    if not os.path.isfile(path):
         raise ConfigError(f"no checkpoint at {path}: train first, or set init_from='scratch'")
-    # weights_only=False: our own file, and it holds numpy / python RNG states besides tensors
-    return torch.load(path, map_location='cpu', weights_only=False)
+    try:  # weights_only=False: our own file, and it holds numpy / python RNG states besides tensors
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:  # torch.load fails in many ways on a damaged file (EOFError, RuntimeError, ...)
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'no detail'}); it is damaged: start "
+                          "afresh in another --out_dir") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else ['all']
+    if missing:
+        raise ConfigError(f"{path} is not a trev checkpoint (missing {', '.join(missing)}): point --out_dir at a "
+                          "folder a trev trainer wrote")
+    return checkpoint
 
 
 def unwrap(model):
@@ -360,6 +469,16 @@ def check_run(cfg, dist):
         raise ConfigError(f"batch_size={cfg.batch_size} does not split over {dist.world_size} processes")
     if cfg.init_from not in ('scratch', 'resume'):
         raise ConfigError(f"init_from={cfg.init_from!r}; choose 'scratch' or 'resume'")
+    check_out_dir(cfg.out_dir)
+
+
+def check_out_dir(out_dir):
+    """out_dir is, or can become, a folder: neither it nor any folder above it is a file."""
+    path = os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"out_dir={out_dir!r}: {path} is a file, not a folder; choose another --out_dir")
 
 
 def check_fresh(out_dir, ckpt_path):
@@ -444,16 +563,33 @@ def prepare_command(data_dir):
 
 
 def load_meta(data_dir, splits=('train', 'val', 'test')):
-    """meta.json of a prepared data folder, 'dtype' and 'tokenizer' inferred from vocab_size where missing.
-    A missing file is a ConfigError naming the prepare command."""
+    """meta.json of a prepared data folder, checked against the splits' .bin files: 'dtype' and 'tokenizer'
+    inferred from vocab_size where missing; each file a whole number of tokens, as many as meta.json records
+    (where it does), and no token id at or above vocab_size. A missing file is a ConfigError naming the prepare
+    command, any disagreement one naming the file."""
     for name in [f'{split}.bin' for split in splits] + ['meta.json']:
         path = os.path.join(data_dir, name)
         if not os.path.exists(path):
             raise ConfigError(f"{path} not found: run `{prepare_command(data_dir)}`")
-    with open(os.path.join(data_dir, 'meta.json')) as f:
-        meta = json.load(f)
+    path = os.path.join(data_dir, 'meta.json')
+    meta = read_json(path)
+    redo = f"run `{prepare_command(data_dir)}` again"
+    if not isinstance(meta, dict) or not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
+        raise ConfigError(f"{path} has no positive integer vocab_size; {redo}")
     meta.setdefault('dtype', 'uint8' if meta['vocab_size'] <= 256 else 'uint16')
     meta.setdefault('tokenizer', 'bytes' if meta['vocab_size'] <= 256 else 'gpt2')
+    if meta['dtype'] not in ('uint8', 'uint16', 'uint32'):
+        raise ConfigError(f"{path}: dtype {meta['dtype']!r} is not uint8, uint16 or uint32; {redo}")
+    for split in splits:
+        size, itemsize = os.path.getsize(os.path.join(data_dir, f'{split}.bin')), np.dtype(meta['dtype']).itemsize
+        recorded = meta.get('tokens', {}).get(split)
+        if size % itemsize or (recorded is not None and recorded != size // itemsize):
+            raise ConfigError(f"{data_dir}/{split}.bin holds {size:,} bytes, not the {recorded or 'whole number of'} "
+                              f"{meta['dtype']} tokens {path} records; {redo}")
+        data = open_split(data_dir, split, meta['dtype'])
+        if len(data) and int(data.max()) >= meta['vocab_size']:
+            raise ConfigError(f"{data_dir}/{split}.bin holds token {int(data.max())}, beyond vocab_size "
+                              f"{meta['vocab_size']} in {path}; {redo}")
     return meta
 
 

@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
     train(tmp_path, data_dir, '--max_iters=1')
     base = TINY + [f'--data_dir={data_dir}', f'--out_dir={tmp_path}']
     cases = [
-        (['--mask_prob=1.5'], 'mask_prob=1.5 must be between 0 and 1'),
+        (['--mask_prob=1.5'], 'mask_prob=1.5: must be between 0 and 1'),
         (['--attention=flash'], 'choose one of: softmax, linear'),
         ([f'--data_dir={tmp_path / "nowhere"}'], 'train.bin not found: run `python prepare_enwik8.py --src=FILE'),
         (['--block_size=4000'], 'val.bin is shorter than block_size = 4000 tokens'),

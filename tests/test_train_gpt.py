@@ -175,7 +175,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
         (['--n_layer=3', '--attention=linear', '--init_from=resume'],
          "is a different model: attention='softmax' in the checkpoint, 'linear' in the config; n_layer=2 in the "
          "checkpoint, 3 in the config"),
-        (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD: resume with the same'),
+        (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD: resume with'),
         ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
     ]
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import sys
 
 import numpy as np
@@ -62,14 +63,37 @@ def test_lr_schedule():
     assert all(lr(i) >= lr(i + 1) for i in range(10, 200))
 
 
+def checkpoint(x):
+    """A checkpoint with every key a trev trainer writes."""
+    return {key: None for key in training.CHECKPOINT_KEYS} | {'model': {'x': x}}
+
+
 def test_atomic_save_leaves_no_temp_file(tmp_path):
     path = str(tmp_path / 'ckpt.pt')
-    training.save_checkpoint(path, {'x': torch.arange(3)})
-    training.save_checkpoint(path, {'x': torch.arange(4)})
+    training.save_checkpoint(path, checkpoint(torch.arange(3)))
+    training.save_checkpoint(path, checkpoint(torch.arange(4)))
     assert os.listdir(tmp_path) == ['ckpt.pt']
-    assert training.load_checkpoint(path)['x'].tolist() == [0, 1, 2, 3]
-    with pytest.raises(ConfigError, match='no checkpoint at'):
-        training.load_checkpoint(str(tmp_path / 'other.pt'))
+    assert training.load_checkpoint(path)['model']['x'].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'no checkpoint at'),
+    (b'', 'is not a readable checkpoint'),
+    ('cut', 'is not a readable checkpoint'),
+    ('foreign', 'is not a trev checkpoint (missing optimizer, optimizer_class'),
+])
+def test_damaged_or_foreign_checkpoint_is_one_line(tmp_path, content, message):
+    path = tmp_path / 'ckpt.pt'
+    if content == 'cut':
+        training.save_checkpoint(str(path), checkpoint(torch.arange(10_000)))
+        path.write_bytes(path.read_bytes()[:5000])
+    elif content == 'foreign':
+        torch.save({'model': {}, 'epoch': 3}, path)  # someone else's training script
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        training.load_checkpoint(str(path))
+    assert '\n' not in str(error.value)
 
 
 def test_state_dict_has_no_wrapper_prefixes(tmp_path):
