@@ -106,6 +106,8 @@ def staging(data_dir):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(data_dir, "meta.json"))  # no meta.json = not a complete set, while files move
         for name in sorted(os.listdir(tmp), key=lambda name: name == "meta.json"):
+            with open(os.path.join(tmp, name), "rb+") as f:  # on disk before it is published
+                os.fsync(f.fileno())
             os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,6 +142,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--data_dir", default="data/enwik8", help="where {train,val,test}.bin and meta.json go")
     parser.add_argument("--src", help="local enwik8.zip, enwik8, or any file to split as bytes (default: download)")
+    parser.add_argument("--min_split_tokens", type=int, default=1025,
+                        help="refuse a source whose smallest split would hold fewer bytes (default: a 1024-byte "
+                             "window and its next-byte target)")
     args = parser.parse_args(argv)
     try:
         data, md5 = read_source(args.src or download(URL, os.path.join(args.data_dir, "enwik8.zip")))
@@ -150,6 +155,11 @@ def main(argv=None):
         # first 90% / next 5% / last 5%: exactly 90M / 5M / 5M for enwik8
         n_train, n_val = len(data) * 90 // 100, len(data) * 5 // 100
         parts = dict(train=data[:n_train], val=data[n_train:n_train + n_val], test=data[n_train + n_val:])
+        smallest = min(parts, key=lambda split: len(parts[split]))
+        if len(parts[smallest]) < args.min_split_tokens:  # before anything is written: data_dir stays as it is
+            raise ValueError(f"{args.src or URL} is {len(data):,} bytes: its {smallest} split would hold "
+                             f"{len(parts[smallest]):,}, fewer than --min_split_tokens={args.min_split_tokens:,}; "
+                             f"give a larger source (at least {20 * args.min_split_tokens:,} bytes)")
         meta["tokens"] = {split: len(part) for split, part in parts.items()}
         with staging(args.data_dir) as tmp:
             for split, part in parts.items():

@@ -63,7 +63,7 @@ def read_meta(data_dir):
 @pytest.fixture
 def enwik8(monkeypatch):
     """random bytes standing in for enwik8: the expected size and md5 shrink to match them"""
-    data = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    data = np.random.default_rng(0).integers(0, 256, 40_000, dtype=np.uint8).tobytes()
     monkeypatch.setattr(prepare_enwik8, "ENWIK8_BYTES", len(data))
     monkeypatch.setattr(prepare_enwik8, "ENWIK8_MD5", hashlib.md5(data).hexdigest())
     return data
@@ -98,7 +98,7 @@ def test_enwik8_zip_and_unzipped(tmp_path, enwik8):
     src = make_zip(tmp_path / "enwik8.zip", {"enwik8": enwik8})
     prepare_enwik8.main([f"--src={src}", f"--data_dir={tmp_path / 'a'}"])
     check_enwik8_outputs(tmp_path / "a", enwik8, str(src))
-    assert [len(read_bins(tmp_path / "a", np.uint8)[split]) for split in SPLITS] == [1800, 100, 100]
+    assert [len(read_bins(tmp_path / "a", np.uint8)[split]) for split in SPLITS] == [36_000, 2000, 2000]
     (tmp_path / "enwik8").write_bytes(enwik8)
     prepare_enwik8.main(["--src", str(tmp_path / "enwik8"), "--data_dir", str(tmp_path / "b")])  # --key value
     check_enwik8_outputs(tmp_path / "b", enwik8, str(tmp_path / "enwik8"))
@@ -137,10 +137,25 @@ def test_any_file_cli(tmp_path):
     data = ("First Citizen:\nBefore we proceed any further, hear me speak. ünïcödé\n" * 20).encode()[:1001]
     (tmp_path / "input.txt").write_bytes(data)
     data_dir = tmp_path / "shakespeare"
-    result = run("prepare_enwik8.py", f"--src={tmp_path / 'input.txt'}", f"--data_dir={data_dir}")
+    result = run("prepare_enwik8.py", f"--src={tmp_path / 'input.txt'}", f"--data_dir={data_dir}",
+                 "--min_split_tokens=50")
     assert result.returncode == 0, result.stderr
     check_enwik8_outputs(data_dir, data, str(tmp_path / "input.txt"))
     assert read_meta(data_dir)["tokens"] == dict(train=900, val=50, test=51)
+
+
+@pytest.mark.parametrize("size", [0, 1, 20_000])
+def test_a_source_too_small_is_refused_and_the_folder_kept(tmp_path, size):
+    """an empty or tiny --src over an already prepared folder used to replace its splits with empty files"""
+    data = bytes(range(256)) * 100
+    (tmp_path / "good.txt").write_bytes(data)
+    data_dir = tmp_path / "prepared"
+    prepare_enwik8.main([f"--src={tmp_path / 'good.txt'}", f"--data_dir={data_dir}"])
+    before = {path.name: path.read_bytes() for path in data_dir.iterdir()}
+    (tmp_path / "small.txt").write_bytes(data[:size])
+    result = run("prepare_enwik8.py", f"--src={tmp_path / 'small.txt'}", f"--data_dir={data_dir}")
+    assert_one_line_error(result, "prepare_enwik8.py", "fewer than --min_split_tokens=1,025")
+    assert {path.name: path.read_bytes() for path in data_dir.iterdir()} == before
 
 
 def test_shakespeare_readme_command(tmp_path):
