@@ -24,7 +24,9 @@ depends on the iteration alone; each image's augmentation is drawn with torch's 
 One run writes out_dir/{config.json, log.jsonl, ckpt.pt} (and eval.json for eval_only), as train_gpt.py does.
 The model (ViT, ViTConfig) imports without side effects.
 """
+import atexit
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -187,16 +189,34 @@ def load_data(cfg, dist):
                 raise ConfigError(f"{cfg.data_dir}/{split} not found: dataset='imagefolder' reads "
                                   f"data_dir/train/<class>/* and data_dir/val/<class>/*")
         normalise = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        train_set = datasets.ImageFolder(os.path.join(cfg.data_dir, 'train'))
+        train_set = image_folder(os.path.join(cfg.data_dir, 'train'))
         augment = transforms.Compose([transforms.RandomResizedCrop(cfg.image_size), transforms.RandomHorizontalFlip(),
                                       transforms.ToTensor(), normalise])
-        eval_set = datasets.ImageFolder(os.path.join(cfg.data_dir, 'val'), transform=transforms.Compose([
+        eval_set = image_folder(os.path.join(cfg.data_dir, 'val'), transform=transforms.Compose([
             transforms.Resize(round(cfg.image_size / 0.875)), transforms.CenterCrop(cfg.image_size),
             transforms.ToTensor(), normalise]))
         if eval_set.classes != train_set.classes:
             raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val have different class folders")
         return train_set, augment, 'val', eval_set, train_set.classes
     raise ConfigError(f"dataset={cfg.dataset!r}; choose 'cifar10' or 'imagefolder'")
+
+
+def image_folder(root, transform=None):
+    """torchvision's ImageFolder over root/<class>/*, reading images with load_image; a class folder without
+    images is a ConfigError."""
+    try:
+        return datasets.ImageFolder(root, transform=transform, loader=load_image)
+    except FileNotFoundError as e:  # "Found no valid file for the classes ..."
+        raise ConfigError(f"{root}: {str(e).split('. ')[0]}; add images there or remove the empty folders") from None
+
+
+def load_image(path):
+    """ImageFolder's default loader (an RGB PIL image); a file it cannot read is a ConfigError naming it. The
+    folder is not scanned up front (ImageNet has 1.3M files): a damaged image stops the run where it is met."""
+    try:
+        return datasets.folder.default_loader(path)
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ConfigError(f"cannot read image {path} ({e}); replace or remove it") from None
 
 
 class SeededAugmentation(Dataset):
@@ -257,6 +277,16 @@ def ignore_signals(worker_id):
     still need the workers' batches."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def kill_workers():
+    """At exit, end the DataLoader workers still up. multiprocessing's own exit handler stops them with SIGTERM,
+    which they ignore (ignore_signals), then waits for them: after an error, with the loaders still referenced
+    by its traceback, the process would never exit."""
+    if hasattr(signal, 'SIGCHLD'):  # POSIX: torch's handler would report each worker's end as an error
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for process in multiprocessing.active_children():
+        process.kill()
 
 
 def make_loader(dataset, cfg, device, **kwargs):
@@ -335,6 +365,7 @@ def train(cfg, config, dist):
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
               f"{dist.world_size} process(es) on {device}, {dtype}, {type(optimizer).__name__}")
+    atexit.register(kill_workers)
     eval_loader = make_loader(Subset(eval_set, range(dist.rank, len(eval_set), dist.world_size)), cfg, device,
                               batch_size=cfg.batch_size)
 
@@ -443,4 +474,5 @@ if __name__ == '__main__':
     try:
         main(sys.argv[1:])
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        # an error raised in a DataLoader worker comes back with the worker's traceback; its last line is ours
+        sys.exit(f"error: {str(e).splitlines()[-1].rpartition('ConfigError: ')[2]}")

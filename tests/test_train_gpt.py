@@ -6,6 +6,7 @@ evaluation counts every token once, and bad input is a one-line error.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -215,3 +216,34 @@ def test_shared_parameters_start_identical_across_variants():
 def test_import_has_no_side_effects():
     result = run_script('-c', 'import train_gpt; print(sorted(train_gpt.DEFAULTS)[:2])', timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "['attention', 'batch_size']" and not result.stderr
+
+
+def test_a_resume_that_fails_at_its_first_evaluation_changes_nothing(data_dir, tmp_path, monkeypatch):
+    train(tmp_path, data_dir, '--max_iters=4', '--eval_interval=2')
+    before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
+
+    def failing(*args):
+        raise RuntimeError('the evaluation died')
+    monkeypatch.setattr(train_gpt, 'estimate_loss', failing)
+    with pytest.raises(RuntimeError):
+        train(tmp_path, data_dir, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+    monkeypatch.undo()
+    train(tmp_path, data_dir, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
+    segments = json.load(open(tmp_path / 'config.json'))['segments']
+    assert [(s['start_iter'], s['config']['batch_size']) for s in segments] == [(0, 8), (4, 4)]
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda folder: (folder / 'meta.json').write_text('{"vocab_size": 2'), 'meta.json is not readable JSON'),
+    (lambda folder: (folder / 'meta.json').write_text('{"dtype": "uint8"}'), 'has no positive integer vocab_size'),
+    (lambda folder: (folder / 'val.bin').write_bytes(b'x' * 900), 'val.bin holds 900 bytes, not the 1001'),
+    (lambda folder: (folder / 'meta.json').write_text('{"vocab_size": 100}'), 'beyond vocab_size 100'),
+])
+def test_a_bad_data_folder_is_one_line(tmp_path, damage, message):
+    (tmp_path / 'data').mkdir()
+    folder = write_byte_corpus(tmp_path / 'data')
+    damage(tmp_path / 'data')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(tmp_path / 'out', folder)
+    assert not (tmp_path / 'out').exists()

@@ -253,3 +253,19 @@ def test_bad_input_is_one_line_error(folder_dir, tmp_path):
     assert result.stderr.startswith("error: --label_smoothing=high: label_smoothing='high'")
     result = run_script('-c', 'import train_vit', timeout=120)
     assert result.returncode == 0 and not result.stdout and not result.stderr
+
+
+def test_an_empty_class_or_a_damaged_image_is_one_line(tmp_path):
+    write_image_folder(tmp_path, n_train=64, n_val=16)
+    base = TINY + ['--dataset=imagefolder', f'--data_dir={tmp_path}', '--max_iters=3']
+    (tmp_path / 'train' / 'class_9').mkdir()
+    with pytest.raises(ConfigError, match=r'train: Found no valid file for the classes class_9; add images'):
+        train_vit.main(base + [f'--out_dir={tmp_path / "a"}'])
+    (tmp_path / 'train' / 'class_9').rmdir()
+    damaged = sorted((tmp_path / 'train' / 'class_0').iterdir())[0]
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a cut-off PNG
+    for workers in (0, 2):  # in a DataLoader worker too: the user sees one line
+        result = run_script('train_vit.py', *base, f'--num_workers={workers}', f'--out_dir={tmp_path / str(workers)}',
+                            timeout=60)
+        assert result.returncode == 1 and result.stderr.count('\n') == 1, result.stderr
+        assert result.stderr.startswith(f'error: cannot read image {damaged} ('), result.stderr

@@ -206,3 +206,101 @@ def test_stop_signal_under_ddp_is_agreed_on_only_when_asked():
             assert stop.requested('cpu', agree_now=True)
     finally:
         torch_dist.destroy_process_group()
+
+
+def test_a_kill_during_the_log_rewrite_leaves_the_log_whole(tmp_path, monkeypatch):
+    """Resume cuts log.jsonl at the checkpoint; a kill during that rewrite used to leave an empty log."""
+    log = training.Log(tmp_path, keep_before=0)
+    for it in range(5):
+        log.write({'iter': it, 'train_loss': float(it)})
+    before = (tmp_path / 'log.jsonl').read_bytes()
+
+    def killed(source, target):
+        raise KeyboardInterrupt  # the process dies after writing the temp file, before publishing it
+    monkeypatch.setattr(os, 'replace', killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.Log(tmp_path, keep_before=3)
+    assert (tmp_path / 'log.jsonl').read_bytes() == before
+
+
+def test_run_files_reach_the_disk_before_they_are_published(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, 'fsync', lambda fd: (events.append('fsync'), real_fsync(fd))[1])
+    monkeypatch.setattr(os, 'replace', lambda a, b: (events.append('replace'), real_replace(a, b))[1])
+    training.save_checkpoint(str(tmp_path / 'ckpt.pt'), checkpoint(torch.arange(3)))
+    training.write_config(tmp_path, {'n_layer': 2})
+    training.Log(tmp_path, keep_before=0)
+    assert events == ['fsync', 'replace'] * 3
+
+
+def test_a_cut_off_last_log_line_is_dropped_and_a_bad_line_elsewhere_refused(tmp_path, capsys):
+    path = tmp_path / 'log.jsonl'
+    path.write_text('{"iter": 0, "train_loss": 1.0}\n{"iter": 1, "train_loss": 0.9}\n{"iter": 2, "tra')
+    training.Log(tmp_path, keep_before=5)
+    assert [json.loads(line)['iter'] for line in path.read_text().splitlines()] == [0, 1]
+    assert 'dropping a cut-off last line' in capsys.readouterr().out
+    path.write_text('{"iter": 0}\ngarbage\n{"iter": 2}\n')
+    with pytest.raises(ConfigError, match='log.jsonl line 2 is not a log row'):
+        training.Log(tmp_path, keep_before=5)
+
+
+def test_config_keeps_every_segment_of_a_run(tmp_path):
+    training.write_config(tmp_path, {'batch_size': 16}, start_iter=0)
+    training.write_config(tmp_path, {'batch_size': 32}, start_iter=100)
+    training.write_config(tmp_path, {'batch_size': 64}, start_iter=100)  # the same resume, tried again
+    record = json.load(open(tmp_path / 'config.json'))
+    assert record['config'] == {'batch_size': 64}
+    assert [(s['start_iter'], s['config']['batch_size']) for s in record['segments']] == [(0, 16), (100, 64)]
+    training.write_config(tmp_path, {'batch_size': 8}, start_iter=0)  # a fresh run starts a new history
+    assert len(json.load(open(tmp_path / 'config.json'))['segments']) == 1
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda root: (root / 'file').write_text('x') and root / 'file', 'is a file, not a folder'),
+    (lambda root: (root / 'file').write_text('x') and root / 'file' / 'run', 'is a file, not a folder'),
+    (lambda root: root / 'new' / 'run', None),
+])
+def test_out_dir_must_be_able_to_be_a_folder(tmp_path, make, message):
+    out_dir = str(make(tmp_path))
+    if message is None:
+        training.check_out_dir(out_dir)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            training.check_out_dir(out_dir)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--n_layer=0'], 'n_layer=0: must be at least 1'),
+    (['--learning_rate=-0.1'], 'learning_rate=-0.1: must not be negative'),
+    (['--beta2=1.5'], 'beta2=1.5: must be in [0, 1)'),
+    (['--mask_prob=0'], 'mask_prob=0.0: must be between 0 and 1'),
+    (['--temperature=0'], 'temperature=0.0: must be positive'),
+])
+def test_values_out_of_range_are_refused(argv, message):
+    defaults = {'n_layer': 2, 'learning_rate': 0.1, 'beta2': 0.99, 'mask_prob': 0.15, 'temperature': 0.8}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        training.apply_overrides(defaults, argv)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('n_layer = (\n', 'line 1: SyntaxError'),
+    ('n_layer = 2\nn_layer = depth * 2\n', "line 2: NameError: name 'depth' is not defined"),
+])
+def test_a_broken_config_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / 'broken.py'
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f'config file {path} {message}')) as error:
+        training.apply_overrides(DEFAULTS, [str(path)])
+    assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('device, message', [
+    ('cuda', 'torch sees no CUDA GPU'), ('cuda:3', 'torch sees no CUDA GPU'), ('gpu', "choose 'auto', 'cpu'"),
+    ('cpu:0', "choose 'auto', 'cpu'"),
+])
+def test_device_names_are_checked(device, message):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        training.resolve_device(device)
