@@ -56,6 +56,7 @@ cores shared with other work, --threads=1 keeps one busy core from stalling ever
 for all its threads), which otherwise turns a 1 ms op into tens of ms.
 """
 import ctypes
+import io
 import json
 import os
 import platform
@@ -69,7 +70,7 @@ import numpy as np
 import torch
 
 from attention import ATTENTION, KernelAttention, LayerConfig, LMConfig, TransformerLM, build_attention
-from training import ConfigError, apply_overrides, git_commit, resolve_dtype
+from training import ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype, write_atomic
 
 # LayerConfig fields bench sets itself (attention, n_embd, n_head, causal, block_size: from the variant, the head
 # shape, --causal and T), holds fixed (dropout 0) or leaves at LayerConfig's default (bias, norm, mlp_ratio).
@@ -105,6 +106,7 @@ DEFAULTS = dict(
     fit_from=0,                # fit exponents over T >= fit_from only
     check_floors=False,        # print the floors below with PASS / FAIL
 )
+LIST_EXAMPLES = dict(variants='softmax,linear', seq_lens='1024,4096', modes='fwd,fwdbwd')  # for error messages
 CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', 'causal', *LAYER_KNOBS,
              'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size', 'peak_tflops')  # config -> each case
 FLOORS = dict(
@@ -318,7 +320,7 @@ def memory_in_subprocess(case):
     """CPU: the case's record with its peak memory, measured in a fresh subprocess (see the docstring)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_case=' + json.dumps(case)],
-                          stdout=subprocess.PIPE, text=True, env=env)
+                          stdout=subprocess.PIPE, text=True, env=env, timeout=3600)  # one case, however slow
     if proc.returncode < 0:  # killed by a signal: the kernel's out-of-memory killer
         return dict(case, status='oom', error=f'killed by signal {-proc.returncode}')
     if proc.returncode:
@@ -332,27 +334,58 @@ def memory_in_subprocess(case):
 def resolve(config):
     """Fills in the 'auto' / '' defaults and checks names; returns a new config with lists."""
     config = dict(config)
-    if config['device'] == 'auto':
-        config['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    config['device'] = resolve_device(config['device'])
     config['dtype'] = resolve_dtype(config['device'], config['dtype'])
     gpu = config['device'].startswith('cuda')
-    config['variants'] = config['variants'].split(',') if config['variants'] else list(ATTENTION)
-    config['seq_lens'] = ([int(t) for t in config['seq_lens'].split(',')] if config['seq_lens'] else
+    config['variants'] = split_list(config, 'variants') if config['variants'] else list(ATTENTION)
+    config['seq_lens'] = ([int(t) if t.isdigit() and int(t) > 0 else bad_list(config, 'seq_lens')
+                           for t in split_list(config, 'seq_lens')] if config['seq_lens'] else
                           [2**i for i in range(8, 15 if gpu else 14)])
     for name in config['variants']:
         if name not in ATTENTION:
             raise ConfigError(f"unknown variant '{name}'; choose from: {', '.join(ATTENTION)}")
-    for mode in config['modes'].split(','):
+    for mode in split_list(config, 'modes'):
         if mode not in ('fwd', 'fwdbwd', 'decode'):
             raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
-    config['modes'] = ['train'] if config['model'] == 'gpt' else config['modes'].split(',')
+    config['modes'] = ['train'] if config['model'] == 'gpt' else split_list(config, 'modes')
     if config['repeats'] < 1:
         raise ConfigError(f"repeats={config['repeats']}; time at least one round")
     if config['malloc'] not in ('reuse', 'default'):
         raise ConfigError(f"malloc={config['malloc']!r}; choose 'reuse' or 'default'")
     if config['model'] not in ('layer', 'gpt'):
         raise ConfigError(f"model={config['model']!r}; choose 'layer' or 'gpt'")
+    check_output_paths(config)
     return config
+
+
+def split_list(config, key):
+    """A comma-separated option as a list; an empty item (a stray or doubled comma) is a ConfigError."""
+    items = config[key].split(',')
+    return items if all(items) else bad_list(config, key)
+
+
+def bad_list(config, key):
+    raise ConfigError(f"{key}={config[key]!r}: expected comma-separated "
+                      f"{'positive integers' if key == 'seq_lens' else 'names'} without spaces or empty items, "
+                      f"e.g. --{key}={LIST_EXAMPLES[key]}")
+
+
+def check_output_paths(config):
+    """Before any timing: every output path can be written (not a folder, no file where a folder must be) and the
+    plot's extension is a format matplotlib writes, so a finished sweep is never lost to a bad path."""
+    for key in ('out', 'csv', 'plot'):
+        path = config[key]
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise ConfigError(f"{key}={path!r} is a folder; give a file name, e.g. {os.path.join(path, 'bench.' + key)}")
+        check_out_dir(os.path.dirname(path) or '.')
+    if config['plot']:
+        from matplotlib.figure import Figure
+        formats = Figure().canvas.get_supported_filetypes()
+        if os.path.splitext(config['plot'])[1].lstrip('.').lower() not in formats:
+            raise ConfigError(f"plot={config['plot']!r}: matplotlib writes {', '.join(sorted(formats))}; end the "
+                              "name with one of them, e.g. .png")
 
 
 def cell(record):
@@ -368,10 +401,10 @@ def cell(record):
     return ''.join(f'{c:>12}' for c in cells)
 
 
-def sweep(config, subprocess_memory=None):
+def sweep(config, subprocess_memory=None, mode_done=lambda records: None):
     """Runs every case, mode by mode (the cases of one mode timed together, interleaved), then prints one table
     row per (T, variant); returns the records in that order. Peak memory: in one subprocess per case on CPU
-    (subprocess_memory=None), else in this process."""
+    (subprocess_memory=None), else in this process. mode_done(records so far) runs as each mode finishes."""
     if subprocess_memory is None:
         subprocess_memory = config['device'] == 'cpu'
     cases = [dict(variant=variant, mode=mode, seq_len=T, **{k: config[k] for k in CASE_KEYS})
@@ -383,6 +416,7 @@ def sweep(config, subprocess_memory=None):
         memory = [memory_in_subprocess(cases[i]) for i in group] if subprocess_memory else None
         for i, record in zip(group, time_cases([cases[i] for i in group], memory)):
             records[i] = record
+        mode_done([record for record in records if record is not None])
     header = ''.join(f'{mode + " ms":>12}{mode + " MB":>12}' for mode in config['modes'])
     if config['model'] == 'gpt':
         header += f'{"tokens/s":>12}{"MFU":>12}'
@@ -468,25 +502,27 @@ def environment(config):
                 cpu=cpu, cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version(), dtype=config['dtype'], git_commit=commit, git_dirty=dirty,
                 command=[sys.executable] + sys.argv, time=time.strftime('%Y-%m-%dT%H:%M:%S'),
-                load_average=os.getloadavg())  # other work on the machine skews timings
+                load_average=load_average())  # other work on the machine skews timings
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS has none (Windows)."""
+    return os.getloadavg() if hasattr(os, 'getloadavg') else None
 
 
 def write_outputs(config, env, records):
-    for path in (config['out'], config['csv'], config['plot']):
-        if path and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+    """The JSON and CSV files, each written atomically: called as each mode finishes, so a sweep stopped later
+    keeps what it measured."""
     if config['out']:
-        with open(config['out'], 'w') as f:
-            json.dump({'env': env, 'results': records}, f, indent=1)
+        write_atomic(config['out'], lambda f: f.write(json.dumps({'env': env, 'results': records}, indent=1).encode()))
     if config['csv']:
         import csv
         columns = list(dict.fromkeys(key for record in records for key in record))
-        with open(config['csv'], 'w', newline='') as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(records)
-    if config['plot']:
-        plot(records, config['plot'], config['fit_from'])
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(records)
+        write_atomic(config['csv'], lambda f: f.write(text.getvalue().encode()))
 
 
 def main(argv):
@@ -499,11 +535,20 @@ def main(argv):
     env = environment(config)  # before the sweep: the code and machine state it starts with
     reuse = config['device'] == 'cpu' and config['malloc'] == 'reuse' and reuse_freed_memory()
     env['malloc'] = 'reuse' if reuse else 'default'
-    records = sweep(config)
-    env['load_average_end'] = os.getloadavg()
+    if config['device'] == 'cpu' and config['malloc'] == 'reuse' and not reuse:
+        print("note: no glibc here (macOS, Windows): CPU timing uses the system allocator's own policy")
+    if config['device'] == 'cpu' and not os.path.exists('/proc/self/clear_refs'):
+        print("note: no /proc/self/clear_refs here (not Linux): CPU peak memory is not measured (reported as None)")
+    for path in (config['out'], config['csv'], config['plot']):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    records = sweep(config, mode_done=lambda records: write_outputs(config, env, records))
+    env['load_average_end'] = load_average()
+    write_outputs(config, env, records)
     if config['check_floors']:
         check_floors(records)
-    write_outputs(config, env, records)
+    if config['plot']:
+        plot(records, config['plot'], config['fit_from'])
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import torch
 
 import attention
 import bench
-from training import ConfigError
+from training import ConfigError, apply_overrides
 
 REQUIRED = ('variant', 'mode', 'seq_len', 'batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'causal',
             'time_ms', 'peak_mem_mb', 'status')
@@ -267,3 +267,43 @@ def test_gpt_training_step():
     pytest.importorskip('train_gpt')
     record = run_case(one_case(tiny_config('--model=gpt', '--n_layer=1'), 'linear', 'train'))
     assert record['status'] == 'ok' and record['tokens_per_s'] > 0 and 'mfu' not in record  # no MFU on CPU
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--seq_lens=1024,,4096'], "seq_lens='1024,,4096': expected comma-separated positive integers"),
+    (['--seq_lens=1k'], "seq_lens='1k': expected comma-separated positive integers"),
+    (['--seq_lens=0'], "seq_lens='0': expected comma-separated positive integers"),
+    (['--variants=softmax,'], "variants='softmax,': expected comma-separated names"),
+    (['--modes=fwd, decode'], "unknown mode ' decode'"),
+    (['--device=tpu'], "device='tpu': choose 'auto', 'cpu'"),
+    (['--head_dim=0'], 'head_dim=0: must be at least 1'),
+    (['--plot=curves.jpeg2000'], "plot='curves.jpeg2000': matplotlib writes"),
+])
+def test_malformed_options_are_one_line_errors(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        bench.resolve(apply_overrides(bench.DEFAULTS, argv))
+
+
+def test_output_paths_are_checked_before_timing(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    for argv in ([f'--out={tmp_path}'], [f'--csv={tmp_path / "file" / "b.csv"}']):
+        with pytest.raises(ConfigError, match='is a folder|is a file, not a folder'):
+            bench.resolve(apply_overrides(bench.DEFAULTS, argv))
+
+
+def test_results_are_written_as_each_mode_finishes(tmp_path, monkeypatch):
+    """A sweep stopped in its last mode keeps the modes it finished, in the JSON and the CSV."""
+    real = bench.time_cases
+
+    def stop_in_decode(cases, memory=None):
+        if cases[0]['mode'] == 'decode':
+            raise KeyboardInterrupt
+        return real(cases, memory)
+    monkeypatch.setattr(bench, 'time_cases', stop_in_decode)
+    out, csv = tmp_path / 'r.json', tmp_path / 'r.csv'
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(['--variants=softmax,linear', '--seq_lens=16', '--repeats=1', '--min_time=0.01', '--warmup=1',
+                    '--device=cpu', f'--out={out}', f'--csv={csv}'])
+    modes = [record['mode'] for record in json.load(open(out))['results']]
+    assert sorted(set(modes)) == ['fwd', 'fwdbwd'] and len(modes) == 4
+    assert len(csv.read_text().splitlines()) == 5
