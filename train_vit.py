@@ -356,6 +356,8 @@ def train(cfg, config, dist):
         training.restore_rng_states(checkpoint['rng'], [], dist)
         iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
         last_saved = iter_num  # the iteration of the checkpoint on disk
+    else:
+        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint or results
     eval_model = torch.compile(model) if cfg.compile else model
     train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
     if dist.world_size > 1:
@@ -380,8 +382,6 @@ def train(cfg, config, dist):
     train_loader = make_loader(SeededAugmentation(train_set, augment, cfg.seed), cfg, device,
                                batch_sampler=EpochBatches(len(train_set), cfg, dist, iter_num))
     batches = iter(train_loader)
-    if cfg.init_from == 'scratch':
-        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint
     log = None  # the run folder changes once this run has evaluated and stepped: a failed start changes nothing
     start_iter = iter_num
     t_start = t_last = time.time()

@@ -178,6 +178,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path):
          "checkpoint, 3 in the config"),
         (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD: resume with'),
         ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
+        (['--eval_only=True'], f'{tmp_path} already holds a run'),  # its eval.json is not replaced
     ]
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
     processes = [subprocess.Popen([sys.executable, *base, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,

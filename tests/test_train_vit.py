@@ -238,7 +238,7 @@ def test_bad_input_is_one_line_error(folder_dir, tmp_path):
         (['--pool=max'], "unknown pool 'max'; choose 'cls' or 'mean'"),
         (['--patch_size=5'], 'image_size=32 is not divisible by patch_size=5'),
         (['--attention=flash'], 'choose one of: softmax, linear'),
-        (['--batch_size=1000'], '192 training images: fewer than one step'),
+        (['--batch_size=1000', '--init_from=resume'], '192 training images: fewer than one step'),
         (['--n_layer=3', '--init_from=resume'], 'is a different model: n_layer=2 in the checkpoint, 3 in the config'),
         (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD'),
     ]
