@@ -1,6 +1,7 @@
 """bench.py: the sweep runs end to end, records what happened to every case, and measures memory honestly."""
 import dataclasses
 import json
+import os
 import platform
 import re
 import subprocess
@@ -33,7 +34,7 @@ def test_end_to_end_json_csv_png(tmp_path):
     out, csv, png = tmp_path / 'r.json', tmp_path / 'r.csv', tmp_path / 'r.png'
     run = subprocess.run([sys.executable, 'bench.py', *TINY, '--variants=softmax,linear', '--seq_lens=16,32',
                           '--modes=fwdbwd', f'--out={out}', f'--csv={csv}', f'--plot={png}'],
-                         capture_output=True, text=True, cwd=bench.__file__.rpartition('/')[0])
+                         capture_output=True, text=True, cwd=os.path.dirname(bench.__file__), timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert {'device', 'device_name', 'torch', 'threads', 'cpu', 'dtype', 'malloc'} <= set(report['env'])
@@ -76,8 +77,8 @@ def test_cases_take_turns(monkeypatch):
     records = bench.time_cases([one_case(config, 'softmax', 'fwd'), one_case(config, 'linear', 'fwd')])
     assert log[:8] == ['softmax'] * 2 + ['linear'] * 2 + ['softmax', 'linear'] * 2  # warm-up, memory, then turns
     slow, fast = (r['calls'] for r in records)
-    assert 2 * 2 <= slow <= 2 * 3 and fast >= 2 * 15
-    assert records[0]['time_ms'] >= 20 > records[1]['time_ms'] >= 1
+    assert 2 <= slow <= 2 * 3 and fast > slow  # a busy machine stretches sleeps: only bounds that always hold
+    assert records[0]['time_ms'] >= 20 and records[0]['time_ms'] > records[1]['time_ms'] >= 1
 
 
 def test_peak_memory_sees_a_known_allocation():
