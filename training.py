@@ -23,6 +23,7 @@ A trainer's main() raises ConfigError for any input the user can fix; its `__mai
 `error: <one line>` on stderr and a non-zero exit, with no traceback.
 """
 import ast
+import gc
 import json
 import math
 import os
@@ -185,8 +186,9 @@ def distributed(device):
     dist = setup_distributed(device)
     try:
         yield dist
-        if torch_dist.is_initialized():  # all ranks done before any tears down: gloo aborts on a peer gone mid-exchange
-            torch_dist.barrier()
+        if torch_dist.is_initialized():
+            gc.collect()  # DDP's reducer sits in reference cycles: free it while its process group still exists
+            torch_dist.barrier()  # all ranks done before any tears down: gloo aborts on a peer gone mid-exchange
     finally:
         teardown_distributed()
 
