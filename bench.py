@@ -70,7 +70,8 @@ import numpy as np
 import torch
 
 from attention import ATTENTION, KernelAttention, LayerConfig, LMConfig, TransformerLM, build_attention
-from training import ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype, write_atomic
+from training import (ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype,
+                      write_atomic)
 
 # LayerConfig fields bench sets itself (attention, n_embd, n_head, causal, block_size: from the variant, the head
 # shape, --causal and T), holds fixed (dropout 0) or leaves at LayerConfig's default (bias, norm, mlp_ratio).
@@ -378,7 +379,8 @@ def check_output_paths(config):
         if not path:
             continue
         if os.path.isdir(path):
-            raise ConfigError(f"{key}={path!r} is a folder; give a file name, e.g. {os.path.join(path, 'bench.' + key)}")
+            example = os.path.join(path, 'bench.' + key)
+            raise ConfigError(f"{key}={path!r} is a folder; give a file name, e.g. {example}")
         check_out_dir(os.path.dirname(path) or '.')
     if config['plot']:
         from matplotlib.figure import Figure

@@ -2,14 +2,15 @@
 Small stateless plumbing the trainers call (train_gpt.py, train_bert.py, train_vit.py). No loop lives here: each
 trainer writes its own model build, optimizer, resume and training loop, top to bottom, and calls these.
 
-    config = apply_overrides(defaults, argv)   # configs/*.py files, then --key=value; bad input -> ConfigError
+    config = apply_overrides(defaults, argv)   # configs/*.py, then --key=value; types and ranges checked
     with distributed(device) as dist: ...      # Dist(rank, local_rank, world_size, master, device); python = 1 process
     dtype = resolve_dtype(device, dtype)       # 'auto' -> bfloat16 / float16 on cuda, float32 on cpu
     ctx, scaler = mixed_precision(device, dtype)  # autocast context (GPU only) and GradScaler (enabled for float16)
     check_run(cfg, dist); check_fresh(out_dir, ckpt_path)  # batch split and init_from; no run overwritten
     optimizer = build_optimizer(name, model, learning_rate, weight_decay, betas, device)  # 'adamw', 'sgd', 'adafactor'
     check_resume(checkpoint, model_args, optimizer, path)  # ConfigError when a checkpoint is another model or optimizer
-    write_config(out_dir, config); log = Log(out_dir, keep_before); write_eval(out_dir, results)  # the run folder
+    log = start_run_folder(out_dir, config, start_iter)  # config.json (+ this segment), log.jsonl cut at start_iter
+    write_eval(out_dir, results); write_atomic(path, write); read_json(path)  # run files, atomic and fsync'd
     save_checkpoint(path, checkpoint); checkpoint = load_checkpoint(path)   # atomic, fsync'd; cpu
     unwrap(model), all_finite(model)           # the raw model under DDP / torch.compile; no nan/inf in parameters
     get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters)  # linear warmup, cosine decay to min_lr
