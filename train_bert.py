@@ -246,8 +246,9 @@ def train(cfg, config, dist):
     train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
     if dist.world_size > 1:
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
+    attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
+    config.update(n_params=model.num_params(), attention_params=attention_params)  # recorded in config.json
     if dist.master:
-        attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, "
               f"{dtype}, {type(optimizer).__name__}")
