@@ -357,4 +357,4 @@ if __name__ == '__main__':
     try:
         main(sys.argv[1:])
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        training.exit_with(e)

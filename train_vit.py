@@ -475,5 +475,4 @@ if __name__ == '__main__':
     try:
         main(sys.argv[1:])
     except ConfigError as e:
-        # an error raised in a DataLoader worker comes back with the worker's traceback; its last line is ours
-        sys.exit(f"error: {str(e).splitlines()[-1].rpartition('ConfigError: ')[2]}")
+        training.exit_with(e)

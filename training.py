@@ -18,10 +18,11 @@ trainer writes its own model build, optimizer, resume and training loop, top to 
     states = rng_states(generators); restore_rng_states(states, generators, dist)  # every RNG of a run, per rank
     all_reduce_sum(values, device); peak_memory_mb(device); format_row(row)
     exit_nonfinite(iter_num, what, last_saved, ckpt_path)   # stop on nan/inf, naming the last good checkpoint
+    exit_with(config_error)                    # a script's `error: <one line>`, once under torchrun
     meta = load_meta(data_dir); data = open_split(data_dir, split, dtype); load_encoding(name)  # prepared data
 
 A trainer's main() raises ConfigError for any input the user can fix; its `__main__` block turns that into
-`error: <one line>` on stderr and a non-zero exit, with no traceback.
+`error: <one line>` on stderr and a non-zero exit, with no traceback (exit_with).
 """
 import ast
 import gc
@@ -45,6 +46,17 @@ import torch.distributed as torch_dist
 
 class ConfigError(Exception):
     """Bad input the user can fix (config key, type, missing data, wrong checkpoint): one line, exit non-zero."""
+
+
+def exit_with(error):
+    """A script's end on a ConfigError: `error: <message>` on stderr, exit 1. A ConfigError raised in a DataLoader
+    worker comes back with the worker's traceback in its message; its last line holds ours. Under torchrun every
+    rank meets the same bad input: rank 0 says it at once and the others a second later, by when torchrun has
+    usually stopped them, so the user reads it once (and a rank with an error of its own still says it)."""
+    message = str(error).splitlines()[-1].rpartition('ConfigError: ')[2] if '\n' in str(error) else str(error)
+    if int(os.environ.get('RANK', 0)):
+        time.sleep(1)
+    sys.exit(f"error: {message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,9 +362,9 @@ def load_checkpoint(path):
     try:  # weights_only=False: our own file, and it holds numpy / python RNG states besides tensors
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:  # torch.load fails in many ways on a damaged file (EOFError, RuntimeError, ...)
-        raise ConfigError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else 'no detail'}); it is damaged: start "
-                          "afresh in another --out_dir") from None
+        detail = str(error).split('. ')[0] if str(error) else 'no detail'  # torch's messages run on
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(error).__name__}: {detail}); it is damaged: "
+                          "start afresh in another --out_dir") from None
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else ['all']
     if missing:
         raise ConfigError(f"{path} is not a trev checkpoint (missing {', '.join(missing)}): point --out_dir at a "
