@@ -1,0 +1,328 @@
+"""
+The table of a set of runs: quality, size, speed and memory of each configuration, mean ± std over seeds.
+
+    python report.py results/shakespeare_gpt                       # a folder of run folders, or run folders
+    python report.py results/shakespeare_gpt --bench=bench_results/cpu.json --bench_seq_len=4096
+    python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
+
+Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
+init_from, which a resumed run records as 'resume', eval_only, and the parameter counts the other keys fix); runs
+that differ in anything else are separate groups. One row per group, best first by the task's main metric:
+    the keys that differ between groups (attention first), parameters (all; in attention), n (seeds),
+    the task's metrics on each evaluated split from eval.json, as mean ± sample std (ddof 1) over seeds (the mean
+        alone for n = 1): bits per byte (byte data), word and token perplexity (tokenized text), masked-token
+        loss and accuracy (masked LM), top-1 accuracy (images),
+    throughput (tokens/s or images/s: the median over a run's log rows, then the mean over seeds), peak memory
+    (the maximum over the runs' log rows), training wall time (the last log row's elapsed_s, mean over seeds),
+    and with --bench=FILE (a bench.py JSON) the attention layer's forward+backward time and (causal tasks)
+    decoding time per token at T = bench_seq_len, for the group's variant.
+A run is reported once it is finished: eval.json there and at its max_iters. The others are left out with a note,
+so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
+give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
+order of the runs), so a test can regenerate a table and compare. Notes go to stderr, the table to stdout.
+--plots=FOLDER writes val_loss.png (each group's periodic validation loss against iteration: the mean over seeds,
+and a band from the minimum to the maximum) and quality_vs_throughput.png (the main metric against throughput, one
+labelled point per group, with the std as an error bar).
+"""
+import csv
+import io
+import os
+import statistics
+import sys
+from collections import namedtuple
+
+import training
+from training import ConfigError
+
+DEFAULTS = dict(
+    bench='',                  # a bench.py JSON file: the attention layer's time at bench_seq_len, per variant
+    bench_seq_len=4096,        # the sequence length of those times
+    markdown='',               # also write the table (with its heading) to this file
+    csv='',                    # also write one row per group, every number unrounded, to this CSV file
+    plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
+)
+IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
+Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
+Task = namedtuple('Task', 'title metrics higher_is_better rate causal')
+TASKS = {  # by what eval.json holds; the first metric is the main one
+    'bytes': Task('causal LM on bytes: bits per byte', [Metric('bpc', 'bpc', 1, 3)], False, 'tokens_per_s', True),
+    'words': Task('causal LM on tokens: word-level perplexity', [Metric('word_ppl', 'word ppl', 1, 2),
+                  Metric('token_ppl', 'token ppl', 1, 2)], False, 'tokens_per_s', True),
+    'tokens': Task('causal LM on tokens: token perplexity', [Metric('token_ppl', 'token ppl', 1, 2)], False,
+                   'tokens_per_s', True),
+    'mlm': Task('masked LM: loss in nats per masked token', [Metric('loss', 'loss', 1, 3),
+                Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False),
+    'images': Task('image classification: top-1 accuracy', [Metric('acc', 'top-1 %', 100, 2)], True,
+                   'images_per_s', False),
+}
+SPLITS = ('val', 'test')
+Run = namedtuple('Run', 'path config evaluation rows')
+Group = namedtuple('Group', 'label values runs')
+
+
+def run_folders(folder):
+    """A run folder (it holds config.json), or the run folders in a folder, sorted by name."""
+    if os.path.isfile(os.path.join(folder, 'config.json')):
+        return [folder]
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder} is not a folder; give run folders or folders of run folders")
+    found = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                   if os.path.isfile(os.path.join(folder, name, 'config.json')))
+    if not found:
+        raise ConfigError(f"{folder} holds no run: no config.json in it or in its subfolders")
+    return found
+
+
+def task_of(run):
+    """(task name, evaluated splits) of a finished run, from its eval.json."""
+    splits = tuple(split for split in SPLITS if isinstance(run.evaluation.get(split), dict))
+    metrics = run.evaluation[splits[0]] if splits else {}
+    for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('bytes', 'bpc'), ('words', 'word_ppl'),
+                      ('tokens', 'token_ppl')):
+        if key in metrics:
+            return name, splits
+    raise ConfigError(f"{os.path.join(run.path, 'eval.json')} is not a trev trainer's evaluation (no val or test "
+                      "metrics)")
+
+
+def read_dict(path, key=None):
+    """A run's JSON file (or its entry `key`), which must be a JSON object."""
+    data = training.read_json(path)
+    data = data.get(key) if key and isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a trev run file (expected a JSON object{f' under {key!r}' if key else ''})")
+    return data
+
+
+def load_runs(folders):
+    """The finished runs of the folders (a note on stderr names those left out)."""
+    runs, unevaluated, unfinished = [], [], []
+    paths = {os.path.realpath(path): path for folder in folders for path in run_folders(folder)}  # each run once
+    for path in paths.values():
+        config = read_dict(os.path.join(path, 'config.json'), 'config')
+        eval_path, log_path = os.path.join(path, 'eval.json'), os.path.join(path, 'log.jsonl')
+        if not os.path.exists(eval_path):
+            unevaluated.append(path)
+            continue
+        evaluation = read_dict(eval_path)
+        if evaluation.get('iter') != config.get('max_iters'):
+            unfinished.append(f"{path} (iter {evaluation.get('iter')} of {config.get('max_iters')})")
+            continue
+        rows = training.read_log_rows(log_path) if os.path.exists(log_path) else []
+        runs.append(Run(path, config, evaluation, rows))
+    if unevaluated:
+        print(f"note: left out, not evaluated (no eval.json): {', '.join(unevaluated)}", file=sys.stderr)
+    if unfinished:
+        print(f"note: left out, evaluated before max_iters: {', '.join(unfinished)}", file=sys.stderr)
+    if not runs:
+        raise ConfigError(f"no finished run in {', '.join(folders)}: train and evaluate first (see sweep.py)")
+    return runs
+
+
+def check_one_task(runs):
+    first = task_of(runs[0])
+    for run in runs[1:]:
+        if task_of(run) != first:
+            raise ConfigError(f"{runs[0].path} ({first[0]}, {'/'.join(first[1])}) and {run.path} ({task_of(run)[0]}, "
+                              f"{'/'.join(task_of(run)[1])}) are different tasks or splits: report them separately")
+    return TASKS[first[0]], first[1]
+
+
+def group_runs(runs):
+    """Groups of runs with the same config but the IGNORED keys, and the keys that differ between groups."""
+    keys = [key for run in runs for key in run.config if key not in IGNORED]
+    keys = list(dict.fromkeys(keys))  # first appearance order, each once
+    groups = {}
+    for run in runs:
+        groups.setdefault(tuple(run.config.get(key) for key in keys), []).append(run)
+    differ = [key for i, key in enumerate(keys) if len({values[i] for values in groups}) > 1]
+    differ = ['attention'] + [key for key in differ if key != 'attention']
+    result = []
+    for values, members in groups.items():
+        shown = {key: members[0].config.get(key) for key in differ}
+        label = ', '.join(f'{key}={value}' for key, value in shown.items()) if len(differ) > 1 else \
+            str(shown['attention'])
+        result.append(Group(label, shown, members))
+    return result, differ
+
+
+def mean_std(values):
+    """(mean, sample std or None for one value); exact (statistics works in fractions), so order-independent."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(group, task, splits, bench):
+    """A group's numbers, unrounded: column name -> value (None where there is none)."""
+    runs = group.runs
+    row = dict(group.values, n_params=runs[0].config.get('n_params'),
+               attention_params=runs[0].config.get('attention_params'), n=len(runs))
+    for split in splits:
+        for metric in task.metrics:
+            row[f'{split}_{metric.key}'], row[f'{split}_{metric.key}_std'] = mean_std(
+                [run.evaluation[split][metric.key] for run in runs])
+    rates = [[r[task.rate] for r in run.rows if r.get(task.rate) is not None] for run in runs]
+    row[task.rate] = statistics.mean(statistics.median(r) for r in rates) if all(rates) else None
+    peaks = [r['peak_mem_mb'] for run in runs for r in run.rows if r.get('peak_mem_mb') is not None]
+    row['peak_mem_mb'] = max(peaks) if peaks else None
+    walls = [[r['elapsed_s'] for r in run.rows if 'elapsed_s' in r] for run in runs]
+    row['wall_s'] = statistics.mean(w[-1] for w in walls) if all(walls) else None
+    if bench is not None:
+        row['fwdbwd_ms'] = bench.get((group.values['attention'], 'fwdbwd'))
+        if task.causal:
+            row['decode_ms'] = bench.get((group.values['attention'], 'decode'))
+    row['runs'] = ' '.join(os.path.basename(os.path.normpath(run.path)) for run in runs)
+    return row
+
+
+def load_bench(path, seq_len, causal):
+    """(variant, mode) -> time_ms, or the status ('oom', 'unsupported'), from a bench.py JSON at seq_len."""
+    data = training.read_json(path)
+    table = {}
+    try:
+        for record in data['results']:
+            if record['seq_len'] != seq_len or record.get('causal', True) != causal or \
+                    record['mode'] not in ('fwdbwd', 'decode'):
+                continue
+            key = (record['variant'], record['mode'])
+            if key in table:
+                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={seq_len}: give one bench run")
+            table[key] = record['time_ms'] if record['status'] == 'ok' else record['status']
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records)") from None
+    if not table:
+        print(f"note: {path} has no {'causal' if causal else 'bidirectional'} fwdbwd or decode record at "
+              f"T={seq_len}", file=sys.stderr)
+    return table
+
+
+def cell(value, decimals, scale=1, std=None):
+    if value is None:
+        return '-'
+    if isinstance(value, str):
+        return value
+    text = f'{value * scale:,.{decimals}f}'
+    return text if std is None else f'{text} ± {std * scale:.{decimals}f}'
+
+
+def markdown(rows, differ, task, splits, options):
+    main = task.metrics[0]
+    direction = 'higher' if task.higher_is_better else 'lower'
+    lines = [f"{task.title}. Best first by {splits[0]} {main.label} ({direction} is better); mean ± sample std "
+             f"over n seeds."]
+    if options['bench']:
+        lines[0] += f" Attention layer alone at T={options['bench_seq_len']}: {options['bench']}."
+    lines.append('')
+    header = [*differ, 'params', 'attn params', 'n', *(f'{split} {metric.label}' for split in splits
+                                                       for metric in task.metrics),
+              task.rate.replace('_per_s', '/s'), 'peak MB', 'wall min']
+    if options['bench']:
+        header.append(f"fwd+bwd ms T={options['bench_seq_len']}")
+        if task.causal:
+            header.append(f"decode ms/token T={options['bench_seq_len']}")
+    lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    for row in rows:
+        cells = ['-' if row[key] is None else str(row[key]) for key in differ]
+        cells += [cell(row['n_params'], 0), cell(row['attention_params'], 0), str(row['n'])]
+        cells += [cell(row[f'{split}_{m.key}'], m.decimals, m.scale, row[f'{split}_{m.key}_std'])
+                  for split in splits for m in task.metrics]
+        cells += [cell(row[task.rate], 0), cell(row['peak_mem_mb'], 0),
+                  cell(None if row['wall_s'] is None else row['wall_s'] / 60, 1)]
+        if 'fwdbwd_ms' in row:
+            cells.append(cell(row['fwdbwd_ms'], 1))
+        if 'decode_ms' in row:
+            cells.append(cell(row['decode_ms'], 2))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def csv_text(rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(rows[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
+    return text.getvalue()
+
+
+def plot(groups, rows, task, splits, folder):
+    """val_loss.png and quality_vs_throughput.png in folder."""
+    try:
+        from matplotlib.figure import Figure  # only plots need it; a Figure needs no pyplot and no display
+    except ImportError:
+        raise ConfigError("--plots needs matplotlib: pip install -r requirements.txt") from None
+    os.makedirs(folder, exist_ok=True)
+    loss_key = f'{splits[0]}_loss'  # the periodic estimate in log.jsonl: val_loss, or test_loss for CIFAR-10
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for group in groups:
+        curves = [{r['iter']: r[loss_key] for r in run.rows if loss_key in r} for run in group.runs]
+        iters = sorted(set.intersection(*(set(curve) for curve in curves)))
+        values = [[curve[i] for curve in curves] for i in iters]
+        line, = ax.plot(iters, [statistics.mean(v) for v in values], label=group.label)
+        ax.fill_between(iters, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
+                        alpha=0.2)
+    ax.set(xlabel='iteration', ylabel=f'{loss_key} (nats)', title='validation loss: mean over seeds, min-max band')
+    ax.legend(fontsize=8)
+    save(fig, os.path.join(folder, 'val_loss.png'))
+    main = task.metrics[0]
+    key = f'{splits[0]}_{main.key}'
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for row, group in zip(rows, groups):
+        if row[task.rate] is None:
+            continue
+        ax.errorbar(row[task.rate], row[key] * main.scale, yerr=(row[f'{key}_std'] or 0) * main.scale, fmt='o')
+        ax.annotate(group.label, (row[task.rate], row[key] * main.scale), textcoords='offset points',
+                    xytext=(4, 4), fontsize=8)
+    ax.margins(x=0.15, y=0.1)  # room for the labels
+    ax.set(xlabel=task.rate.replace('_per_s', ' / s'), ylabel=f'{splits[0]} {main.label}',
+           title=f"{task.title} against throughput")
+    save(fig, os.path.join(folder, 'quality_vs_throughput.png'))
+
+
+def save(fig, path):
+    fig.tight_layout()
+    training.write_atomic(path, lambda f: fig.savefig(f, format='png', dpi=120))
+
+
+def check_output(path):
+    """An output file can be written: it is not a folder and no file stands where a folder must be."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder; give a file name")
+    training.check_out_dir(os.path.dirname(path) or '.')
+
+
+def main(argv):
+    folders = [arg for arg in argv if not arg.startswith('--')]
+    if not folders:
+        raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
+                          "[--plots=FOLDER]")
+    options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
+    for key in ('markdown', 'csv'):
+        if options[key]:
+            check_output(options[key])
+    if options['plots']:
+        training.check_out_dir(options['plots'])
+    runs = load_runs(folders)
+    task, splits = check_one_task(runs)
+    bench = load_bench(options['bench'], options['bench_seq_len'], task.causal) if options['bench'] else None
+    groups, differ = group_runs(runs)
+    rows = [summarise(group, task, splits, bench) for group in groups]
+    main_key = f'{splits[0]}_{task.metrics[0].key}'
+    order = sorted(range(len(rows)), key=lambda i: ((-1 if task.higher_is_better else 1) * rows[i][main_key],
+                                                    groups[i].label))
+    groups, rows = [groups[i] for i in order], [rows[i] for i in order]
+    table = markdown(rows, differ, task, splits, options)
+    print(table, end='')
+    if options['markdown']:
+        training.write_atomic(options['markdown'], lambda f: f.write(table.encode()))
+    if options['csv']:
+        training.write_atomic(options['csv'], lambda f: f.write(csv_text(rows).encode()))
+    if options['plots']:
+        plot(groups, rows, task, splits, options['plots'])
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,164 @@
+"""
+report.py on run folders written by hand (config.json, log.jsonl, eval.json with chosen numbers, no training):
+means and sample standard deviations over seeds, grouping, the CSV, plots, the bench.py join, runs left out
+with a note, byte-identical output for the same input, and bad input as one line.
+"""
+import csv
+import io
+import json
+import math
+
+import pytest
+
+import report
+from trainer_checks import run_script
+from training import ConfigError
+
+# attention -> per seed: (val bpc, test bpc, tokens/s of the log rows, peak MB of the rows, last elapsed_s)
+RUNS = {
+    'softmax': [(2.50, 2.60, [1000, 2000, 3000], [700, 750], 60),
+                (2.52, 2.61, [2000, 3000, 4000], [700, 740], 120),
+                (2.54, 2.62, [3000, 4000, 5000], [710, None], 180)],
+    'linear': [(2.60, 2.70, [1500, 1500, 1500], [800, 820], 90),
+               (2.70, 2.75, [1500, 1500, 1500], [800, 820], 90),
+               (2.65, 2.80, [1500, 1500, 1500], [800, 830], 90)],
+}
+BENCH = {'env': {'device': 'cpu'}, 'results': [
+    {'variant': v, 'mode': mode, 'seq_len': t, 'causal': True, 'status': 'ok', 'time_ms': ms, 'peak_mem_mb': 1.0}
+    for v, mode, t, ms in [('softmax', 'fwdbwd', 4096, 608.2), ('softmax', 'decode', 4096, 3.456),
+                           ('linear', 'fwdbwd', 4096, 219.4), ('linear', 'decode', 4096, 0.712),
+                           ('softmax', 'fwdbwd', 1024, 72.0), ('linear', 'fwd', 4096, 99.0)]]}
+EXPECTED = """\
+causal LM on bytes: bits per byte. Best first by val bpc (lower is better); mean ± sample std over n seeds.
+
+| attention | params | attn params | n | val bpc | test bpc | tokens/s | peak MB | wall min |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| softmax | 836,736 | 262,144 | 3 | 2.520 ± 0.020 | 2.610 ± 0.010 | 3,000 | 750 | 2.0 |
+| linear | 836,736 | 262,144 | 3 | 2.650 ± 0.050 | 2.750 ± 0.050 | 1,500 | 830 | 1.5 |
+"""
+
+
+def write_run(folder, config, evaluation, rows):
+    folder.mkdir(parents=True)
+    (folder / 'config.json').write_text(json.dumps({'config': config, 'segments': []}))
+    (folder / 'log.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+    if evaluation is not None:
+        (folder / 'eval.json').write_text(json.dumps(evaluation))
+
+
+def gpt_config(attention, seed, **changes):
+    return {'out_dir': f'results/x/attention={attention},seed={seed}', 'init_from': 'resume' if seed == 2 else
+            'scratch', 'data_dir': 'data/shakespeare', 'attention': attention, 'n_layer': 4, 'max_iters': 100,
+            'seed': seed, 'device': 'cpu', 'n_params': 836736, 'attention_params': 262144, **changes}
+
+
+def split(bpc):
+    return {'loss': bpc * math.log(2), 'tokens': 55768, 'bpc': bpc}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """results/x with RUNS as run folders: 2 groups x 3 seeds."""
+    for attention, seeds in RUNS.items():
+        for seed, (val, test, rates, peaks, wall) in enumerate(seeds, 1):
+            rows = [{'iter': 0, 'val_loss': 5.5, 'elapsed_s': 1}]
+            rows += [{'iter': 10 * i + 1, 'train_loss': 3.0, 'tokens_per_s': rate, 'peak_mem_mb': peak,
+                      'elapsed_s': wall * i / 3} for i, (rate, peak) in enumerate(zip(rates, peaks + [None]), 1)]
+            rows += [{'iter': 100, 'val_loss': val * math.log(2), 'elapsed_s': wall},
+                     {'iter': 100, 'val': split(val), 'test': split(test)}]  # the row eval_only appends
+            write_run(tmp_path / 'results' / 'x' / f'attention={attention},seed={seed}', gpt_config(attention, seed),
+                      {'iter': 100, 'val': split(val), 'test': split(test)}, rows)
+    return tmp_path / 'results' / 'x'
+
+
+def test_table_means_stds_and_order(sweep, capsys):
+    report.main([str(sweep)])
+    assert capsys.readouterr().out == EXPECTED
+
+
+def test_csv_markdown_and_plots(sweep, tmp_path, capsys):
+    report.main([str(sweep), f'--csv={tmp_path / "t.csv"}', f'--markdown={tmp_path / "t.md"}',
+                 f'--plots={tmp_path / "plots"}'])
+    assert (tmp_path / 't.md').read_text() == EXPECTED == capsys.readouterr().out
+    text = (tmp_path / 't.csv').read_text()
+    assert text.splitlines()[0] == ('attention,n_params,attention_params,n,val_bpc,val_bpc_std,test_bpc,'
+                                    'test_bpc_std,tokens_per_s,peak_mem_mb,wall_s,runs')
+    cells = next(csv.DictReader(io.StringIO(text)))
+    assert cells['attention'] == 'softmax' and cells['n'] == '3'
+    assert float(cells['val_bpc']) == pytest.approx(2.52, abs=1e-12)
+    assert float(cells['val_bpc_std']) == pytest.approx(0.02, abs=1e-12)
+    assert float(cells['tokens_per_s']) == 3000 and float(cells['wall_s']) == 120
+    assert cells['runs'] == 'attention=softmax,seed=1 attention=softmax,seed=2 attention=softmax,seed=3'
+    for name in ('val_loss.png', 'quality_vs_throughput.png'):
+        data = (tmp_path / 'plots' / name).read_bytes()
+        assert data.startswith(b'\x89PNG') and len(data) > 1000
+    first = (tmp_path / 't.csv').read_bytes()
+    report.main([str(sweep), f'--csv={tmp_path / "again.csv"}'])
+    assert (tmp_path / 'again.csv').read_bytes() == first  # deterministic
+
+
+def test_bench_join(sweep, tmp_path, capsys):
+    (tmp_path / 'bench.json').write_text(json.dumps(BENCH))
+    report.main([str(sweep), f'--bench={tmp_path / "bench.json"}'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"Attention layer alone at T=4096: {tmp_path / 'bench.json'}.")
+    assert lines[2].endswith('| wall min | fwd+bwd ms T=4096 | decode ms/token T=4096 |')
+    assert lines[4].endswith('| 2.0 | 608.2 | 3.46 |') and lines[5].endswith('| 1.5 | 219.4 | 0.71 |')
+    report.main([str(sweep), f'--bench={tmp_path / "bench.json"}', '--bench_seq_len=1024'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[4].endswith('| 72.0 | - |') and lines[5].endswith('| - | - |')
+
+
+def test_groups_by_what_differs_besides_the_seed(sweep, capsys):
+    """n_head differs in one softmax run: it is its own group and n_head becomes a column; init_from (a resumed
+    run records 'resume') and out_dir do not split groups."""
+    config = json.loads((sweep / 'attention=softmax,seed=3' / 'config.json').read_text())
+    config['config']['n_head'] = 1
+    (sweep / 'attention=softmax,seed=3' / 'config.json').write_text(json.dumps(config))
+    report.main([str(sweep)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith('| attention | n_head | params |')
+    assert [line.split(' | ')[:4] for line in lines[4:]] == [
+        ['| softmax', '-', '836,736', '262,144'], ['| softmax', '1', '836,736', '262,144'],
+        ['| linear', '-', '836,736', '262,144']]
+    assert '| 2 | 2.510 ± 0.014 |' in lines[4] and '| 1 | 2.540 | 2.620 |' in lines[5]  # n = 1: the mean alone
+
+
+def test_unfinished_runs_are_left_out_with_a_note(sweep, capsys):
+    (sweep / 'attention=linear,seed=3' / 'eval.json').unlink()
+    evaluation = json.loads((sweep / 'attention=linear,seed=2' / 'eval.json').read_text())
+    (sweep / 'attention=linear,seed=2' / 'eval.json').write_text(json.dumps({**evaluation, 'iter': 50}))
+    report.main([str(sweep), str(sweep / 'attention=softmax,seed=1')])  # a run folder given alone is read too
+    out, err = capsys.readouterr()
+    assert f"note: left out, not evaluated (no eval.json): {sweep / 'attention=linear,seed=3'}" in err
+    assert f"note: left out, evaluated before max_iters: {sweep / 'attention=linear,seed=2'} (iter 50 of 100)" in err
+    assert '| linear | 836,736 | 262,144 | 1 | 2.600 | 2.700 |' in out
+    assert '| softmax | 836,736 | 262,144 | 3 |' in out  # a run given twice counts once
+
+
+def test_other_tasks(tmp_path, capsys):
+    for seed, acc in ((1, 0.40), (2, 0.45)):
+        write_run(tmp_path / 'vit' / f'seed={seed}', {'attention': 'linear', 'seed': seed, 'max_iters': 10},
+                  {'iter': 10, 'test': {'loss': 1.5, 'acc': acc, 'images': 10000}},
+                  [{'iter': 10, 'test_loss': 1.5, 'test_acc': acc, 'images_per_s': 500.0, 'elapsed_s': 30}])
+    report.main([str(tmp_path / 'vit')])
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        '| attention | params | attn params | n | test top-1 % | images/s | peak MB | wall min |',
+        '| --- | --- | --- | --- | --- | --- | --- | --- |',
+        '| linear | - | - | 2 | 42.50 ± 3.54 | 500 | - | 0.5 |']
+
+
+def test_bad_input_is_one_line(sweep, tmp_path):
+    bert = {'iter': 100, 'val': {'loss': 2.0, 'ppl': 7.4, 'acc': 0.44, 'masked_tokens': 8000}}
+    write_run(tmp_path / 'bert' / 'seed=1', gpt_config('softmax', 1), bert, [])
+    with pytest.raises(ConfigError, match=r"are different tasks or splits: report them separately"):
+        report.main([str(sweep), str(tmp_path / 'bert')])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ConfigError, match=r"empty holds no run"):
+        report.main([str(tmp_path / 'empty')])
+    (sweep / 'attention=linear,seed=1' / 'eval.json').write_text('{"iter": 100, ')
+    with pytest.raises(ConfigError, match=r"eval.json is not readable JSON"):
+        report.main([str(sweep)])
+    result = run_script('report.py', str(sweep), '--colour=red', timeout=120)
+    assert result.returncode == 1 and result.stdout == ''
+    assert result.stderr.startswith("error: --colour=red: unknown key 'colour'") and result.stderr.count('\n') == 1
