@@ -213,18 +213,24 @@ def shown(command):
 
 
 def stop(process, interrupted):
-    """Asks a running trainer to save and exit, as Ctrl-C does, and waits (killing it after STOP_WAIT_S). A trainer
-    ignores a repeated signal, so one that Ctrl-C reached already is unharmed. Windows cannot send Ctrl-C to one
-    process: there a console Ctrl-C reached the trainer already, and a timed-out trainer is ended unsaved."""
-    if os.name != 'nt':
-        process.send_signal(signal.SIGINT)
-    elif not interrupted:
-        process.terminate()
-    try:
-        process.wait(timeout=STOP_WAIT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_WAIT_S)
+    """Asks a running trainer to save and exit, as Ctrl-C does, and waits (killing it after STOP_WAIT_S). The
+    signal is sent again every few seconds: one that arrives while the trainer is still starting can be lost (a
+    process started in the background ignores SIGINT until the trainer's loop takes it over), and a trainer
+    ignores repeats, so one that Ctrl-C reached already is unharmed. Windows cannot send Ctrl-C to one process:
+    there a console Ctrl-C reached the trainer already, and a timed-out trainer is ended unsaved."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        if os.name != 'nt':
+            process.send_signal(signal.SIGINT)
+        elif not interrupted:
+            process.terminate()
+        try:
+            process.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    process.wait(timeout=STOP_WAIT_S)
 
 
 def run_command(command, run, timeout_hours):

@@ -91,8 +91,10 @@ def test_sweep_stopped_midway_completes_without_redoing_finished_runs(tmp_path, 
                        axes={'attention': ['softmax', 'linear']}, seeds=[1], out_dir=str(out_dir))
     names = ['attention=softmax,seed=1', 'attention=linear,seed=1']
     with open(tmp_path / 'first.txt', 'w') as output:
+        # SIGINT as in a terminal, even where this suite runs in the background (which starts children ignoring it)
         process = subprocess.Popen([sys.executable, 'sweep.py', path], cwd=ROOT, env=ENV, stdout=output,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         second = out_dir / names[1] / 'log.jsonl'
         deadline = time.time() + TIMEOUT_S
         while not second.exists() or len(read_log(second.parent)) < 3:  # the second run is training
