@@ -16,8 +16,12 @@ The linear-attention family (KernelAttention) computes its causal forward and it
 chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state): attend runs it from state None and
 attend_step delegates to it.
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
+Under autocast (bfloat16 or float16) the linear family computes its positions, angles, feature exponents, decays,
+chunk states and normalisers in float32 (KernelAttention); the projections, softmax attention and, in bfloat16, the
+matmuls within a chunk run in the autocast dtype.
 tests/test_attention.py checks every registered class against its reference, decoding against the parallel
-forward, causality, padding and determinism.
+forward, causality, padding and determinism; tests/test_precision.py checks it under bfloat16 and float16 autocast
+against float64, and under torch.compile against eager.
 
 All variants share the q/k/v projection (`qkv`) and the output projection (`proj`); dropout is applied
 to the attention output in every variant (no variant drops attention weights), so regularisation is the
@@ -26,6 +30,7 @@ output norm) are its own and show up in the parameter count.
 """
 import math
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -68,51 +73,123 @@ def causal_mask(t_query, t_key, device, offset=0):
     return j <= i
 
 
+def cast(x, dtype):
+    """x in dtype: x itself where it already is (even a no-op .to() costs a dispatch, a dozen times a decoded token)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def wide_dtype(x):
+    """The dtype of sums over the sequence: x's, but at least float32 (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def full_precision(x):
+    """A context with autocast off on x's device: inside it, every op keeps its inputs' dtypes. (Entering an
+    autocast context costs more than a small op: none where autocast is off already.)"""
+    device = x.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+
+
+def chunk_states(kv, log_decay, state, group=16):
+    """The recurrence across chunks, with no loop over them: S_0 = state (None: zero), S_{n+1} = a_n S_n + kv_n,
+    a_n = exp(log_decay_n) <= 1. kv: (..., N, M), each chunk's contribution; log_decay: (..., N) (leading dims
+    broadcast against kv's); state: None or (..., M). Returns the states entering chunks 0 .. N-1, (..., N, M),
+    and the state after the last, (..., M).
+
+    Unrolled, S_n = sum_{m<n} exp(sum_{m<t<n} log_decay_t) kv_m + exp(sum_{t<n} log_decay_t) S_0: an (N + 1, N)
+    lower-triangular matrix of decays times kv. Each exponent is a sum of log decays <= 0, summed as it is (not as a
+    difference of running sums, which would lose precision as they grow), so nothing overflows however strong the
+    decay (a factor below float32's range underflows to the 0 it nearly is). Up to G = `group` chunks that matrix
+    is applied as it is; beyond, chunks go in groups of G: each group's states from zero (the matrix, its last row
+    the group's total), then the states entering the groups (this function on the totals, recursively), added to
+    each chunk decayed. Work O(N G M), recursion depth log_G(N), memory O(N M): a few batched ops per level, where a
+    loop over chunks would launch a few ops per chunk (on a GPU, launch-bound).
+    """
+    N = kv.size(-2)
+    if N == 1:  # one chunk (a decoding step): the recurrence itself, without the matrix
+        starts = torch.zeros_like(kv) if state is None else state[..., None, :]
+        final = kv[..., 0, :] if state is None else torch.addcmul(kv[..., 0, :], log_decay.exp(), state)
+        return starts, final
+    if N <= group:
+        below = torch.ones(N + 1, N, dtype=torch.bool, device=kv.device).tril(-1)  # [n, t]: t < n
+        terms = log_decay[..., None, :].masked_fill(~below, 0)  # (..., N + 1, N): row n holds log_decay_t, t < n
+        after = F.pad(terms.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # [n, m]: sum_{m<t<n} log_decay_t
+        weights = after.masked_fill(~below, float('-inf')).exp()            # (..., N + 1, N)
+        states = weights @ kv  # (..., N + 1, M)
+        if state is not None:
+            from_start = terms.sum(-1).exp()  # (..., N + 1): exp(sum_{t<n} log_decay_t)
+            states = torch.addcmul(states, from_start[..., None], state[..., None, :])
+        starts, final = states.split([N, 1], dim=-2)  # split, not two slices: one copy in backward, not two
+        return starts, final.squeeze(-2)
+    P = -(-N // group)
+    if P * group > N:  # chunks with nothing in them and no decay, at the end, change nothing
+        kv = F.pad(kv, (0, 0, 0, P * group - N))
+        log_decay = F.pad(log_decay, (0, P * group - N))
+    kv = kv.unflatten(-2, (P, group))                # (..., P, G, M)
+    log_decay = log_decay.unflatten(-1, (P, group))  # (..., P, G)
+    local, totals = chunk_states(kv, log_decay, None, group)                 # each group from zero
+    entering, final = chunk_states(totals, log_decay.sum(-1), state, group)  # (..., P, M)
+    into = F.pad(log_decay[..., :-1].cumsum(-1), (1, 0)).exp()              # group start to chunk, (..., P, G)
+    # local + into * entering as one batched (G, 1) @ (1, M) product: its backward reduces over G in a matmul
+    # rather than materialising the (G, M) product first
+    shape = local.shape
+    starts = torch.baddbmm(local.reshape(-1, group, shape[-1]), into.expand(shape[:-1]).reshape(-1, group, 1),
+                           entering.reshape(-1, 1, shape[-1])).view(shape)
+    return starts.flatten(-3, -2)[..., :N, :], final
+
+
 def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64):
     """Causal linear attention, chunkwise-parallel: y_i = sum_{j<=i} (q_i . k_j) a_{j+1..i} v_j + q_i S_0 a_{1..i},
     where a_{j+1..i} = exp(sum_{t=j+1}^{i} log_decay_t) (1 without decay) and S_0 is the incoming state.
 
     q, k: (B, H, T, F) feature-mapped queries/keys; v: (B, H, T, E); log_decay: None or (B|1, H, T), <= 0;
     state: None or (B, H, F, E). Returns y (B, H, T, E) and the state after the last token (B, H, F, E).
-    Within a chunk of C tokens a masked (C, C) matmul; across chunks a running (F, E) state.
-    Time O(T C (F + E) + T F E), memory O(T C + (T / C) F E): no (T, T) and no (T, F, E) tensor.
+    Within a chunk of C tokens a masked (C, C) matmul; across chunks the states entering each chunk, from
+    chunk_states (batched, no loop over chunks), each applied to its chunk's queries.
+    Time O(T C (F + E) + T F E + (T / C) G F E) with G = chunk_states' group (16), memory O(T C + (T / C) F E):
+    no (T, T) and no (T, F, E) tensor.
+    Precision: decays, chunk contributions, states, the inter-chunk product and y are computed in float32 (float64
+    inputs stay float64) whatever the inputs' dtype or autocast: these are sums over the whole sequence. Only the
+    two intra-chunk matmuls run in bfloat16 when v comes in bfloat16 (bfloat16 autocast, or a bfloat16 model):
+    bfloat16 has float32's range, while a chunk's sum of positive scores (a normaliser) can pass float16's 65504.
     """
     B, H, T, Fd = q.shape
     E = v.size(-1)
     C = min(chunk_size, T)
     pad = -T % C
-    if pad:  # zero keys/values and zero log-decay at the end change nothing before them
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        log_decay = None if log_decay is None else F.pad(log_decay, (0, pad))
-    N = (T + pad) // C
-    q = q.view(B, H, N, C, Fd)
-    k = k.view(B, H, N, C, Fd)
-    v = v.view(B, H, N, C, E)
-    scores = q @ k.transpose(-2, -1)  # (B, H, N, C, C)
-    mask = causal_mask(C, C, q.device)
-    if log_decay is None:
-        scores = scores.masked_fill(~mask, 0)
-        v_state, decay_from_start, chunk_decay = v, None, None
-    else:
-        b = log_decay.expand(B, H, T + pad).reshape(B, H, N, C).cumsum(-1)  # log decay from chunk start
-        pair = (b[..., :, None] - b[..., None, :]).masked_fill(~mask, float('-inf'))  # (B, H, N, C, C)
-        scores = scores * pair.exp()
-        # per-token decay factors scale the (C, E) side of each product, never the (C, F) features
-        decay_from_start = b[..., None].exp()                 # chunk start to i, (B, H, N, C, 1)
-        v_state = v * (b[..., -1:] - b)[..., None].exp()      # j to chunk end
-        chunk_decay = b[..., -1].exp()[..., None, None]       # (B, H, N, 1, 1)
-    y = scores @ v  # intra-chunk part, (B, H, N, C, E)
-    chunk_kv = k.transpose(-2, -1) @ v_state  # each chunk's contribution to the state, (B, H, N, F, E)
-    S = q.new_zeros(B, H, Fd, E) if state is None else state
-    starts = []  # state entering each chunk
-    # unbind, not chunk_kv[:, :, n]: the backward of each index would write a gradient as large as chunk_kv
-    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
-    for kv, decay in zip(chunk_kv.unbind(2), decays):
-        starts.append(S)
-        S = (S if decay is None else S * decay) + kv
-    inter = q @ torch.stack(starts, dim=2)  # inter-chunk part, (B, H, N, C, E)
-    y = y + (inter if decay_from_start is None else inter * decay_from_start)
-    return y.reshape(B, H, N * C, E)[:, :, :T], S
+    wide = wide_dtype(q)
+    low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
+    with full_precision(q):
+        q, k, v = cast(q, wide), cast(k, wide), cast(v, wide)
+        if pad:  # zero keys/values and zero log-decay at the end change nothing before them
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            log_decay = None if log_decay is None else F.pad(log_decay, (0, pad))
+        N = (T + pad) // C
+        q = q.view(B, H, N, C, Fd)
+        k = k.view(B, H, N, C, Fd)
+        v = v.view(B, H, N, C, E)
+        # in place below where autograd allows: a matmul keeps its inputs for backward, not its output
+        scores = cast(q, low) @ cast(k, low).transpose(-2, -1)  # (B, H, N, C, C)
+        mask = causal_mask(C, C, q.device)
+        if log_decay is None:
+            scores.masked_fill_(~mask, 0)
+            v_state, decay_from_start = v, None
+            chunk_log_decay = q.new_zeros(N)  # broadcasts over (B, H)
+        else:
+            b = cast(log_decay, wide).reshape(-1, H, N, C).cumsum(-1)  # log decay from chunk start, (B|1, H, N, C)
+            pair = (b[..., :, None] - b[..., None, :]).masked_fill(~mask, float('-inf'))  # (B|1, H, N, C, C)
+            scores = scores * pair.exp()
+            # per-token decay factors scale the (C, E) side of each product, never the (C, F) features
+            decay_from_start = b[..., None].exp()                 # chunk start to i, (B|1, H, N, C, 1)
+            v_state = v * (b[..., -1:] - b)[..., None].exp()      # j to chunk end
+            chunk_log_decay = b[..., -1]                          # (B|1, H, N)
+        y = cast(scores, low) @ cast(v, low)  # intra-chunk part, (B, H, N, C, E)
+        chunk_kv = k.transpose(-2, -1) @ v_state  # each chunk's contribution to the state, (B, H, N, F, E)
+        starts, S = chunk_states(chunk_kv.flatten(-2), chunk_log_decay,
+                                 None if state is None else cast(state, wide).flatten(-2))  # (B, H, N, F E), (B, H, F E)
+        inter = q @ starts.view(B, H, N, Fd, E)  # inter-chunk part, (B, H, N, C, E)
+        y = (inter if decay_from_start is None else inter * decay_from_start).add_(y)
+    return y.reshape(B, H, N * C, E)[:, :, :T], S.view(B, H, Fd, E)
 
 
 def append_ones(v):
@@ -142,14 +219,16 @@ def reference_mask(T, causal, pad_mask, device):
 
 def rotary(x, offset):
     """Rotary position embedding (Su et al. 2021) on pairs (x_2i, x_2i+1); an odd last channel is left as is.
-    x: (B, H, T, D), token t at absolute position offset + t."""
+    x: (B, H, T, D), token t at absolute position offset + t. Positions and angles are float32 at least (in
+    bfloat16 no integer above 256 is exact), and so is the result."""
+    x = cast(x, wide_dtype(x))
     half = x.size(-1) // 2
     freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / max(half, 1))
     angle = (torch.arange(x.size(2), device=x.device, dtype=x.dtype) + offset)[:, None] * freq  # (T, half)
     cos, sin = angle.cos(), angle.sin()
     even, odd = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
     rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
-    return torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+    return rotated if 2 * half == x.size(-1) else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +399,9 @@ class KernelAttention(Attention):
     Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
     pass plus an anti-causal pass.
     Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
+    Precision: features (positions, angles, exponents) are computed from q and k in float32 (float64 stays
+    float64) with autocast off, and every sum over the sequence stays there (chunked_linear_attention); the output
+    returns to the input's dtype.
     """
     normalise = True
     eps = 1e-6
@@ -332,8 +414,8 @@ class KernelAttention(Attention):
         """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
         raise NotImplementedError
 
-    def log_decay(self):
-        """None (no decay) or (1, H, 1) log gamma_h <= 0."""
+    def log_decay(self, like):
+        """None (no decay) or (1, H, 1) log gamma_h <= 0, in like's dtype and on its device."""
         return None
 
     def reference_scores(self, q, k):
@@ -344,38 +426,47 @@ class KernelAttention(Attention):
     def values(self, v):
         return append_ones(v) if self.normalise else v
 
-    def finish(self, y):
-        return split_normaliser(y, self.eps) if self.normalise else y
+    def finish(self, y, dtype):
+        """Numerator / normaliser (when normalising), in y's precision, then back to dtype (the input's)."""
+        return cast(split_normaliser(y, self.eps) if self.normalise else y, dtype)
+
+    def wide_features(self, q, k, offset):
+        """features(q, k, offset) in float32 at least and with autocast off, whatever q's dtype or the autocast."""
+        with full_precision(q):
+            return self.features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), offset)
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
             return self.attend_chunkwise(q, k, v, None)[0]
-        return self.bidirectional(*self.features(q, k, 0), v, pad_mask)
+        return self.bidirectional(*self.wide_features(q, k, 0), v, pad_mask)
 
     def bidirectional(self, fq, fk, v, pad_mask):
+        dtype = v.dtype
         if pad_mask is not None:
             fk = fk.masked_fill(pad_mask[:, None, :, None], 0)  # a zero key adds nothing to any sum
         v = self.values(v)
-        log_decay = self.log_decay()
+        log_decay = self.log_decay(fq)
         if log_decay is None:
-            return self.finish(fq @ (fk.transpose(-2, -1) @ v))
+            with full_precision(fq):  # the (F, E) sum and the normaliser run over all T tokens
+                v = cast(v, wide_dtype(fq))
+                return self.finish(fq @ (fk.transpose(-2, -1) @ v), dtype)
         log_decay = log_decay.expand(1, -1, fq.size(2))
         forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)  # j <= i
         backward, _ = chunked_linear_attention(fq.flip(2), fk.flip(2), v.flip(2), log_decay, chunk_size=self.chunk_size)
         diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
-        return self.finish(forward + backward.flip(2) - diagonal)
+        return self.finish(forward + backward.flip(2) - diagonal, dtype)
 
     def attend_chunkwise(self, q, k, v, state):
         """Causal, chunkwise-parallel: the T >= 1 tokens after `state` (None = the start) -> (y, new state).
         The causal forward is this from state None; decoding continues from any state."""
         offset = 0 if state is None else state['offset']
-        fq, fk = self.features(q, k, offset)
-        log_decay = self.log_decay()
+        fq, fk = self.wide_features(q, k, offset)
+        log_decay = self.log_decay(fq)
         if log_decay is not None:
             log_decay = log_decay.expand(1, -1, q.size(2))
         y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
-        return self.finish(y), {'kv': kv, 'offset': offset + q.size(2)}
+        return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
 
     def attend_step(self, q, k, v, state):
         return self.attend_chunkwise(q, k, v, state)
@@ -442,7 +533,7 @@ class CosformerAttention(KernelAttention):
         self.max_len = config.block_size
 
     def features(self, q, k, offset):
-        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype) + offset
+        position = torch.arange(q.size(2), device=q.device, dtype=wide_dtype(q)) + offset  # exact up to 2^24
         angle = (math.pi / 2 * position / self.max_len)[:, None]  # (T, 1)
         cos, sin = angle.cos(), angle.sin()
         q, k = F.relu(q), F.relu(k)
@@ -468,16 +559,20 @@ class Retention(KernelAttention):
 
     def __init__(self, config):
         super().__init__(config)
-        gamma = 1 - 2.0 ** (-5 - torch.arange(config.n_head, dtype=torch.float32))
-        self.register_buffer('log_gamma', gamma.log(), persistent=False)
         self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.group_norm = nn.GroupNorm(config.n_head, config.n_embd)
 
     def features(self, q, k, offset):
         return rotary(q, offset), rotary(k, offset) / math.sqrt(q.size(-1))
 
-    def log_decay(self):
-        return self.log_gamma[None, :, None]
+    def log_gamma(self, dtype, device):
+        """(H,) log gamma_h, gamma_h = 1 - 2^(-5-h), made in dtype each call: no buffer that module.bfloat16() could
+        round (bfloat16 puts log gamma_2 0.4% off, and gamma_2^330 = 0.075 1% off)."""
+        h = torch.arange(self.n_head, device=device, dtype=dtype)
+        return torch.log1p(-torch.exp2(-5 - h))
+
+    def log_decay(self, like):
+        return self.log_gamma(like.dtype, like.device)[None, :, None]
 
     def reference_scores(self, q, k):
         """The paper's complex form: channel pairs (x_2i, x_2i+1) are complex numbers, Q_n = q_n e^{i n theta},
@@ -492,7 +587,7 @@ class Retention(KernelAttention):
         phase = torch.exp(1j * relative[..., None] * theta)  # e^{i (n - m) theta}, (T, T, half)
         rotated = torch.einsum('bhni,bhmi,nmi->bhnm', as_complex(q), as_complex(k).conj(), phase).real
         unrotated = q[..., 2 * half:] @ k[..., 2 * half:].transpose(-2, -1)  # (B, H, T, T), zero if D is even
-        decay = (self.log_gamma[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
+        decay = (self.log_gamma(q.dtype, q.device)[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
         return (rotated + unrotated) / math.sqrt(D) * decay
 
     def output(self, y, x):
@@ -537,9 +632,11 @@ class PerformerAttention(KernelAttention):
         self.projection.copy_(rows * norms)
 
     def project(self, x):
-        """(W x, |x|^2 / 2) with x scaled by D^(-1/4): (B, H, T, m) and (B, H, T, 1). log(phi(x) sqrt(m)) = W x - |x|^2 / 2."""
-        x = x * self.head_dim ** -0.25
-        return x @ self.projection.T, (x * x).sum(-1, keepdim=True) / 2
+        """(W x, |x|^2 / 2) with x scaled by D^(-1/4): (B, H, T, m) and (B, H, T, 1). log(phi(x) sqrt(m)) = W x - |x|^2 / 2.
+        In float32 at least, autocast off: these are exponents, and a bfloat16 W x (|W x| ~ 5) errs by ~1% in exp."""
+        with full_precision(x):
+            x = cast(x, wide_dtype(x)) * self.head_dim ** -0.25
+            return x @ cast(self.projection, x.dtype).T, (x * x).sum(-1, keepdim=True) / 2
 
     def query_features(self, q):
         return exp_stabilised(self.project(q)[0], -1)  # |q|^2 / 2 is common to a query's features: cancels too
@@ -567,10 +664,11 @@ class PerformerAttention(KernelAttention):
         previous = key_max[..., :1] if state is None else state['key_max']
         running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
-        fk = (wk - (half_norm + running[..., None])).exp()
+        # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
+        fk = (wk + -(half_norm + running[..., None])).exp()
         y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
-        return self.finish(y), {'kv': kv, 'key_max': running[..., -1:]}
+        return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:]}
 
 
 ATTENTION = {
@@ -645,7 +743,8 @@ class LMConfig(LayerConfig):
 
 class TransformerLM(nn.Module):
     """Token + learned position embedding, n_layer pre-norm Blocks (causal or not, as config says), final norm,
-    LM head tied to the embedding. forward(idx) -> logits; train_gpt.py's GPT and train_bert.py's BERT add their loss."""
+    LM head tied to the embedding. forward(idx) -> logits; train_gpt.py's GPT and train_bert.py's BERT add their
+    loss."""
 
     def __init__(self, config):
         super().__init__()

@@ -22,6 +22,7 @@ Memory: test_memory_grows_linearly, for the variants that claim O(T) memory.
 """
 import inspect
 import itertools
+import math
 
 import pytest
 import torch
@@ -280,6 +281,42 @@ def test_performer_stabiliser_survives_long_keys(causal):
     torch.testing.assert_close(module.attend(q, k, v, None).double(), expected, rtol=1e-3, atol=1e-4)
 
 
+def recurrence(kv, log_decay, state):
+    """chunk_states' definition, one chunk at a time: S_0 = state, S_{n+1} = exp(log_decay_n) S_n + kv_n."""
+    starts, S = [], state
+    for n in range(kv.size(-2)):
+        starts.append(S)
+        S = log_decay[..., n, None].exp() * S + kv[..., n, :]
+    return torch.stack(starts, dim=-2), S
+
+
+CHUNK_DECAYS = {  # (B|1, H, N) log decays of whole chunks, <= 0
+    'none': lambda N, g: torch.zeros(1, 3, N, dtype=torch.float64),
+    'retention': lambda N, g: torch.full((1, 3, N), 64 * math.log1p(-2 ** -5), dtype=torch.float64),  # gamma^64
+    'jumps': lambda N, g: -60 * (torch.rand(2, 3, N, generator=g, dtype=torch.float64) < 0.1).double(),  # at times
+    'strong': lambda N, g: -200 * torch.rand(2, 3, N, generator=g, dtype=torch.float64),  # underflows float32
+}
+
+
+@pytest.mark.parametrize('decay', CHUNK_DECAYS)
+@pytest.mark.parametrize('N', [1, 7, 16, 17, 300])
+def test_chunk_states_equals_the_recurrence(N, decay):
+    """The batched scan against the loop it replaces: one chunk, one group, one group and a chunk (padding), 300
+    chunks (three levels of groups); with and without an incoming state. Exact in float64; in float32, as close to
+    the float64 recurrence as float32 allows however strong the decay (nothing overflows or turns into nan)."""
+    g = torch.Generator().manual_seed(0)
+    kv = torch.randn(2, 3, N, 5, generator=g, dtype=torch.float64)
+    log_decay = CHUNK_DECAYS[decay](N, g)
+    for state in (None, torch.randn(2, 3, 5, generator=g, dtype=torch.float64)):
+        expected = recurrence(kv, log_decay, torch.zeros(2, 3, 5, dtype=torch.float64) if state is None else state)
+        got = attention.chunk_states(kv, log_decay, state)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        got = attention.chunk_states(kv.float(), log_decay.float(), None if state is None else state.float())
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
 class TensorSizes(TorchDispatchMode):
     """Records the largest tensor any op produces, forward and backward."""
 
@@ -380,15 +417,15 @@ def argnames(mark):
     return [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
 
 
-def registry_checks(name):
-    """Runs this file's registry-driven tests on the variant `name`, wherever it was registered: every test_*
-    with a Selection of variants among its parametrize marks, with that Selection's rule applied to `name`
-    and every combination of its other parametrized values. Returns the checks run, as calls
-    ("test_deterministic(name='linear', causal=True)"); after running them all, raises AssertionError
-    naming each that failed."""
+def registry_checks(name, tests=None):
+    """Runs this file's registry-driven tests (or those among `tests`, another test file's globals()) on the variant
+    `name`, wherever it was registered: every test_* with a Selection of variants among its parametrize marks, with
+    that Selection's rule applied to `name` and every combination of its other parametrized values. Returns the
+    checks run, as calls ("test_deterministic(name='linear', causal=True)"); after running them all, raises
+    AssertionError naming each that failed."""
     cls = ATTENTION[name]
     run, failures = [], []
-    for test_name, test in list(globals().items()):
+    for test_name, test in list((globals() if tests is None else tests).items()):
         marks = [m for m in getattr(test, 'pytestmark', []) if m.name == 'parametrize']
         if not test_name.startswith('test_') or not any('name' in argnames(m) for m in marks):
             continue

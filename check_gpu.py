@@ -1,0 +1,325 @@
+"""
+Verifies trev's CUDA paths on a machine with a GPU, in a few minutes:
+
+    python check_gpu.py                                            # every registered variant
+    python check_gpu.py --variants=softmax,linear --seq_lens=1024,4096 --out=gpu_check.json
+
+Checks, each reported PASS / FAIL / SKIP on one line:
+    flash    SoftmaxAttention runs with F.scaled_dot_product_attention restricted to FLASH_ATTENTION
+             (torch.nn.attention.sdpa_kernel), under autocast (flash needs 16 bits: it fails with dtype=float32),
+             causal and bidirectional, forward and backward, and matches the MATH kernel's output.
+    train    every variant (causal where it can be, else bidirectional) takes `train_steps` AdamW steps of a small
+             attention.TransformerLM on one batch of block_size `train_block_size`, under autocast in `dtype` as the
+             trainers do (training.mixed_precision: 'auto' is bfloat16, or float16 with the GradScaler on a GPU
+             without bfloat16): every loss and parameter finite, the last loss below the first.
+    layer    one layer per variant (bench.py's shape: batch_size x T x n_head * head_dim), forward + backward under
+             autocast at each T in seq_lens: median time of `repeats` calls and peak memory
+             (torch.cuda.max_memory_allocated above what was allocated before the call); 'oom' where it does not fit.
+    compile  per variant, the forward and backward of a training step of the TransformerLM under torch.compile
+             (default backend): its loss equals eager's (relative difference at most 2e-2, autocast rounding) and its
+             gradients are finite.
+    ddp      with 2 GPUs or more: 2 processes (torch.multiprocessing.spawn, NCCL) take one DistributedDataParallel step
+             on different data and end with bitwise identical parameters; with fewer GPUs, a line says it was skipped.
+The exit status is 1 if any check failed. --out=FILE.json writes every result (a failure with its traceback).
+Without a CUDA device it stops at once with a one-line error. --device=cpu runs the same code on the CPU in float32
+(flash, peak memory and ddp skipped): a dry run of this script, which measures nothing a GPU does.
+"""
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+
+from attention import ATTENTION, LayerConfig, LMConfig, TransformerLM, build_attention
+from training import ConfigError, apply_overrides, exit_with, mixed_precision, resolve_dtype, write_json
+
+DEFAULTS = dict(
+    device='cuda',             # 'cuda' or 'cuda:N'; 'cpu' is a dry run of this script (see the docstring)
+    variants='',               # comma-separated names from attention.ATTENTION; '' = all
+    dtype='auto',              # autocast dtype, as the trainers: 'auto' = bfloat16, float16 where unsupported
+    seq_lens='1024,4096,16384',  # layer check: the T to time
+    batch_size=1,              # layer check: bench.py's shape
+    n_head=8,
+    head_dim=64,
+    warmup=2,                  # layer check: untimed calls first
+    repeats=5,                 # layer check: timed calls (the median is reported)
+    train_steps=10,            # train check: AdamW steps per variant
+    train_block_size=1024,     # train and compile checks: the TransformerLM's sequence length
+    compile=True,              # compile check (the slowest: each variant compiles its own step)
+    ddp=True,                  # ddp check (needs 2 GPUs)
+    out='',                    # JSON file: every check's results
+)
+TRAIN_MODEL = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=256, dropout=0.0)  # the TransformerLM of train/compile
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def causal_mode(name):
+    """Causal where the variant supports it (what train_gpt.py trains), else bidirectional."""
+    return ATTENTION[name].supports_causal
+
+
+# ----------------------------------------------------------------------------------------------
+# the checks: each returns (status, summary line, details for the JSON)
+
+
+def check_flash(device, dtype, cfg):
+    if device.type != 'cuda':
+        return 'SKIP', 'CUDA only', {}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    B, T, H, D = 2, 1024, cfg['n_head'], cfg['head_dim']
+    ctx, _ = mixed_precision(str(device), dtype)
+    errors = {}
+    for causal in (True, False):
+        torch.manual_seed(0)
+        layer = build_attention(LayerConfig(n_embd=H * D, n_head=H, causal=causal, block_size=T)).to(device)
+        x = torch.randn(B, T, H * D, device=device, requires_grad=True)
+        outputs = {}
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+            with sdpa_kernel([backend]):  # raises "No available kernel" where flash cannot run
+                with ctx:
+                    y = layer(x)
+                y.float().square().mean().backward()
+            outputs[backend] = y.float()
+        flash, math_ = outputs[SDPBackend.FLASH_ATTENTION], outputs[SDPBackend.MATH]
+        errors[f'causal={causal}'] = ((flash - math_).norm() / math_.norm()).item()
+    worst = max(errors.values())
+    status = 'PASS' if worst <= 2e-2 else 'FAIL'
+    return status, f"flash kernel runs fwd+bwd, causal and not (B={B} T={T} H={H} D={D}); " \
+                   f"relative difference to math {worst:.1e}", {'relative_difference': errors}
+
+
+def train_model(name, device, cfg):
+    torch.manual_seed(0)
+    config = LMConfig(attention=name, causal=causal_mode(name), block_size=cfg['train_block_size'], **TRAIN_MODEL)
+    return TransformerLM(config).to(device)
+
+
+def batch(device, cfg):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(TRAIN_MODEL['vocab_size'], (4, cfg['train_block_size'] + 1), generator=generator).to(device)
+
+
+def lm_loss(model, tokens, ctx):
+    with ctx:
+        logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def check_train(device, dtype, cfg):
+    ctx, _ = mixed_precision(str(device), dtype)
+    tokens, results, failed = batch(device, cfg), {}, []
+    for name in cfg['variants']:
+        model = train_model(name, device, cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        _, scaler = mixed_precision(str(device), dtype)  # a scaler per run: its scale adapts to the run
+        losses = []
+        for _ in range(cfg['train_steps']):
+            loss = lm_loss(model, tokens, ctx)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        finite = all(math.isfinite(x) for x in losses) and all(torch.isfinite(p).all() for p in model.parameters())
+        results[name] = {'losses': losses, 'finite': finite, 'learns': losses[-1] < losses[0]}
+        if not (finite and losses[-1] < losses[0]):
+            failed.append(name)
+    line = ', '.join(f"{name} {r['losses'][0]:.2f}->{r['losses'][-1]:.2f}" for name, r in results.items())
+    if failed:
+        return 'FAIL', f"not finite or not learning: {', '.join(failed)} ({line})", results
+    return 'PASS', f"{cfg['train_steps']} steps, T={cfg['train_block_size']}, finite and learning: {line}", results
+
+
+def layer_case(name, T, device, dtype, cfg):
+    """{'ms': median fwd+bwd time, 'mb': peak memory} of one layer at T, or {'oom': message}."""
+    B, H, D = cfg['batch_size'], cfg['n_head'], cfg['head_dim']
+    ctx, _ = mixed_precision(str(device), dtype)
+    torch.manual_seed(0)
+    layer = build_attention(LayerConfig(attention=name, n_embd=H * D, n_head=H, causal=causal_mode(name),
+                                        block_size=T)).to(device)
+    x = torch.randn(B, T, H * D, device=device, requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def forward_backward():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with ctx:
+            y = layer(x)
+        y.backward(dy.to(y.dtype))
+
+    try:
+        for _ in range(cfg['warmup']):
+            forward_backward()
+        synchronize(device)
+        mb = None
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            forward_backward()
+            synchronize(device)
+            mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        times = []
+        for _ in range(cfg['repeats']):
+            synchronize(device)
+            start = time.perf_counter()
+            forward_backward()
+            synchronize(device)
+            times.append(1000 * (time.perf_counter() - start))
+        return {'ms': sorted(times)[len(times) // 2], 'mb': mb}
+    except torch.OutOfMemoryError as error:
+        return {'oom': str(error).splitlines()[0]}
+    finally:
+        del layer, x, dy
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
+def check_layer(device, dtype, cfg):
+    table = {name: {T: layer_case(name, T, device, dtype, cfg) for T in cfg['seq_lens']} for name in cfg['variants']}
+    cell = lambda r: 'oom' if 'oom' in r else f"{r['ms']:.2f} ms" + ('' if r['mb'] is None else f" {r['mb']:.0f} MB")
+    rows = [f"    {'variant':<14}" + ''.join(f"{f'T={T}':>22}" for T in cfg['seq_lens'])]
+    rows += [f"    {name:<14}" + ''.join(f"{cell(table[name][T]):>22}" for T in cfg['seq_lens']) for name in table]
+    shape = f"B={cfg['batch_size']} H={cfg['n_head']} D={cfg['head_dim']}"
+    return 'PASS', f"fwd+bwd under autocast ({shape}), median of {cfg['repeats']}:\n" + '\n'.join(rows), table
+
+
+def check_compile(device, dtype, cfg):
+    if not cfg['compile']:
+        return 'SKIP', 'compile=False', {}
+    ctx, _ = mixed_precision(str(device), dtype)
+    tokens, results, failed = batch(device, cfg), {}, []
+    for name in cfg['variants']:
+        torch._dynamo.reset()  # each variant compiles from a clean cache
+        with torch.no_grad():
+            eager_loss = lm_loss(train_model(name, device, cfg), tokens, ctx).item()
+        model = train_model(name, device, cfg)
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        loss = lm_loss(compiled, tokens, ctx)
+        loss.backward()
+        seconds = time.perf_counter() - start
+        difference = abs(loss.item() - eager_loss) / abs(eager_loss)
+        finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        results[name] = {'loss': loss.item(), 'eager_loss': eager_loss, 'relative_difference': difference,
+                         'finite_gradients': finite, 'first_step_s': seconds}
+        if not (finite and difference <= 2e-2):
+            failed.append(name)
+    torch._dynamo.reset()
+    line = ', '.join(f"{name} {r['first_step_s']:.0f}s" for name, r in results.items())
+    if failed:
+        return 'FAIL', f"compiled loss differs from eager or gradients not finite: {', '.join(failed)}", results
+    return 'PASS', f"compiled step equals eager (first step, compile included: {line})", results
+
+
+def ddp_worker(rank, world_size, port, name, dtype, cfg, queue):
+    """One process of the ddp check: one DDP step on rank-specific data; rank 0 reports whether every rank ends
+    with the same parameters."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    device = torch.device(f'cuda:{rank}')
+    torch.cuda.set_device(device)
+    torch_dist.init_process_group('nccl', rank=rank, world_size=world_size)
+    try:
+        model = train_model(name, device, cfg)  # the same initial weights on every rank (same seed)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ctx, scaler = mixed_precision(str(device), dtype)
+        tokens = batch(device, cfg).roll(rank, dims=0)  # different data on each rank
+        loss = lm_loss(ddp, tokens, ctx)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(world_size)]
+        torch_dist.all_gather(gathered, flat)
+        losses = [torch.zeros((), device=device) for _ in range(world_size)]
+        torch_dist.all_gather(losses, loss.detach().float())
+        if rank == 0:
+            queue.put({'identical_parameters': all(torch.equal(g, gathered[0]) for g in gathered),
+                       'losses': [x.item() for x in losses]})
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def check_ddp(device, dtype, cfg):
+    if not cfg['ddp']:
+        return 'SKIP', 'ddp=False', {}
+    if device.type != 'cuda' or torch.cuda.device_count() < 2:
+        count = torch.cuda.device_count() if device.type == 'cuda' else 0
+        return 'SKIP', f"{count} GPU(s): the DDP check needs 2", {}
+    import torch.multiprocessing as mp
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context('spawn').SimpleQueue()
+    name = cfg['variants'][0]
+    mp.spawn(ddp_worker, args=(2, port, name, dtype, cfg, queue), nprocs=2, join=True)
+    result = queue.get()
+    finite = all(math.isfinite(x) for x in result['losses'])
+    status = 'PASS' if result['identical_parameters'] and finite else 'FAIL'
+    return status, f"2 processes, NCCL, one step of {name}: losses {result['losses'][0]:.3f} / " \
+                   f"{result['losses'][1]:.3f}, parameters identical: {result['identical_parameters']}", result
+
+
+CHECKS = {'flash': check_flash, 'train': check_train, 'layer': check_layer, 'compile': check_compile,
+          'ddp': check_ddp}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def parse(argv):
+    cfg = apply_overrides(DEFAULTS, argv)
+    device = cfg['device']
+    kind, colon, index = device.partition(':')
+    if not (device == 'cpu' or (kind == 'cuda' and (not colon or index.isdigit()))):
+        raise ConfigError(f"device={device!r}: choose 'cuda', 'cuda:N' or 'cpu' (a dry run)")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError("no CUDA device: check_gpu.py verifies the GPU paths; run it on a machine with a GPU")
+    cfg['variants'] = cfg['variants'].split(',') if cfg['variants'] else list(ATTENTION)
+    unknown = [name for name in cfg['variants'] if name not in ATTENTION]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(ATTENTION)}")
+    lengths = cfg['seq_lens'].split(',')
+    if not all(t.isdigit() and int(t) > 0 for t in lengths):
+        raise ConfigError(f"seq_lens={cfg['seq_lens']!r}: expected comma-separated lengths, e.g. 1024,4096")
+    cfg['seq_lens'] = [int(t) for t in lengths]
+    cfg['dtype'] = resolve_dtype(device, cfg['dtype'])
+    return cfg
+
+
+def main(argv):
+    cfg = parse(argv)
+    device = torch.device(cfg['device'])
+    about = (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu (dry run: no GPU figures)')
+    print(f"{about}, torch {torch.__version__}, autocast {cfg['dtype']}, variants {', '.join(cfg['variants'])}",
+          flush=True)
+    report = {'device': about, 'torch': torch.__version__, 'config': cfg, 'checks': {}}
+    for check, run in CHECKS.items():
+        try:
+            status, line, details = run(device, cfg['dtype'], cfg)
+        except Exception as error:  # a check that crashes fails; the others still run
+            message = str(error).splitlines()[0] if str(error) else ''
+            status, line, details = 'FAIL', f"{type(error).__name__}: {message}", {'traceback': traceback.format_exc()}
+        report['checks'][check] = {'status': status, 'summary': line, 'details': details}
+        print(f"{check:<8} {status:<4}  {line}", flush=True)
+    statuses = [c['status'] for c in report['checks'].values()]
+    print(f"{statuses.count('PASS')} passed, {statuses.count('FAIL')} failed, {statuses.count('SKIP')} skipped")
+    if cfg['out']:
+        write_json(cfg['out'], report)
+    return 1 if 'FAIL' in statuses else 0
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ConfigError as error:
+        exit_with(error)
