@@ -106,10 +106,11 @@ DEFAULTS = dict(
     plot='',                   # PNG file: time and memory against T, log-log, with fitted exponents
     fit_from=0,                # fit exponents over T >= fit_from only
     check_floors=False,        # print the floors below with PASS / FAIL
+    compile=False,             # torch.compile the layer's forward (or the model); decode steps stay eager
 )
 LIST_EXAMPLES = dict(variants='softmax,linear', seq_lens='1024,4096', modes='fwd,fwdbwd')  # for error messages
 CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', 'causal', *LAYER_KNOBS,
-             'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size', 'peak_tflops')  # config -> each case
+             'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size', 'peak_tflops', 'compile')  # config -> each case
 FLOORS = dict(
     # fwdbwd time / softmax's at T <= limit: {T: limit} per variant; a variant's own row replaces 'default'.
     # performer, with the paper's default of 256 random features per head, is bound by its feature map and
@@ -184,7 +185,7 @@ def layer_call(case, device, dtype):
     C = H * case['head_dim']
     config = LayerConfig(attention=case['variant'], n_embd=C, n_head=H, causal=case['causal'], block_size=T + 1,
                          **{name: case[name] for name in LAYER_KNOBS})
-    layer = build_attention(config).to(device, dtype)
+    layer = compiled(build_attention(config).to(device, dtype), case)
     x = torch.randn(B, T, C, device=device, dtype=dtype)
     if case['mode'] == 'fwd':
         return torch.no_grad()(lambda: layer(x))
@@ -203,6 +204,11 @@ def layer_call(case, device, dtype):
     return torch.no_grad()(lambda: layer.step(token, state))
 
 
+def compiled(module, case):
+    """torch.compile(module) for --compile=True (static shapes: each case has its own), else the module."""
+    return torch.compile(module, dynamic=False) if case['compile'] else module
+
+
 def gpt_call(case, device, dtype):
     """The call to time for --model=gpt: one training step (forward, backward, AdamW)."""
     T = case['seq_len']
@@ -210,6 +216,7 @@ def gpt_call(case, device, dtype):
                       n_embd=case['n_head'] * case['head_dim'], dropout=0.0, attention=case['variant'],
                       **{name: case[name] for name in LAYER_KNOBS})
     model = TransformerLM(config).to(device)  # train_gpt.py's GPT: this trunk, causal
+    train = compiled(model, case)
     case['n_params'] = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()  # as nanoGPT's MFU
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = torch.randint(case['vocab_size'], (case['batch_size'], T + 1), device=device)
@@ -217,7 +224,7 @@ def gpt_call(case, device, dtype):
 
     def train_step():
         with ctx:
-            logits = model(data[:, :-1])  # (B, T, vocab)
+            logits = train(data[:, :-1])  # (B, T, vocab)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
         loss.backward()
         optimizer.step()

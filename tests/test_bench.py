@@ -308,3 +308,10 @@ def test_results_are_written_as_each_mode_finishes(tmp_path, monkeypatch):
     modes = [record['mode'] for record in json.load(open(out))['results']]
     assert sorted(set(modes)) == ['fwd', 'fwdbwd'] and len(modes) == 4
     assert len(csv.read_text().splitlines()) == 5
+
+
+def test_compiled_layers_are_timed():
+    config = tiny_config('--compile=True')
+    call, record = bench.prepare(one_case(config, 'linear', 'fwdbwd'), measure_memory=False)
+    assert record['status'] == 'ok' and record['compile']
+    call()
