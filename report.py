@@ -4,6 +4,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/shakespeare_gpt                       # a folder of run folders, or run folders
     python report.py results/shakespeare_gpt --bench=bench_results/cpu.json --bench_seq_len=4096
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
+    python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
 init_from, which a resumed run records as 'resume', eval_only, and the parameter counts the other keys fix); runs
@@ -16,6 +17,10 @@ that differ in anything else are separate groups. One row per group, best first 
     (the maximum over the runs' log rows), training wall time (the last log row's elapsed_s, mean over seeds),
     and with --bench=FILE (a bench.py JSON) the attention layer's forward+backward time and (causal tasks)
     decoding time per token at T = bench_seq_len, for the group's variant.
+--best_over=KEY (any config key, e.g. learning_rate) groups on everything but the seed and KEY, and keeps in each
+group the runs of the KEY value with the best mean main metric over seeds on the first split (val where there is
+one; ties go to the smallest value), as Zoology reports the best accuracy over a learning-rate grid per model.
+A column `best KEY` gives the value kept, the heading the grid, and a note names any group that lacks part of it.
 A run is reported once it is finished: eval.json there and at its max_iters. The others are left out with a note,
 so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
 give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
@@ -40,6 +45,7 @@ DEFAULTS = dict(
     markdown='',               # also write the table (with its heading) to this file
     csv='',                    # also write one row per group, every number unrounded, to this CSV file
     plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
+    best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
 )
 IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
 Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
@@ -54,6 +60,8 @@ TASKS = {  # by what eval.json holds; the first metric is the main one
                 Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False),
     'images': Task('image classification: top-1 accuracy', [Metric('acc', 'top-1 %', 100, 2)], True,
                    'images_per_s', False),
+    'mqar': Task('multi-query associative recall: accuracy on the answer tokens',
+                 [Metric('accuracy', 'acc %', 100, 1)], True, 'tokens_per_s', True),
 }
 SPLITS = ('val', 'test')
 Run = namedtuple('Run', 'path config evaluation rows')
@@ -77,8 +85,8 @@ def task_of(run):
     """(task name, evaluated splits) of a finished run, from its eval.json."""
     splits = tuple(split for split in SPLITS if isinstance(run.evaluation.get(split), dict))
     metrics = run.evaluation[splits[0]] if splits else {}
-    for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('bytes', 'bpc'), ('words', 'word_ppl'),
-                      ('tokens', 'token_ppl')):
+    for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('mqar', 'queries'), ('bytes', 'bpc'),
+                      ('words', 'word_ppl'), ('tokens', 'token_ppl')):
         if key in metrics:
             return name, splits
     raise ConfigError(f"{os.path.join(run.path, 'eval.json')} is not a trev trainer's evaluation (no val or test "
@@ -128,9 +136,9 @@ def check_one_task(runs):
     return TASKS[first[0]], first[1]
 
 
-def group_runs(runs):
-    """Groups of runs with the same config but the IGNORED keys, and the keys that differ between groups."""
-    keys = [key for run in runs for key in run.config if key not in IGNORED]
+def group_runs(runs, ignored=IGNORED):
+    """Groups of runs with the same config but the ignored keys, and the keys that differ between groups."""
+    keys = [key for run in runs for key in run.config if key not in ignored]
     keys = list(dict.fromkeys(keys))  # first appearance order, each once
     groups = {}
     for run in runs:
@@ -144,6 +152,30 @@ def group_runs(runs):
             str(shown['attention'])
         result.append(Group(label, shown, members))
     return result, differ
+
+
+def best_over(groups, differ, key, task, split):
+    """Each group cut to the runs of its value of `key` with the best mean main metric on split (ties: the smallest
+    value), that value shown in a column; returns (groups, differ, the grid: every value of key, sorted)."""
+    for group in groups:
+        for run in group.runs:
+            if key not in run.config:
+                raise ConfigError(f"--best_over={key}: {run.path} has no {key} in its config.json; name a config key")
+    grid = sorted({run.config[key] for group in groups for run in group.runs})
+    metric, sign = task.metrics[0].key, 1 if task.higher_is_better else -1
+    best_groups = []
+    for group in groups:
+        by_value = {}
+        for run in group.runs:
+            by_value.setdefault(run.config[key], []).append(run)
+        tried = sorted(by_value)
+        if tried != grid:
+            print(f"note: {group.label} has {key} = {', '.join(map(str, tried))} of the grid "
+                  f"{', '.join(map(str, grid))}: its best is over those only", file=sys.stderr)
+        best = max(tried, key=lambda value: sign * statistics.mean(run.evaluation[split][metric]
+                                                                    for run in by_value[value]))
+        best_groups.append(Group(f'{group.label} ({key}={best})', {**group.values, key: best}, by_value[best]))
+    return best_groups, differ + [key], grid
 
 
 def mean_std(values):
@@ -204,16 +236,19 @@ def cell(value, decimals, scale=1, std=None):
     return text if std is None else f'{text} ± {std * scale:.{decimals}f}'
 
 
-def markdown(rows, differ, task, splits, options):
+def markdown(rows, differ, task, splits, options, grid=None):
     main = task.metrics[0]
     direction = 'higher' if task.higher_is_better else 'lower'
     lines = [f"{task.title}. Best first by {splits[0]} {main.label} ({direction} is better); mean ± sample std "
              f"over n seeds."]
+    if options['best_over']:
+        lines[0] += (f" Each row at the best {options['best_over']} of the grid {', '.join(map(str, grid))} by mean "
+                     f"{splits[0]} {main.label} over seeds.")
     if options['bench']:
         lines[0] += f" Attention layer alone at T={options['bench_seq_len']}: {options['bench']}."
     lines.append('')
-    header = [*differ, 'params', 'attn params', 'n', *(f'{split} {metric.label}' for split in splits
-                                                       for metric in task.metrics),
+    header = [*(f'best {key}' if key == options['best_over'] else key for key in differ), 'params', 'attn params',
+              'n', *(f'{split} {metric.label}' for split in splits for metric in task.metrics),
               task.rate.replace('_per_s', '/s'), 'peak MB', 'wall min']
     if options['bench']:
         header.append(f"fwd+bwd ms T={options['bench_seq_len']}")
@@ -295,23 +330,29 @@ def main(argv):
     folders = [arg for arg in argv if not arg.startswith('--')]
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
-                          "[--plots=FOLDER]")
+                          "[--plots=FOLDER] [--best_over=KEY]")
     options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
     for key in ('markdown', 'csv'):
         if options[key]:
             check_output(options[key])
     if options['plots']:
         training.check_out_dir(options['plots'])
+    if options['best_over'] in ('attention',) + IGNORED:
+        raise ConfigError(f"--best_over={options['best_over']}: the table compares over that key; name a setting "
+                          "such as learning_rate")
     runs = load_runs(folders)
     task, splits = check_one_task(runs)
     bench = load_bench(options['bench'], options['bench_seq_len'], task.causal) if options['bench'] else None
-    groups, differ = group_runs(runs)
+    groups, differ = group_runs(runs, IGNORED + (options['best_over'],) if options['best_over'] else IGNORED)
+    grid = None
+    if options['best_over']:
+        groups, differ, grid = best_over(groups, differ, options['best_over'], task, splits[0])
     rows = [summarise(group, task, splits, bench) for group in groups]
     main_key = f'{splits[0]}_{task.metrics[0].key}'
     order = sorted(range(len(rows)), key=lambda i: ((-1 if task.higher_is_better else 1) * rows[i][main_key],
                                                     groups[i].label))
     groups, rows = [groups[i] for i in order], [rows[i] for i in order]
-    table = markdown(rows, differ, task, splits, options)
+    table = markdown(rows, differ, task, splits, options, grid)
     print(table, end='')
     if options['markdown']:
         training.write_atomic(options['markdown'], lambda f: f.write(table.encode()))

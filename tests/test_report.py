@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import re
 
 import pytest
 
@@ -162,3 +163,71 @@ def test_bad_input_is_one_line(sweep, tmp_path):
     result = run_script('report.py', str(sweep), '--colour=red', timeout=120)
     assert result.returncode == 1 and result.stdout == ''
     assert result.stderr.startswith("error: --colour=red: unknown key 'colour'") and result.stderr.count('\n') == 1
+
+
+# MQAR: attention -> learning rate -> per seed (val accuracy, test accuracy). Chosen so that a wrong choice shows:
+# softmax's best single run (1.00 at 1e-2) is not its best mean (1e-3), linear's best on test (1e-3) is not its best
+# on val (1e-2); local lacks 1e-4 and ties at 1e-3 and 1e-2 (the smaller wins).
+MQAR = {
+    'softmax': {1e-4: [(0.50, 0.52), (0.60, 0.58)], 1e-3: [(0.99, 0.98), (0.97, 0.96)],
+                1e-2: [(0.90, 0.91), (1.00, 0.99)]},
+    'linear': {1e-4: [(0.20, 0.21), (0.30, 0.29)], 1e-3: [(0.40, 0.47), (0.44, 0.45)],
+               1e-2: [(0.46, 0.45), (0.40, 0.41)]},
+    'local': {1e-3: [(0.50, 0.50), (0.50, 0.52)], 1e-2: [(0.60, 0.58), (0.40, 0.40)]},
+}
+MQAR_BEST = """\
+multi-query associative recall: accuracy on the answer tokens. Best first by val acc % (higher is better); mean ± \
+sample std over n seeds. Each row at the best learning_rate of the grid 0.0001, 0.001, 0.01 by mean val acc % over \
+seeds.
+
+| attention | best learning_rate | params | attn params | n | val acc % | test acc % | tokens/s | peak MB | wall min |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| softmax | 0.001 | 1,000 | 100 | 2 | 98.0 ± 1.4 | 97.0 ± 1.4 | 2,000 | 500 | 1.0 |
+| local | 0.001 | 1,000 | 100 | 2 | 50.0 ± 0.0 | 51.0 ± 1.4 | 2,000 | 500 | 1.0 |
+| linear | 0.01 | 1,000 | 100 | 2 | 43.0 ± 4.2 | 43.0 ± 2.8 | 2,000 | 500 | 1.0 |
+"""
+
+
+@pytest.fixture
+def mqar_sweep(tmp_path):
+    for attention, grid in MQAR.items():
+        for lr, seeds in grid.items():
+            for seed, (val, test) in enumerate(seeds, 1):
+                config = {'attention': attention, 'block_size': 64, 'num_kv_pairs': 4, 'learning_rate': lr,
+                          'seed': seed, 'max_iters': 10, 'n_params': 1000, 'attention_params': 100}
+                evaluation = {'iter': 10, **{split: {'loss': 1.0 - acc, 'accuracy': acc, 'queries': 4000}
+                                             for split, acc in (('val', val), ('test', test))}}
+                rows = [{'iter': 10, 'val_loss': 1.0 - val, 'val_acc': val, 'train_loss': 0.5, 'tokens_per_s': 2000,
+                         'peak_mem_mb': 500, 'elapsed_s': 60}]
+                write_run(tmp_path / 'mqar' / f'attention={attention},learning_rate={lr},seed={seed}', config,
+                          evaluation, rows)
+    return tmp_path / 'mqar'
+
+
+def test_mqar_best_learning_rate_per_group(mqar_sweep, tmp_path, capsys):
+    """The best mean val accuracy over seeds picks each variant's learning rate (a tie goes to the smaller one),
+    and test accuracy is reported at that learning rate; a group without part of the grid gets a note."""
+    report.main([str(mqar_sweep), '--best_over=learning_rate', f'--csv={tmp_path / "t.csv"}'])
+    out, err = capsys.readouterr()
+    assert out == MQAR_BEST
+    assert err == ('note: local has learning_rate = 0.001, 0.01 of the grid 0.0001, 0.001, 0.01: its best is over '
+                   'those only\n')
+    cells = {row['attention']: row for row in csv.DictReader(open(tmp_path / 't.csv'))}
+    assert cells['linear']['learning_rate'] == '0.01' and cells['linear']['n'] == '2'
+    assert float(cells['softmax']['test_accuracy']) == pytest.approx(0.97, abs=1e-12)
+    assert cells['softmax']['runs'] == 'attention=softmax,learning_rate=0.001,seed=1 ' \
+                                       'attention=softmax,learning_rate=0.001,seed=2'
+
+
+def test_mqar_without_best_over_shows_every_learning_rate(mqar_sweep, capsys):
+    report.main([str(mqar_sweep)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith('| attention | learning_rate | params | attn params | n | val acc % | test acc % |')
+    assert len(lines) == 4 + 8 and lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.0 ± 1.4 |')
+
+
+@pytest.mark.parametrize('key, message', [
+    ('colour', "--best_over=colour: "), ('seed', "--best_over=seed: the table compares over that key")])
+def test_best_over_a_key_that_is_not_a_setting_is_one_line(mqar_sweep, key, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        report.main([str(mqar_sweep), f'--best_over={key}'])
