@@ -1,4 +1,3 @@
 # MQAR at (T, kv) = (128, 8): after configs/mqar/cpu.py (or the defaults), the second of Zoology's Figure 2 settings.
 block_size = 128
 num_kv_pairs = 8
-local_window = 64          # half the sequence, as at (64, 4)

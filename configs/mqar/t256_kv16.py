@@ -1,4 +1,5 @@
 # MQAR at (T, kv) = (256, 16): after configs/mqar/cpu.py (or the defaults), the third of Zoology's Figure 2 settings.
+# Half the batch, as Zoology halves it at 256 tokens (512 -> 256): twice the tokens and the answers of a (64, 4) step.
 block_size = 256
 num_kv_pairs = 16
-local_window = 128         # half the sequence, as at (64, 4)
+batch_size = 32
