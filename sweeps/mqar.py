@@ -10,9 +10,10 @@
 # the 7 variants together, 3.15x at (64, 4) (softmax 0.37x, performer 0.65x), 6.70x at (128, 8) and 7.80x at
 # (256, 16) (15.60x at batch 64): 17.65 x 0.115 s = 2.03 s for one step of every variant and setting. With 2% for
 # the periodic evaluations and 15 s a run to start, draw its data and evaluate, one seed at one learning rate takes
-# 3000 x 2.03 s x 1.02 + 21 x 15 s = 109 min (a softmax run at (64, 4) 2.5 min), and the whole sweep 6 x 109 min
-# = 11 hours. Seeds are the outer loop: stopped after about 5.5 hours, it holds the first seed of every run.
-# Each variant registered later adds its share (about 1/7 of this for one like linear attention).
+# 3000 x 2.03 s x 1.02 + 21 x 15 s = 109 min (a softmax run at (64, 4) 2.5 min; measured on one thread of the busy
+# machine: 8.5 min, eval_only 10 s), and the whole sweep 6 x 109 min = 11 hours. Seeds are the outer loop: stopped
+# after about 5.5 hours, it holds the first seed of every run. Each variant registered later adds its share (about
+# 1/7 of this for one like linear attention). On a shared machine run it with OMP_NUM_THREADS=1.
 trainer = 'train_mqar.py'
 configs = ['configs/mqar/cpu.py']
 runs = [{'block_size': 64, 'num_kv_pairs': 4},

@@ -2,7 +2,7 @@
 # width 64 (Zoology's smallest d_model), one head, vocabulary 8192, batch 64 for 3000 steps (192k sequences, about
 # 2 epochs of the 100k training examples), AdamW at 1e-3 with cosine decay to 0, no warmup, as Zoology's trainer.
 # Softmax learns which tokens are values first (val accuracy about 25%: one of the 4 values in context), then
-# recall, in a jump between steps 1000 and 1500, ending at 99.9% val accuracy (README).
+# recall, in a jump between steps 1000 and 1500, ending at 99.75% val and 99.76% test accuracy (README).
 n_embd = 64
 batch_size = 64
 learning_rate = 1e-3
