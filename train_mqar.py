@@ -83,7 +83,7 @@ dropout = 0.0
 bias = False               # bias in linear layers and LayerNorm
 norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
-local_window = 32          # local: keys per query; half the sequence, so recall must cross windows
+local_window = 32          # local: keys per query; half the (64, 4) sequence, and the same at every setting
 performer_features = 256   # performer: random features per head
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
@@ -170,8 +170,8 @@ def uniform_without_replacement(m, n, k, generator):
 
 def mqar_examples(n, cfg, generator, chunk=4096):
     """n MQAR examples of cfg's setting (see the module docstring), drawn from generator in chunks of `chunk`
-    examples (O(chunk x vocab_size) memory). Returns inputs and targets, each (n, block_size) int32 (IGNORE where
-    there is no answer); the caller widens a batch to int64."""
+    examples. Time and memory O(n T). Returns inputs and targets, each (n, T) int32 (IGNORE where there is no
+    answer); the caller widens a batch to int64."""
     T, kv, V = cfg.block_size, cfg.num_kv_pairs, cfg.vocab_size
     slots = (T - 2 * kv) // 2
     power_law = (cfg.power_a - 1) * torch.arange(1, slots + 1, dtype=torch.float64).log()  # log P(g), unnormalised
