@@ -182,9 +182,9 @@ seeds.
 
 | attention | best learning_rate | params | attn params | n | val acc % | test acc % | tokens/s | peak MB | wall min |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| softmax | 0.001 | 1,000 | 100 | 2 | 98.0 ± 1.4 | 97.0 ± 1.4 | 2,000 | 500 | 1.0 |
-| local | 0.001 | 1,000 | 100 | 2 | 50.0 ± 0.0 | 51.0 ± 1.4 | 2,000 | 500 | 1.0 |
-| linear | 0.01 | 1,000 | 100 | 2 | 43.0 ± 4.2 | 43.0 ± 2.8 | 2,000 | 500 | 1.0 |
+| softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 | 97.00 ± 1.41 | 2,000 | 500 | 1.0 |
+| local | 0.001 | 1,000 | 100 | 2 | 50.00 ± 0.00 | 51.00 ± 1.41 | 2,000 | 500 | 1.0 |
+| linear | 0.01 | 1,000 | 100 | 2 | 43.00 ± 4.24 | 43.00 ± 2.83 | 2,000 | 500 | 1.0 |
 """
 
 
@@ -223,7 +223,7 @@ def test_mqar_without_best_over_shows_every_learning_rate(mqar_sweep, capsys):
     report.main([str(mqar_sweep)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith('| attention | learning_rate | params | attn params | n | val acc % | test acc % |')
-    assert len(lines) == 4 + 8 and lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.0 ± 1.4 |')
+    assert len(lines) == 4 + 8 and lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 |')
 
 
 @pytest.mark.parametrize('key, message', [
