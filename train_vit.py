@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, init_weights, make_norm
+from attention import Block, LayerConfig, init_weights, make_final_norm
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -74,7 +74,8 @@ n_head = 6
 n_embd = 384
 dropout = 0.1
 bias = False               # bias in linear layers and LayerNorm
-norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
+norm = 'layernorm'         # 'layernorm', 'rmsnorm' or 'scalenorm' (one learned scale of the l2-normalised vector)
+norm_position = 'pre'      # 'pre': x + f(norm(x)); 'post': norm(x + f(x)), as in the original transformer
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
 performer_features = 256   # performer: random features per head
@@ -119,7 +120,7 @@ class ViTConfig(LayerConfig):
 
 class ViT(nn.Module):
     """Patch embedding (a Conv2d with stride = kernel = patch_size), optional class token, learned positions,
-    n_layer bidirectional pre-norm Blocks, final norm, pooling (class token or mean), linear head."""
+    n_layer bidirectional Blocks, final norm (pre-norm), pooling (class token or mean), linear head."""
 
     def __init__(self, config):
         super().__init__()
@@ -135,7 +136,7 @@ class ViT(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
+        self.norm = make_final_norm(config)
         self.head = nn.Linear(config.n_embd, config.num_classes)
         init_weights(self, config.n_layer, also=('position_embedding',))
 
