@@ -53,6 +53,7 @@ class LayerConfig:
     chunk_size: int = 64          # chunk length of the chunkwise-parallel linear-attention kernel
     local_window: int = 128       # local: keys per query (causal: this token and the w-1 before it)
     performer_features: int = 256 # performer: number of random features m
+    performer_redraw_interval: int = 1000  # performer: new random features every this many training steps (0 = never)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -607,8 +608,9 @@ class PerformerAttention(KernelAttention):
     exp(q . k / sqrt(D)) ~= phi(q) . phi(k) with positive random features
     phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x = q / D^(1/4), W: (m, D) orthogonal Gaussian rows (blocks
     of a QR factor, rows rescaled to chi-distributed norms). Normalised like softmax. F = m.
-    W is drawn once at construction from torch's RNG and kept as a buffer (saved in checkpoints);
-    `redraw_projection()` draws a new one, and nothing else ever does.
+    W is drawn at construction from torch's RNG and kept as a buffer (saved in checkpoints); in training it is
+    redrawn every `performer_redraw_interval` steps, as the paper trains (redraw_random_features, called by each
+    trainer), and `redraw_projection()` draws a new one on request: nothing else changes it.
     Stabiliser: each feature vector is divided by a common factor, which cancels between numerator and
     normaliser. Queries use their own max. Keys use the running max up to their position (so no future
     token leaks in): a larger max arriving at step t rescales the state by exp(max_{t-1} - max_t), which
@@ -621,15 +623,17 @@ class PerformerAttention(KernelAttention):
     def __init__(self, config):
         super().__init__(config)
         self.n_features = config.performer_features
+        self.redraw_interval = config.performer_redraw_interval
         self.register_buffer('projection', torch.empty(self.n_features, self.head_dim))
         self.redraw_projection()
 
     @torch.no_grad()
-    def redraw_projection(self):
-        D = self.head_dim
-        blocks = [torch.linalg.qr(torch.randn(D, D))[0].T for _ in range(-(-self.n_features // D))]
-        rows = torch.cat(blocks)[:self.n_features]                       # orthogonal within each block
-        norms = torch.randn(self.n_features, D).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
+    def redraw_projection(self, generator=None):
+        """A new W from generator (None: torch's global RNG)."""
+        D, m = self.head_dim, self.n_features
+        blocks = [torch.linalg.qr(torch.randn(D, D, generator=generator))[0].T for _ in range(-(-m // D))]
+        rows = torch.cat(blocks)[:m]                                             # orthogonal within each block
+        norms = torch.randn(m, D, generator=generator).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
         self.projection.copy_(rows * norms)
 
     def project(self, x):
@@ -681,6 +685,18 @@ ATTENTION = {
     'norm_linear': NormLinearAttention,
     'local': LocalAttention,
 }
+
+
+def redraw_random_features(model, step, seed):
+    """Redraw the random features of every layer in model that has them (Performer: `redraw_interval` > 0) at a step
+    that is a positive multiple of its interval; call once per training step, before its forward. The draw comes from
+    a generator seeded by (seed, step, the layer's name), so every DDP rank draws the same features and a resumed run
+    draws exactly those of an uninterrupted one (the current features are in the checkpoint)."""
+    for name, module in model.named_modules():
+        interval = getattr(module, 'redraw_interval', 0)
+        if interval and step > 0 and step % interval == 0:
+            key = zlib.crc32(f'{seed}/{step}/{name}'.encode())
+            module.redraw_projection(torch.Generator().manual_seed(key))
 
 
 def build_attention(config):

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, init_weights, make_final_norm
+from attention import Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -79,6 +79,7 @@ norm_position = 'pre'      # 'pre': x + f(norm(x)); 'post': norm(x + f(x)), as i
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
 performer_features = 256   # performer: random features per head
+performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -422,6 +423,8 @@ def train(cfg, config, dist):
                 lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
                 for group in optimizer.param_groups:
                     group['lr'] = lr
+                # performer: new random features every performer_redraw_interval steps, the same on every rank
+                redraw_random_features(model, iter_num, cfg.seed)
                 train_loss = torch.zeros((), device=device)
                 for micro_step in range(accumulation):
                     if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step

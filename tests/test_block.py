@@ -128,3 +128,28 @@ def test_every_trainer_exposes_the_layer_knobs(trainer):
     a trainer sets itself (causal; a ViT's block_size follows from its patches) and the fixed MLP width."""
     missing = set(LayerConfig.__dataclass_fields__) - set(trainer.DEFAULTS)
     assert missing <= {'causal', 'block_size', 'mlp_ratio'}, missing
+
+
+def test_performer_redraws_at_its_interval_from_seed_step_and_layer():
+    def model(interval):
+        torch.manual_seed(0)
+        return attention.TransformerLM(attention.LMConfig(attention='performer', n_layer=2, n_embd=32, n_head=2,
+                                                          block_size=8, performer_features=8,
+                                                          performer_redraw_interval=interval))
+
+    projections = lambda m: [block.attn.projection.clone() for block in m.blocks]
+    one, two, never = model(5), model(5), model(0)
+    start = projections(one)
+    for step in (0, 3, 7):  # not a positive multiple of 5
+        attention.redraw_random_features(one, step, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(projections(one), start))
+    attention.redraw_random_features(one, 10, seed=1)
+    attention.redraw_random_features(two, 10, seed=1)
+    attention.redraw_random_features(never, 10, seed=1)
+    redrawn = projections(one)
+    assert not any(torch.equal(a, b) for a, b in zip(redrawn, start))
+    assert not torch.equal(redrawn[0], redrawn[1])  # each layer its own draw
+    assert all(torch.equal(a, b) for a, b in zip(redrawn, projections(two)))  # the same on every rank, on resume
+    assert all(torch.equal(a, b) for a, b in zip(projections(never), start))
+    attention.redraw_random_features(two, 10, seed=2)
+    assert not any(torch.equal(a, b) for a, b in zip(redrawn, projections(two)))
