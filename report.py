@@ -138,9 +138,13 @@ def check_one_task(runs):
 
 
 def group_runs(runs):
-    """Groups of runs with the same config but the IGNORED keys, and the keys that differ between groups."""
+    """Groups of runs with the same config but the IGNORED keys, and the keys that differ between groups. A key that
+    only some configs hold (a knob added to the trainers after the other runs were made) is grouped on only where the
+    runs that hold it disagree: one value among them means the newer runs left it at the one setting there was."""
     keys = [key for run in runs for key in run.config if key not in IGNORED]
     keys = list(dict.fromkeys(keys))  # first appearance order, each once
+    values = {key: {repr(run.config[key]) for run in runs if key in run.config} for key in keys}
+    keys = [key for key in keys if all(key in run.config for run in runs) or len(values[key]) > 1]
     groups = {}
     for run in runs:
         groups.setdefault(tuple(run.config.get(key) for key in keys), []).append(run)
