@@ -8,7 +8,8 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
 init_from, which a resumed run records as 'resume', eval_only, and the parameter counts the other keys fix); runs
-that differ in anything else are separate groups. One row per group, best first by the task's main metric:
+that differ in anything else are separate groups (a key only some configs hold, a knob newer than the other runs,
+splits them only where the runs holding it disagree). One row per group, best first by the task's main metric:
     the keys that differ between groups (attention first), parameters (all; in attention), n (seeds),
     the task's metrics on each evaluated split from eval.json, as mean ± sample std (ddof 1) over seeds (the mean
         alone for n = 1): bits per byte (byte data), word and token perplexity (tokenized text), masked-token
