@@ -24,7 +24,7 @@ What each task measures, its source, and how it becomes tokens:
   validates on the test set: val is a copy of test.
 - retrieval (2 x 4,000 bytes, 2 classes): whether one paper of the ACL Anthology Network cites the other, from
   two byte-level documents encoded separately (a two-tower model): lra_release.gz
-  (https://storage.googleapis.com/long-range-arena/lra_release.gz), member .../tsv_data/new_aan_pairs.{train,
+  (https://storage.googleapis.com/long-range-arena/lra_release.gz), members tsv_data/new_aan_pairs.{train,
   eval,test}.tsv (eval is val), lines `label <tab> id1 <tab> id2 <tab> text1 <tab> text2`, each text's UTF-8
   bytes cut to 4,000 (LRA's max_length).
 - image (1,024 pixels, 10 classes): CIFAR-10 as a sequence of grayscale pixels in raster order, through
@@ -33,7 +33,7 @@ What each task measures, its source, and how it becomes tokens:
   floor((0.2989 R + 0.5870 G + 0.1140 B) / 255 * 255.5). Tokens are the pixel values 0-255.
 - pathfinder (1,024 pixels, 2 classes): whether two dots in a 32x32 image are joined by a dashed path, among
   distractor paths (Linsley et al. 2018; Kim et al. 2020): lra_release.gz, member
-  .../pathfinder32/curv_contour_length_14 (the hard setting), metadata/<n>.npy text files with one line per image
+  pathfinder32/curv_contour_length_14 (the hard setting), metadata/<n>.npy text files with one line per image
   (`imgs/<n> sample_<k>.png <_> <label> ...`) and imgs/<n>/sample_<k>.png (8-bit grayscale). Metadata files in
   numeric order, lines in order; the first 80% train, the next 10% val, the last 10% test (LRA's tfds splits);
   empty image files are skipped, as LRA filters them out. Tokens are the pixel values.
