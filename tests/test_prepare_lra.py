@@ -159,7 +159,7 @@ def test_listops_impossible_settings_are_one_line(tmp_path, args, message, monke
 
 # --- text: aclImdb_v1.tar.gz -------------------------------------------------------------------------------
 
-LONG_REVIEW = ("Ünïcödé review, far too long. <br /><br />" * 200).encode()  # over 4,096 bytes, multi-byte characters
+LONG_REVIEW = ("Ünïcödé review, far too long. <br /><br />" * 200).encode()  # over 4,096 bytes, multi-byte chars
 
 
 def imdb_members():
