@@ -64,6 +64,8 @@ TASKS = {  # by what eval.json holds; the first metric is the main one
                 Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False),
     'images': Task('image classification: top-1 accuracy', [Metric('acc', 'top-1 %', 100, 2)], True,
                    'images_per_s', False),
+    'lra': Task('Long Range Arena: top-1 accuracy', [Metric('accuracy', 'accuracy %', 100, 2)], True, 'tokens_per_s',
+                False),
 }
 SPLITS = ('val', 'test')
 Run = namedtuple('Run', 'path config evaluation rows')
@@ -88,7 +90,7 @@ def task_of(run):
     splits = tuple(split for split in SPLITS if isinstance(run.evaluation.get(split), dict))
     metrics = run.evaluation[splits[0]] if splits else {}
     for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('bytes', 'bpc'), ('words', 'word_ppl'),
-                      ('tokens', 'token_ppl')):
+                      ('tokens', 'token_ppl'), ('lra', 'examples')):
         if key in metrics:
             return name, splits
     raise ConfigError(f"{os.path.join(run.path, 'eval.json')} is not a trev trainer's evaluation (no val or test "
