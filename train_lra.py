@@ -12,7 +12,7 @@ Everything but the attention is the same for every run. Metric: top-1 accuracy o
     python train_lra.py configs/lra/listops.py --init_from=resume --eval_only=True   # full val + test split
 
 The model: the tokens (token + 1, 0 = padding) are embedded, a class token is put in front (pool='cls'), fixed
-sinusoidal (LRA's default) or learned positions added, then n_layer bidirectional pre-norm attention.Blocks read
+sinusoidal (LRA's default) or learned positions added, then n_layer bidirectional attention.Blocks read
 them with the padding mask (every bidirectional variant honours it: padding changes no real token's output), a
 final norm, pooling (the class token, or the mean over real tokens) and LRA's classifier head: Linear to
 mlp_ratio x n_embd, ReLU, Linear to the classes. Retrieval encodes its two documents with the same encoder (two
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import ATTENTION, Block, LayerConfig, init_weights, make_norm
+from attention import ATTENTION, Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -73,10 +73,12 @@ pool = 'cls'               # 'cls': classify the class token; 'mean': the mean o
 position = 'sinusoidal'    # 'sinusoidal' (fixed, LRA's default) or 'learned'
 dropout = 0.1
 bias = False               # bias in linear layers and LayerNorm
-norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
+norm = 'layernorm'         # 'layernorm', 'rmsnorm' or 'scalenorm' (one learned scale of the l2-normalised vector)
+norm_position = 'pre'      # 'pre': x + f(norm(x)); 'post': norm(x + f(x)), as in the original transformer
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 128         # local: keys per query (64 on each side)
 performer_features = 256   # performer: random features per head
+performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 0.05       # lr_schedule 'rsqrt': the constant in front (the peak is learning_rate / sqrt(warmup_iters))
@@ -130,8 +132,8 @@ def sinusoids(length, width):
 
 
 class LRAClassifier(nn.Module):
-    """Token embedding (id 0 = padding), optional class token, positions, n_layer bidirectional pre-norm Blocks given
-    the padding mask, final norm, pooling, then LRA's classifier head (common_layers.classifier_head, and
+    """Token embedding (id 0 = padding), optional class token, positions, n_layer bidirectional Blocks given
+    the padding mask, final norm (pre-norm), pooling, then LRA's classifier head (common_layers.classifier_head, and
     classifier_head_dual with interaction 'NLI' for two documents)."""
 
     def __init__(self, config):
@@ -154,7 +156,7 @@ class LRAClassifier(nn.Module):
             self.register_buffer('position_embedding', sinusoids(config.block_size, C), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
+        self.norm = make_final_norm(config)
         if config.documents == 1:
             self.head = nn.Sequential(nn.Linear(C, hidden), nn.ReLU(), nn.Linear(hidden, config.num_classes))
         else:
@@ -444,6 +446,8 @@ def train(cfg, config, dist):
                 lr = get_lr(iter_num, cfg)
                 for group in optimizer.param_groups:
                     group['lr'] = lr
+                # performer: new random features every performer_redraw_interval steps, the same on every rank
+                redraw_random_features(model, iter_num, cfg.seed)
                 train_loss = torch.zeros((), device=device)
                 for micro_step in range(accumulation):
                     if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step

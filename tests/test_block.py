@@ -9,6 +9,7 @@ import torch
 import attention
 import train_bert
 import train_gpt
+import train_lra
 import train_vit
 from attention import ATTENTION, LayerConfig
 
@@ -122,7 +123,7 @@ def test_unknown_norm_settings_are_refused(field, value, message):
         attention.Block(config(**{field: value}))
 
 
-@pytest.mark.parametrize('trainer', [train_gpt, train_bert, train_vit], ids=lambda m: m.__name__)
+@pytest.mark.parametrize('trainer', [train_gpt, train_bert, train_vit, train_lra], ids=lambda m: m.__name__)
 def test_every_trainer_exposes_the_layer_knobs(trainer):
     """Each LayerConfig field (the axes, every variant's knobs) is a commented global of every trainer, except those
     a trainer sets itself (causal; a ViT's block_size follows from its patches) and the fixed MLP width."""

@@ -27,7 +27,7 @@ from attention import ATTENTION
 from test_attention import SoftplusAttention
 from test_prepare_lra import lra_release, unpack
 from train_lra import LRAClassifier, LRAConfig
-from trainer_checks import assert_logs_match, interrupt, read_log, run_script
+from trainer_checks import assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log, run_script
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,6 +227,10 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(listops, tmp_path):
     resumed = train(stopped, listops, *recipe, end, '--init_from=resume')
     uninterrupted = train(tmp_path / 'uninterrupted', listops, *recipe, end)
     assert losses(resumed) == losses(uninterrupted)  # bitwise: same examples, schedule, dropout
+
+
+def test_performer_redraw_resumes_exactly(listops, tmp_path):
+    assert_redraw_resumes_exactly(lambda out_dir, *args: train(out_dir, listops, *args), losses, tmp_path)
 
 
 def test_two_processes_match_one(listops, tmp_path):
