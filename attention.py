@@ -47,11 +47,13 @@ class LayerConfig:
     block_size: int = 256         # longest sequence the model sees (cosformer's M comes from it)
     dropout: float = 0.0
     bias: bool = False            # bias in linear layers and LayerNorm
-    norm: str = 'layernorm'       # 'layernorm' or 'rmsnorm', for the block's pre-norms
+    norm: str = 'layernorm'       # 'layernorm', 'rmsnorm' or 'scalenorm': the block's norms
+    norm_position: str = 'pre'    # 'pre': x + f(norm(x)) (GPT-2); 'post': norm(x + f(x)) (Vaswani et al. 2017)
     mlp_ratio: int = 4
     chunk_size: int = 64          # chunk length of the chunkwise-parallel linear-attention kernel
     local_window: int = 128       # local: keys per query (causal: this token and the w-1 before it)
     performer_features: int = 256 # performer: number of random features m
+    performer_redraw_interval: int = 1000  # performer: new random features every this many training steps (0 = never)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,8 +608,9 @@ class PerformerAttention(KernelAttention):
     exp(q . k / sqrt(D)) ~= phi(q) . phi(k) with positive random features
     phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x = q / D^(1/4), W: (m, D) orthogonal Gaussian rows (blocks
     of a QR factor, rows rescaled to chi-distributed norms). Normalised like softmax. F = m.
-    W is drawn once at construction from torch's RNG and kept as a buffer (saved in checkpoints);
-    `redraw_projection()` draws a new one, and nothing else ever does.
+    W is drawn at construction from torch's RNG and kept as a buffer (saved in checkpoints); in training it is
+    redrawn every `performer_redraw_interval` steps, as the paper trains (redraw_random_features, called by each
+    trainer), and `redraw_projection()` draws a new one on request: nothing else changes it.
     Stabiliser: each feature vector is divided by a common factor, which cancels between numerator and
     normaliser. Queries use their own max. Keys use the running max up to their position (so no future
     token leaks in): a larger max arriving at step t rescales the state by exp(max_{t-1} - max_t), which
@@ -620,15 +623,17 @@ class PerformerAttention(KernelAttention):
     def __init__(self, config):
         super().__init__(config)
         self.n_features = config.performer_features
+        self.redraw_interval = config.performer_redraw_interval
         self.register_buffer('projection', torch.empty(self.n_features, self.head_dim))
         self.redraw_projection()
 
     @torch.no_grad()
-    def redraw_projection(self):
-        D = self.head_dim
-        blocks = [torch.linalg.qr(torch.randn(D, D))[0].T for _ in range(-(-self.n_features // D))]
-        rows = torch.cat(blocks)[:self.n_features]                       # orthogonal within each block
-        norms = torch.randn(self.n_features, D).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
+    def redraw_projection(self, generator=None):
+        """A new W from generator (None: torch's global RNG)."""
+        D, m = self.head_dim, self.n_features
+        blocks = [torch.linalg.qr(torch.randn(D, D, generator=generator))[0].T for _ in range(-(-m // D))]
+        rows = torch.cat(blocks)[:m]                                             # orthogonal within each block
+        norms = torch.randn(m, D, generator=generator).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
         self.projection.copy_(rows * norms)
 
     def project(self, x):
@@ -682,6 +687,18 @@ ATTENTION = {
 }
 
 
+def redraw_random_features(model, step, seed):
+    """Redraw the random features of every layer in model that has them (Performer: `redraw_interval` > 0) at a step
+    that is a positive multiple of its interval; call once per training step, before its forward. The draw comes from
+    a generator seeded by (seed, step, the layer's name), so every DDP rank draws the same features and a resumed run
+    draws exactly those of an uninterrupted one (the current features are in the checkpoint)."""
+    for name, module in model.named_modules():
+        interval = getattr(module, 'redraw_interval', 0)
+        if interval and step > 0 and step % interval == 0:
+            key = zlib.crc32(f'{seed}/{step}/{name}'.encode())
+            module.redraw_projection(torch.Generator().manual_seed(key))
+
+
 def build_attention(config):
     if config.attention not in ATTENTION:
         raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
@@ -692,12 +709,35 @@ def build_attention(config):
 # the block every trainer builds its model from
 
 
+class ScaleNorm(nn.Module):
+    """ScaleNorm. Nguyen & Salazar 2019, "Transformers without Tears", arXiv:1910.05895: g x / max(|x|_2, eps), the
+    l2-normalised vector times one learned scalar g, initialised to sqrt(C) (so the output starts with unit RMS, as
+    LayerNorm's and RMSNorm's do)."""
+
+    def __init__(self, n_embd, eps=1e-5):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(math.sqrt(n_embd)))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.scale * x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+
+
+NORMS = {'layernorm': lambda config: nn.LayerNorm(config.n_embd, bias=config.bias),
+         'rmsnorm': lambda config: nn.RMSNorm(config.n_embd),
+         'scalenorm': lambda config: ScaleNorm(config.n_embd)}
+
+
 def make_norm(config):
-    if config.norm == 'layernorm':
-        return nn.LayerNorm(config.n_embd, bias=config.bias)
-    if config.norm == 'rmsnorm':
-        return nn.RMSNorm(config.n_embd)
-    raise ValueError(f"unknown norm '{config.norm}'; choose 'layernorm' or 'rmsnorm'")
+    if config.norm not in NORMS:
+        raise ValueError(f"unknown norm '{config.norm}'; choose one of: {', '.join(NORMS)}")
+    return NORMS[config.norm](config)
+
+
+def make_final_norm(config):
+    """The norm after the last block: pre-norm blocks leave the residual stream unnormalised, post-norm blocks
+    end on a norm already (Vaswani et al. have none after the last layer), so there it is the identity."""
+    return make_norm(config) if config.norm_position == 'pre' else nn.Identity()
 
 
 class MLP(nn.Module):
@@ -713,24 +753,36 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Transformer block. Pre-norm (norm_position='pre'): x + attn(norm(x)), then x + mlp(norm(x)).
+    Post-norm ('post', Vaswani et al. 2017): norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, config):
         super().__init__()
+        if config.norm_position not in ('pre', 'post'):
+            raise ValueError(f"unknown norm_position '{config.norm_position}'; choose 'pre' or 'post'")
+        self.pre_norm = config.norm_position == 'pre'
         self.norm_attn = make_norm(config)
         self.attn = build_attention(config)
         self.norm_mlp = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, pad_mask=None):
-        x = x + self.attn(self.norm_attn(x), pad_mask)
-        return x + self.mlp(self.norm_mlp(x))
+        x = self.add(x, lambda h: self.attn(h, pad_mask), self.norm_attn)
+        return self.add(x, self.mlp, self.norm_mlp)
 
     def step(self, x, state=None):
         """Decoding: as forward, for the next T tokens after `state`; returns (y, new state)."""
-        y, state = self.attn.step(self.norm_attn(x), state)
-        x = x + y
-        return x + self.mlp(self.norm_mlp(x)), state
+        if self.pre_norm:
+            y, state = self.attn.step(self.norm_attn(x), state)
+            x = x + y
+        else:
+            y, state = self.attn.step(x, state)
+            x = self.norm_attn(x + y)
+        return self.add(x, self.mlp, self.norm_mlp), state
+
+    def add(self, x, sublayer, norm):
+        """The residual connection around sublayer, with its norm before (pre-norm) or after the sum (post-norm)."""
+        return x + sublayer(norm(x)) if self.pre_norm else norm(x + sublayer(x))
 
 
 @dataclass
@@ -742,7 +794,7 @@ class LMConfig(LayerConfig):
 
 
 class TransformerLM(nn.Module):
-    """Token + learned position embedding, n_layer pre-norm Blocks (causal or not, as config says), final norm,
+    """Token + learned position embedding, n_layer Blocks (causal or not, as config says), final norm (pre-norm),
     LM head tied to the embedding. forward(idx) -> logits; train_gpt.py's GPT and train_bert.py's BERT add their
     loss."""
 
@@ -753,7 +805,7 @@ class TransformerLM(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
+        self.norm = make_final_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
         init_weights(self, config.n_layer)

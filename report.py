@@ -5,10 +5,12 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/shakespeare_gpt --bench=bench_results/cpu.json --bench_seq_len=4096
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
+    python report.py --readme=README.md       # regenerate every table of README.md from the command above it
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
 init_from, which a resumed run records as 'resume', eval_only, and the parameter counts the other keys fix); runs
-that differ in anything else are separate groups. One row per group, best first by the task's main metric:
+that differ in anything else are separate groups (a key only some configs hold, a knob newer than the other runs,
+splits them only where the runs holding it disagree). One row per group, best first by the task's main metric:
     the keys that differ between groups (attention first), parameters (all; in attention), n (seeds),
     the task's metrics on each evaluated split from eval.json, as mean ± sample std (ddof 1) over seeds (the mean
         alone for n = 1): bits per byte (byte data), word and token perplexity (tokenized text), masked-token
@@ -28,10 +30,16 @@ order of the runs), so a test can regenerate a table and compare. Notes go to st
 --plots=FOLDER writes val_loss.png (each group's periodic validation loss against iteration: the mean over seeds,
 and a band from the minimum to the maximum) and quality_vs_throughput.png (the main metric against throughput, one
 labelled point per group, with the std as an error bar).
+--readme=README.md alone regenerates the README's result tables: each is a block that starts with the line
+`<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`, and gets the output of that command
+(whose plots and files are rewritten too); tests/test_results.py checks that every such table is what its command
+prints from the committed run folders.
 """
 import csv
 import io
 import os
+import re
+import shlex
 import statistics
 import sys
 from collections import namedtuple
@@ -45,8 +53,10 @@ DEFAULTS = dict(
     markdown='',               # also write the table (with its heading) to this file
     csv='',                    # also write one row per group, every number unrounded, to this CSV file
     plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
+    readme='',                 # alone: regenerate every generated table in this README from the command above it
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
 )
+GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
 Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
 Task = namedtuple('Task', 'title metrics higher_is_better rate causal')
@@ -60,6 +70,8 @@ TASKS = {  # by what eval.json holds; the first metric is the main one
                 Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False),
     'images': Task('image classification: top-1 accuracy', [Metric('acc', 'top-1 %', 100, 2)], True,
                    'images_per_s', False),
+    'lra': Task('Long Range Arena: top-1 accuracy', [Metric('accuracy', 'accuracy %', 100, 2)], True, 'tokens_per_s',
+                False),
     'mqar': Task('multi-query associative recall: accuracy on the answer tokens',
                  [Metric('accuracy', 'acc %', 100, 2)], True, 'tokens_per_s', True),
 }
@@ -85,8 +97,8 @@ def task_of(run):
     """(task name, evaluated splits) of a finished run, from its eval.json."""
     splits = tuple(split for split in SPLITS if isinstance(run.evaluation.get(split), dict))
     metrics = run.evaluation[splits[0]] if splits else {}
-    for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('mqar', 'queries'), ('bytes', 'bpc'),
-                      ('words', 'word_ppl'), ('tokens', 'token_ppl')):
+    for name, key in (('mlm', 'masked_tokens'), ('images', 'images'), ('bytes', 'bpc'), ('words', 'word_ppl'),
+                      ('tokens', 'token_ppl'), ('lra', 'examples'), ('mqar', 'queries')):
         if key in metrics:
             return name, splits
     raise ConfigError(f"{os.path.join(run.path, 'eval.json')} is not a trev trainer's evaluation (no val or test "
@@ -137,9 +149,13 @@ def check_one_task(runs):
 
 
 def group_runs(runs, ignored=IGNORED):
-    """Groups of runs with the same config but the ignored keys, and the keys that differ between groups."""
+    """Groups of runs with the same config but the ignored keys, and the keys that differ between groups. A key that
+    only some configs hold (a knob added to the trainers after the other runs were made) is grouped on only where the
+    runs that hold it disagree: one value among them means the newer runs left it at the one setting there was."""
     keys = [key for run in runs for key in run.config if key not in ignored]
     keys = list(dict.fromkeys(keys))  # first appearance order, each once
+    values = {key: {repr(run.config[key]) for run in runs if key in run.config} for key in keys}
+    keys = [key for key in keys if all(key in run.config for run in runs) or len(values[key]) > 1]
     groups = {}
     for run in runs:
         groups.setdefault(tuple(run.config.get(key) for key in keys), []).append(run)
@@ -326,12 +342,15 @@ def check_output(path):
     training.check_out_dir(os.path.dirname(path) or '.')
 
 
-def main(argv):
+def report(argv):
+    """The table of `python report.py ARGV` (also writing the files its options name), as a string."""
     folders = [arg for arg in argv if not arg.startswith('--')]
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
-                          "[--plots=FOLDER] [--best_over=KEY]")
+                          "[--plots=FOLDER] [--best_over=KEY], or python report.py --readme=README.md")
     options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
+    if options['readme']:
+        raise ConfigError("--readme regenerates a README's tables from the commands in it: give it alone")
     for key in ('markdown', 'csv'):
         if options[key]:
             check_output(options[key])
@@ -353,13 +372,47 @@ def main(argv):
                                                     groups[i].label))
     groups, rows = [groups[i] for i in order], [rows[i] for i in order]
     table = markdown(rows, differ, task, splits, options, grid)
-    print(table, end='')
     if options['markdown']:
         training.write_atomic(options['markdown'], lambda f: f.write(table.encode()))
     if options['csv']:
         training.write_atomic(options['csv'], lambda f: f.write(csv_text(rows).encode()))
     if options['plots']:
         plot(groups, rows, task, splits, options['plots'])
+    return table
+
+
+def generated_tables(text):
+    """The generated tables of a README: (argv, table) for each block that starts with a line
+    `<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`."""
+    return [(shlex.split(match.group(1))[2:], match.group(2)) for match in GENERATED.finditer(text)]
+
+
+def update_readme(path):
+    """Rerun the command above each generated table of README `path` (writing the plots and files it names too)
+    and put its output in place. Returns the number of tables that changed."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    blocks = generated_tables(text)
+    if not blocks:
+        raise ConfigError(f"{path} has no generated table (a line '<!-- python report.py ... -->', the table, then "
+                          f"'<!-- end of generated table -->')")
+    tables = iter([report(argv) for argv, _ in blocks])  # every table built before the README changes
+    updated = GENERATED.sub(lambda match: f'<!-- {match.group(1)} -->\n{next(tables)}<!-- end of generated table -->',
+                            text)
+    training.write_atomic(path, lambda f: f.write(updated.encode('utf-8')))
+    return sum(old != new for (_, old), (_, new) in zip(blocks, generated_tables(updated)))
+
+
+def main(argv):
+    options = [arg for arg in argv if arg.startswith('--readme=')]
+    if options and len(argv) == 1:
+        path = options[0].split('=', 1)[1]
+        print(f"{path}: {update_readme(path)} generated table(s) changed")
+    else:
+        print(report(argv), end='')
 
 
 if __name__ == '__main__':

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import LMConfig, TransformerLM
+from attention import LMConfig, TransformerLM, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -62,10 +62,12 @@ n_head = 8
 n_embd = 512
 dropout = 0.1
 bias = False               # bias in linear layers and LayerNorm
-norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
+norm = 'layernorm'         # 'layernorm', 'rmsnorm' or 'scalenorm' (one learned scale of the l2-normalised vector)
+norm_position = 'pre'      # 'pre': x + f(norm(x)); 'post': norm(x + f(x)), as in the original transformer
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 128         # local: keys per query
 performer_features = 256   # performer: random features per head
+performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
@@ -346,6 +348,8 @@ def train(cfg, config, dist):
                 lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
                 for group in optimizer.param_groups:
                     group['lr'] = lr
+                # performer: new random features every performer_redraw_interval steps, the same on every rank
+                redraw_random_features(model, iter_num, cfg.seed)
                 train_loss = torch.zeros((), device=device)
                 for micro_step in range(accumulation):
                     if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step

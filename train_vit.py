@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, init_weights, make_norm
+from attention import Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -74,10 +74,12 @@ n_head = 6
 n_embd = 384
 dropout = 0.1
 bias = False               # bias in linear layers and LayerNorm
-norm = 'layernorm'         # 'layernorm' or 'rmsnorm'
+norm = 'layernorm'         # 'layernorm', 'rmsnorm' or 'scalenorm' (one learned scale of the l2-normalised vector)
+norm_position = 'pre'      # 'pre': x + f(norm(x)); 'post': norm(x + f(x)), as in the original transformer
 chunk_size = 64            # linear-attention family: chunk length of the chunkwise-parallel kernel
 local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
 performer_features = 256   # performer: random features per head
+performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -119,7 +121,7 @@ class ViTConfig(LayerConfig):
 
 class ViT(nn.Module):
     """Patch embedding (a Conv2d with stride = kernel = patch_size), optional class token, learned positions,
-    n_layer bidirectional pre-norm Blocks, final norm, pooling (class token or mean), linear head."""
+    n_layer bidirectional Blocks, final norm (pre-norm), pooling (class token or mean), linear head."""
 
     def __init__(self, config):
         super().__init__()
@@ -135,7 +137,7 @@ class ViT(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = make_norm(config)
+        self.norm = make_final_norm(config)
         self.head = nn.Linear(config.n_embd, config.num_classes)
         init_weights(self, config.n_layer, also=('position_embedding',))
 
@@ -421,6 +423,8 @@ def train(cfg, config, dist):
                 lr = training.get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
                 for group in optimizer.param_groups:
                     group['lr'] = lr
+                # performer: new random features every performer_redraw_interval steps, the same on every rank
+                redraw_random_features(model, iter_num, cfg.seed)
                 train_loss = torch.zeros((), device=device)
                 for micro_step in range(accumulation):
                     if dist.world_size > 1:  # sync gradients on the last micro-step only: one all-reduce per step

@@ -127,7 +127,7 @@ AT_LEAST_ONE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'grad
                 'mlp_ratio', 'patch_size', 'image_size', 'head_dim', 'vocab_size', 'repeats')
 AT_LEAST_ZERO = ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
                  'grad_clip', 'num_workers', 'max_new_tokens', 'top_k', 'warmup', 'min_time', 'threads',
-                 'peak_tflops', 'fit_from')
+                 'peak_tflops', 'fit_from', 'performer_redraw_interval')
 FRACTIONS = ('dropout', 'beta1', 'beta2', 'label_smoothing')  # in [0, 1)
 
 

@@ -110,19 +110,41 @@ def test_bench_join(sweep, tmp_path, capsys):
     assert lines[4].endswith('| 72.0 | - |') and lines[5].endswith('| - | - |')
 
 
+def edit_config(run_folder, **changes):
+    config = json.loads((run_folder / 'config.json').read_text())
+    config['config'].update(changes)
+    (run_folder / 'config.json').write_text(json.dumps(config))
+
+
 def test_groups_by_what_differs_besides_the_seed(sweep, capsys):
     """n_head differs in one softmax run: it is its own group and n_head becomes a column; init_from (a resumed
     run records 'resume') and out_dir do not split groups."""
-    config = json.loads((sweep / 'attention=softmax,seed=3' / 'config.json').read_text())
-    config['config']['n_head'] = 1
-    (sweep / 'attention=softmax,seed=3' / 'config.json').write_text(json.dumps(config))
+    for run in sweep.iterdir():
+        edit_config(run, n_head=1 if run.name == 'attention=softmax,seed=3' else 4)
     report.main([str(sweep)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith('| attention | n_head | params |')
     assert [line.split(' | ')[:4] for line in lines[4:]] == [
-        ['| softmax', '-', '836,736', '262,144'], ['| softmax', '1', '836,736', '262,144'],
-        ['| linear', '-', '836,736', '262,144']]
+        ['| softmax', '4', '836,736', '262,144'], ['| softmax', '1', '836,736', '262,144'],
+        ['| linear', '4', '836,736', '262,144']]
     assert '| 2 | 2.510 ± 0.014 |' in lines[4] and '| 1 | 2.540 | 2.620 |' in lines[5]  # n = 1: the mean alone
+
+
+def test_a_knob_newer_than_some_runs_splits_only_where_set_differently(sweep, capsys):
+    """Runs made before a knob existed lack it in config.json: one value among the runs that hold it splits nothing,
+    two values do (and the runs without it show '-')."""
+    edit_config(sweep / 'attention=linear,seed=1', short_conv=False)
+    edit_config(sweep / 'attention=linear,seed=2', short_conv=False)
+    report.main([str(sweep)])
+    assert capsys.readouterr().out == EXPECTED
+    edit_config(sweep / 'attention=linear,seed=2', short_conv=True)
+    report.main([str(sweep)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith('| attention | short_conv | params |')
+    assert [line.split(' | ')[:3] for line in lines[4:]] == [['| softmax', '-', '836,736'],  # best first
+                                                             ['| linear', 'False', '836,736'],
+                                                             ['| linear', '-', '836,736'],
+                                                             ['| linear', 'True', '836,736']]
 
 
 def test_unfinished_runs_are_left_out_with_a_note(sweep, capsys):

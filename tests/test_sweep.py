@@ -193,13 +193,8 @@ def sweep_files():
 
 @pytest.mark.parametrize('name', sweep_files())
 def test_every_sweep_file_plans(name, known_trainers, capsys):
-    """Each sweep in sweeps/ is valid for its trainer (dry run only: nothing trains). ablation_norm.py needs keys
-    the trainers do not have yet: until they do, it is refused naming the first."""
+    """Each sweep in sweeps/ is valid for its trainer (dry run only: nothing trains)."""
     path = os.path.join('sweeps', name)
-    if name == 'ablation_norm.py' and 'norm_position' not in train_gpt.DEFAULTS:
-        with pytest.raises(ConfigError, match=r"unknown key 'norm_position'"):
-            sweep.main([path, '--dry_run=True'])
-        return
     sweep.main([path, '--dry_run=True'])
     lines = capsys.readouterr().out.splitlines()
     variants = {'causal': sum(cls.supports_causal for cls in ATTENTION.values()),
@@ -222,8 +217,8 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     ({'trainer': 'train_gpt.py', 'axes': {'n_head': '*'}}, r"axes\['n_head'\] = '\*'; expected a non-empty list of "
                                                            r"values$"),
     ({'trainer': 'train_gpt.py', 'axes': {'n_head': [[1, 2]]}}, r"axes\['n_head'\] holds \[1, 2\]; expected a num"),
-    ({'trainer': 'train_gpt.py', 'axes': {'norm_position': ['pre']}}, r"run norm_position=pre,seed=1337: "
-                                                                      r"--norm_position=pre: unknown key"),
+    ({'trainer': 'train_gpt.py', 'axes': {'norm_place': ['pre']}}, r"run norm_place=pre,seed=1337: "
+                                                                   r"--norm_place=pre: unknown key"),
     ({'trainer': 'train_gpt.py', 'axes': {'n_head': [0]}}, r"run n_head=0,seed=1337: n_head=0: must be at least 1"),
     ({'trainer': 'train_gpt.py', 'axes': {'attention': ['softmaxx']}}, r"attention='softmaxx' is not registered"),
     ({'trainer': 'train_gpt.py', 'overrides': {'seed': 5}}, r"overrides sets 'seed', which the sweep sets itself"),

@@ -19,7 +19,8 @@ import train_bert
 import training
 from attention import ATTENTION
 from train_bert import BERT, BERTConfig, IGNORE, mask_tokens
-from trainer_checks import assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
+from trainer_checks import (assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log, run_script,
+                            write_byte_corpus)
 from training import ConfigError
 
 BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional]
@@ -139,6 +140,10 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path)
     resumed = train(stopped, data_dir, *recipe, end, '--init_from=resume')
     uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe, end)
     assert losses(resumed) == losses(uninterrupted)  # bitwise: same windows, masks, schedule, dropout
+
+
+def test_performer_redraw_resumes_exactly(data_dir, tmp_path):
+    assert_redraw_resumes_exactly(lambda out_dir, *args: train(out_dir, data_dir, *args), losses, tmp_path)
 
 
 def test_two_processes_match_one(data_dir, tmp_path):

@@ -20,7 +20,8 @@ import training
 from attention import ATTENTION
 from attention import LMConfig
 from train_gpt import GPT
-from trainer_checks import ENV, ROOT, assert_logs_match, interrupt, read_log, run_script, write_byte_corpus
+from trainer_checks import (ENV, ROOT, assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log,
+                            run_script, write_byte_corpus)
 from training import ConfigError
 
 CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
@@ -81,6 +82,10 @@ def test_other_optimizers_train_and_resume_exactly(optimizer, data_dir, tmp_path
     uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe)
     assert losses(resumed) == losses(uninterrupted)
     assert losses(uninterrupted)[-1]['val_loss'] < losses(uninterrupted)[0]['val_loss']
+
+
+def test_performer_redraw_resumes_exactly(data_dir, tmp_path):
+    assert_redraw_resumes_exactly(lambda out_dir, *args: train(out_dir, data_dir, *args), losses, tmp_path)
 
 
 def test_two_processes_match_one(data_dir, tmp_path):

@@ -19,7 +19,7 @@ import train_mqar
 import training
 from attention import ATTENTION, LMConfig
 from train_mqar import IGNORE, RecallLM, mqar_examples
-from trainer_checks import ROOT, assert_logs_match, interrupt, read_log, run_script
+from trainer_checks import ROOT, assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log, run_script
 from training import ConfigError
 
 CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
@@ -184,6 +184,10 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = train(stopped, *recipe, end, '--init_from=resume')
     uninterrupted = train(tmp_path / 'uninterrupted', *recipe, end)
     assert losses(resumed) == losses(uninterrupted)  # bitwise: same examples, schedule, dropout masks
+
+
+def test_performer_redraw_resumes_exactly(tmp_path):
+    assert_redraw_resumes_exactly(train, losses, tmp_path)
 
 
 def test_two_processes_match_one(tmp_path):

@@ -18,7 +18,7 @@ from torchvision.datasets.utils import check_integrity
 
 import train_vit
 from attention import ATTENTION
-from trainer_checks import assert_logs_match, interrupt, read_log, run_script
+from trainer_checks import assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log, run_script
 from training import ConfigError
 
 BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional]
@@ -198,6 +198,10 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(folder_dir, tmp_pat
     resumed = train(stopped, [], *recipe, end, '--init_from=resume', '--num_workers=2')
     uninterrupted = train(tmp_path / 'uninterrupted', [], *recipe, end)
     assert losses(resumed) == losses(uninterrupted)  # bitwise: same images, crops, flips, schedule, dropout
+
+
+def test_performer_redraw_resumes_exactly(folder_dir, tmp_path):
+    assert_redraw_resumes_exactly(lambda out_dir, *args: train(out_dir, ['--dataset=imagefolder', f'--data_dir={folder_dir}'], *args), losses, tmp_path)
 
 
 def test_two_processes_match_one(folder_dir, tmp_path):

@@ -58,3 +58,17 @@ def assert_logs_match(one, two):
     for a, b in zip(one, two):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+
+
+def assert_redraw_resumes_exactly(train, losses, tmp_path):
+    """Performer redrawing its features every 3 steps: a run stopped at step 3 (a redraw step) and resumed logs
+    bitwise what an uninterrupted run logs, and the redraw changes the run from step 3 on (so the check can fail).
+    train(out_dir, *args) runs the trainer and returns its log rows; losses(rows) keeps their deterministic part."""
+    recipe = ['--attention=performer', '--performer_redraw_interval=3', '--eval_interval=3']
+    train(tmp_path / 'stopped', *recipe, '--max_iters=3')
+    resumed = losses(train(tmp_path / 'stopped', *recipe, '--max_iters=7', '--init_from=resume'))
+    uninterrupted = losses(train(tmp_path / 'uninterrupted', *recipe, '--max_iters=7'))
+    assert resumed == uninterrupted
+    never = losses(train(tmp_path / 'never', *recipe, '--max_iters=7', '--performer_redraw_interval=0'))
+    before = lambda rows: [row for row in rows if row['iter'] < 3]
+    assert before(never) == before(uninterrupted) and never != uninterrupted
