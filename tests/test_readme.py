@@ -9,6 +9,7 @@ import pytest
 
 import train_bert
 import train_gpt
+import train_lra
 import train_mqar
 import train_vit
 import training
@@ -31,7 +32,8 @@ def test_ci_runs_the_readme_commands():
         assert f'\n{command}\n' in README, f"README does not give: {command}"
 
 
-@pytest.mark.parametrize('trainer', [train_gpt, train_bert, train_vit, train_mqar], ids=lambda m: m.__name__)
+@pytest.mark.parametrize('trainer', [train_gpt, train_bert, train_vit, train_lra, train_mqar],
+                         ids=lambda m: m.__name__)
 def test_every_variant_has_one_config_for_every_trainer(trainer):
     for name in ATTENTION:
         path = ROOT / 'configs' / f'{name}.py'

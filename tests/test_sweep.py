@@ -20,6 +20,7 @@ import torch
 import sweep
 import train_bert
 import train_gpt
+import train_lra
 import train_mqar
 import train_vit
 import training
@@ -34,7 +35,7 @@ TINY = {'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'block_size': 16, 'batch_size':
         'learning_rate': 0.01, 'min_lr': 0.001, 'warmup_iters': 2, 'lr_decay_iters': 120, 'max_iters': 120,
         'eval_interval': 40, 'eval_iters': 2, 'log_interval': 1, 'device': 'cpu'}
 DEFAULTS = {'train_gpt.py': train_gpt.DEFAULTS, 'train_bert.py': train_bert.DEFAULTS,
-            'train_vit.py': train_vit.DEFAULTS, 'train_mqar.py': train_mqar.DEFAULTS}
+            'train_vit.py': train_vit.DEFAULTS, 'train_mqar.py': train_mqar.DEFAULTS, 'train_lra.py': train_lra.DEFAULTS}
 
 
 def write_sweep(path, **keys):
@@ -202,7 +203,8 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     expected = {'shakespeare_gpt.py': 3 * variants['causal'], 'shakespeare_bert.py': 2 * variants['bidirectional'],
                 'ablation_norm.py': 24, 'ablation_heads.py': 8, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
-                'mqar.py': 3 * 3 * 2 * variants['causal']}  # settings x learning rates x seeds
+                'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
+                'lra.py': variants['bidirectional'], 'listops_cpu.py': 5 * 3}
     assert len(lines) == expected[name]
     assert all(line.startswith(f'python sweep.py {shlex.quote(path)} --only=') for line in lines)
 
