@@ -136,17 +136,21 @@ def test_reference_catches_a_retention_with_the_wrong_rotation(causal, mistake):
 
 @pytest.mark.parametrize('name,causal', MODES)
 def test_attend_gradients_of_q_k_v(name, causal):
-    """The attend step alone: gradients of q, k and v directly (not only through the projection)."""
+    """The attend step alone: gradients of q, k and v directly (not only through the projection), and of the gates
+    a variant computes from the layer input (decays, step sizes), as attend takes them."""
     module = make(name, causal)
     q, k, v = (inputs(2, 29, 15, seed=s).view(2, 29, 1, 15).expand(2, 29, 2, 15).transpose(1, 2).contiguous()
                for s in (1, 2, 3))
+    with torch.no_grad():
+        gates = module.gates(inputs(2, 29, 30, seed=4))
     results = []
     for attend in (module.attend, module.attend_reference):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        y = attend(*leaves, None)
+        gate_leaves = {key: t.clone().requires_grad_() for key, t in gates.items()}
+        y = attend(*leaves, None, **gate_leaves)
         (y * y.detach().sin()).sum().backward()
-        results.append([y] + [t.grad for t in leaves])
-    for fast, ref, what in zip(*results, ('y', 'q', 'k', 'v')):
+        results.append([y] + [t.grad for t in leaves] + [t.grad for t in gate_leaves.values()])
+    for fast, ref, what in zip(*results, ('y', 'q', 'k', 'v', *gates)):
         torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-10, msg=what)
 
 
@@ -337,7 +341,8 @@ def test_memory_grows_linearly(name, causal):
     """No (T, T) matrix and no (T, F, D) tensor: the largest intermediate doubles when T doubles."""
     largest = {}
     for T in (512, 1024):
-        module = make(name, causal, n_embd=16, n_head=2, chunk_size=16, local_window=16, performer_features=16).float()
+        module = make(name, causal, n_embd=16, n_head=2, chunk_size=16, local_window=16, performer_features=16,
+                      rfa_features=8, based_feature_dim=2).float()
         x = torch.randn(1, T, 16, requires_grad=True)
         with TensorSizes() as sizes:
             module(x).sum().backward()
