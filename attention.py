@@ -98,6 +98,15 @@ def full_precision(x):
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
 
 
+def wide_linear(linear, x):
+    """linear(x) in float32 at least (float64 stays float64), autocast off: for the small projections that make
+    decays and step sizes, whose rounding compounds over the sequence (a bfloat16 logit is 0.4% off)."""
+    wide = wide_dtype(x)
+    with full_precision(x):
+        bias = None if linear.bias is None else cast(linear.bias, wide)
+        return F.linear(cast(x, wide), cast(linear.weight, wide), bias)
+
+
 def chunk_states(kv, log_decay, state, group=16):
     """The recurrence across chunks, with no loop over them: S_0 = state (None: zero), S_{n+1} = a_n S_n + kv_n,
     a_n = exp(log_decay_n) <= 1. kv: (..., N, M), each chunk's contribution; log_decay: (..., N) (leading dims
@@ -387,7 +396,9 @@ class Attention(nn.Module):
         if config.causal and not self.supports_causal:
             raise ValueError(f"{name} is bidirectional only: set causal=False or pick another variant")
         if not config.causal and not self.supports_bidirectional:
-            raise ValueError(f"{name} is causal only: set causal=True or pick another variant")
+            accepted = ', '.join(key for key, cls in ATTENTION.items() if cls.supports_bidirectional)
+            raise ValueError(f"{name} is causal only (its paper defines no bidirectional form): set causal=True, or "
+                             f"for bidirectional attention pick one of: {accepted}")
         if config.n_embd % config.n_head:
             raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
         self.n_head = config.n_head
@@ -859,7 +870,7 @@ class GatedLinearAttention(GatedGroupNormOutput):
 
     def gates(self, x):
         B, T, C = x.shape
-        logits = cast(self.decay_up(self.decay_down(x)), wide_dtype(x))  # (B, T, C)
+        logits = wide_linear(self.decay_up, wide_linear(self.decay_down, x))  # (B, T, C)
         log_alpha = F.logsigmoid(logits) / self.gate_temperature
         return {'log_alpha': log_alpha.view(B, T, self.n_head, self.head_dim).transpose(1, 2)}  # (B, H, T, D)
 
@@ -904,7 +915,7 @@ class DeltaNet(KernelAttention):
         self.head_norm = nn.RMSNorm(self.head_dim)
 
     def gates(self, x):
-        return {'beta': torch.sigmoid(cast(self.beta(x), wide_dtype(x))).transpose(1, 2)}  # (B, H, T)
+        return {'beta': torch.sigmoid(wide_linear(self.beta, x)).transpose(1, 2)}  # (B, H, T)
 
     def features(self, q, k, offset):
         return F.normalize(F.silu(q), dim=-1), F.normalize(F.silu(k), dim=-1)
@@ -961,9 +972,9 @@ class GatedDeltaNet(DeltaNet):
         self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def gates(self, x):
-        wide = wide_dtype(x)
-        step = F.softplus(cast(self.alpha(x), wide) + cast(self.step_bias, wide))  # (B, T, H)
-        log_alpha = -cast(self.log_decay_rate, wide).exp() * step
+        step = wide_linear(self.alpha, x)  # (B, T, H)
+        step = F.softplus(step + cast(self.step_bias, step.dtype))
+        log_alpha = -cast(self.log_decay_rate, step.dtype).exp() * step
         return super().gates(x) | {'log_alpha': log_alpha.transpose(1, 2)}  # (B, H, T)
 
     def output_gate(self, y, x):
@@ -995,7 +1006,7 @@ class RandomFeatureAttention(KernelAttention):
         self.gate = nn.Linear(config.n_embd, config.n_head) if config.rfa_gate and config.causal else None
 
     def gates(self, x):
-        return {} if self.gate is None else {'gate_logit': self.gate(x).transpose(1, 2)}  # (B, H, T)
+        return {} if self.gate is None else {'gate_logit': wide_linear(self.gate, x).transpose(1, 2)}  # (B, H, T)
 
     def features(self, q, k, offset):
         def phi(x):
@@ -1016,8 +1027,8 @@ class RandomFeatureAttention(KernelAttention):
     def reference_scores(self, q, k):
         """s_ij = (1/m) sum_r cos(w_r . (x_i - y_j)): the random-feature kernel estimate written on differences,
         x, y = sigma * l2-normalised q, k."""
-        x = q / q.norm(dim=-1, keepdim=True) * self.sigma
-        y = k / k.norm(dim=-1, keepdim=True) * self.sigma
+        x = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
+        y = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
         difference = x[..., :, None, :] - y[..., None, :, :]  # (B, H, T, T, D)
         return torch.cos(difference @ self.projection.T).mean(-1)
 
