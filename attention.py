@@ -912,7 +912,7 @@ class DeltaNet(KernelAttention):
     def __init__(self, config):
         super().__init__(config)
         self.beta = nn.Linear(config.n_embd, config.n_head, bias=False)
-        self.head_norm = nn.RMSNorm(self.head_dim)
+        self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)  # a fixed eps (fla's): torch's default is the dtype's
 
     def gates(self, x):
         return {'beta': torch.sigmoid(wide_linear(self.beta, x)).transpose(1, 2)}  # (B, H, T)
@@ -1039,12 +1039,10 @@ class RandomFeatureAttention(KernelAttention):
             return super().attend_reference(q, k, v, pad_mask)
         scores = self.reference_scores(q, k)  # (B, H, T, T)
         g = torch.sigmoid(gate_logit)         # (B, H, T)
-        T = q.size(2)
+        weight = g.new_zeros(g.shape[:2] + (0,))
         outputs = []
-        for t in range(T):
-            weight = 1 - g[..., :t + 1]       # (1 - g_j), then decayed by each later gate up to t
-            for u in range(1, t + 1):
-                weight = torch.cat([weight[..., :u] * g[..., u, None], weight[..., u:]], dim=-1)
+        for t in range(q.size(2)):  # w_tj for j <= t: the earlier weights decayed by g_t, then 1 - g_t for j = t
+            weight = torch.cat([weight * g[..., t, None], 1 - g[..., t, None]], dim=-1)
             s = scores[:, :, t, :t + 1] * weight
             outputs.append((s[..., None] * v[:, :, :t + 1]).sum(-2) / (s.sum(-1, keepdim=True) + self.eps))
         return torch.stack(outputs, dim=2)
