@@ -211,8 +211,8 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
 
 def chunked_gated_attention(q, k, v, log_decay, state=None, chunk_size=64):
     """Causal linear attention with a per-key-channel decay (GLA's): S_t = Diag(a_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t,
-    a_t = exp(log_decay_t) in (0, 1]^F; unrolled, y_i = sum_{j<=i} sum_f q_if k_jf exp(b_if - b_jf) v_j + (q_i * exp(b_i)) S_0
-    with b_i = sum_{t<=i} log_decay_t.
+    a_t = exp(log_decay_t) in (0, 1]^F; unrolled,
+    y_i = sum_{j<=i} sum_f q_if k_jf exp(b_if - b_jf) v_j + (q_i * exp(b_i)) S_0 with b_i = sum_{t<=i} log_decay_t.
 
     q, k, log_decay: (B, H, T, F); v: (B, H, T, E); state: None or (B, H, F, E). Returns y (B, H, T, E) and the state
     after the last token (B, H, F, E).
@@ -248,7 +248,8 @@ def chunked_gated_attention(q, k, v, log_decay, state=None, chunk_size=64):
         k_to_end = k * (sub_end[..., None, :] - b).exp()
         before = torch.ones(4, 4, dtype=torch.bool, device=q.device).tril(-1)  # [I, J]: J < I
         between = (sub_start[..., :, None, :] - sub_end[..., None, :, :]).masked_fill(~before[..., None], float('-inf'))
-        blocks = (q_from_start[..., :, None, :, :] * between.exp()[..., None, :]) @ k_to_end[..., None, :, :, :].transpose(-2, -1)
+        blocks = ((q_from_start[..., :, None, :, :] * between.exp()[..., None, :])
+                  @ k_to_end[..., None, :, :, :].transpose(-2, -1))
         # blocks: (B, H, N, 4, 4, c, c), zero where J >= I; the diagonal blocks directly, (B, H, N, 4, c, c)
         inside = causal_mask(c, c, q.device)
         pair = (b[..., :, None, :] - b[..., None, :, :]).masked_fill(~inside[..., None], float('-inf'))  # (.., c, c, F)
@@ -300,8 +301,8 @@ def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64)
         inside = causal_mask(C, C, q.device)
         decay = (b[..., :, None] - b[..., None, :]).masked_fill(~inside, float('-inf')).exp()  # exp(b_i - b_j), j <= i
         A = (k @ k.transpose(-2, -1)) * decay * beta  # (B, H, N, C, C); only j < i is read (unitriangular)
-        U = torch.linalg.solve_triangular(A, beta * v, upper=False, unitriangular=True)                      # (.., C, E)
-        W = torch.linalg.solve_triangular(A, beta * b[..., None].exp() * k, upper=False, unitriangular=True)  # (.., C, F)
+        U = torch.linalg.solve_triangular(A, beta * v, upper=False, unitriangular=True)  # (B, H, N, C, E)
+        W = torch.linalg.solve_triangular(A, beta * b[..., None].exp() * k, upper=False, unitriangular=True)
         chunk_decay = b[..., -1:].exp()                                  # (B, H, N, 1)
         k_to_end = k * (b[..., -1:] - b)[..., None].exp()                # (B, H, N, C, F)
         S = q.new_zeros(B, H, Fd, E) if state is None else cast(state, wide)
@@ -407,7 +408,8 @@ class Attention(nn.Module):
         if config.short_conv < 0:
             raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.short_conv = ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv else None
+        self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
+                           else None)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -937,7 +939,8 @@ class DeltaNet(KernelAttention):
         for t in range(T):
             kt, bt = k[:, :, t, :, None], beta[:, :, t, None, None]  # (B, H, D, 1), (B, H, 1, 1)
             alpha = 1 if log_alpha is None else log_alpha[:, :, t, None, None].exp()
-            S = S @ (alpha * (identity - bt * kt @ kt.transpose(-2, -1))) + bt * v[:, :, t, :, None] @ kt.transpose(-2, -1)
+            S = (S @ (alpha * (identity - bt * kt @ kt.transpose(-2, -1)))
+                 + bt * v[:, :, t, :, None] @ kt.transpose(-2, -1))
             outputs.append((S @ q[:, :, t, :, None]).squeeze(-1))
         return torch.stack(outputs, dim=2)
 
@@ -1078,7 +1081,8 @@ class BasedAttention(KernelAttention):
 
     def reference_scores(self, q, k):
         """s_ij = 1 + a + a^2 / 2, a = (q_i P_q) . (k_j P_k) / sqrt(d')."""
-        a = (q @ self.query_projection) @ (k @ self.key_projection).transpose(-2, -1) / self.key_projection.size(-1) ** 0.5
+        d = self.key_projection.size(-1)
+        a = (q @ self.query_projection) @ (k @ self.key_projection).transpose(-2, -1) / d ** 0.5
         return 1 + a + a * a / 2
 
 
@@ -1109,7 +1113,8 @@ class HedgehogAttention(KernelAttention):
         a = q @ self.feature_weight + self.feature_bias
         c = k @ self.feature_weight + self.feature_bias
         def kernel(a, c):
-            return (a.exp() @ c.exp().transpose(-2, -1)) / (a.exp().sum(-1)[..., :, None] * c.exp().sum(-1)[..., None, :])
+            normaliser = a.exp().sum(-1)[..., :, None] * c.exp().sum(-1)[..., None, :]  # (B, H, T, T)
+            return (a.exp() @ c.exp().transpose(-2, -1)) / normaliser
         return kernel(a, c) + kernel(-a, -c)
 
 
