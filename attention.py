@@ -307,11 +307,13 @@ def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64)
         k_to_end = k * (b[..., -1:] - b)[..., None].exp()                # (B, H, N, C, F)
         S = q.new_zeros(B, H, Fd, E) if state is None else cast(state, wide)
         starts, news = [], []
-        for n in range(N):
+        # unbind, not U[:, :, n]: each index's backward would write its gradient into a zero tensor of U's whole
+        # size, N times over (quadratic in T); unbind's backward stacks the N pieces once
+        for U_n, W_n, decay_n, k_n in zip(U.unbind(2), W.unbind(2), chunk_decay.unbind(2), k_to_end.unbind(2)):
             starts.append(S)
-            new = U[:, :, n] - W[:, :, n] @ S  # d_j of chunk n, (B, H, C, E)
+            new = U_n - W_n @ S  # d_j of chunk n, (B, H, C, E)
             news.append(new)
-            S = chunk_decay[:, :, n, :, None] * S + k_to_end[:, :, n].transpose(-2, -1) @ new
+            S = decay_n[..., None] * S + k_n.transpose(-2, -1) @ new
         starts, news = torch.stack(starts, dim=2), torch.stack(news, dim=2)  # (B, H, N, F, E), (B, H, N, C, E)
         y = (q * b[..., None].exp()) @ starts + ((q @ k.transpose(-2, -1)) * decay) @ news
     return y.reshape(B, H, N * C, E)[:, :, :T], S
