@@ -4,7 +4,6 @@ every variant, the per-channel and delta-rule kernels at lengths and decays the 
 the references catch a fast path with a wrong gate, and the refusal of bidirectional use where a paper defines none.
 Float64 unless a test is about float32.
 """
-import math
 import re
 
 import pytest
