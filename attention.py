@@ -12,6 +12,10 @@ Inside attention every tensor is laid out (B, H, T, D), as in SDPA. Each variant
                                               # out directly: it shares no helper with the fast path
 and causal variants also have
     attend_step(q, k, v, state)               # decoding: the tokens after state -> (y, new_state)
+A variant whose gates or step sizes depend on the input (gla, deltanet, gated_deltanet, gated rfa) computes them
+from the layer input x in gates(x) -> dict, which forward and step pass to these three methods as keyword arguments
+(attend(q, k, v, pad_mask, **gates)): one extension of the interface for every such variant, none for the others.
+LayerConfig.short_conv puts a depthwise causal convolution (ShortConvolution) on q, k and v of any variant.
 The linear-attention family (KernelAttention) computes its causal forward and its decoding with one
 chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state): attend runs it from state None and
 attend_step delegates to it.
@@ -54,6 +58,10 @@ class LayerConfig:
     local_window: int = 128       # local: keys per query (causal: this token and the w-1 before it)
     performer_features: int = 256 # performer: number of random features m
     performer_redraw_interval: int = 1000  # performer: new random features every this many training steps (0 = never)
+    short_conv: int = 0           # every variant: kernel size of a depthwise causal convolution on q, k, v; 0 = off
+    rfa_features: int = 128       # rfa: random directions m (each gives a sine and a cosine feature)
+    rfa_gate: bool = True         # rfa: gated RFA in causal mode (a learned per-token decay of the state)
+    based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +98,15 @@ def full_precision(x):
     autocast context costs more than a small op: none where autocast is off already.)"""
     device = x.device.type
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+
+
+def wide_linear(linear, x):
+    """linear(x) in float32 at least (float64 stays float64), autocast off: for the small projections that make
+    decays and step sizes, whose rounding compounds over the sequence (a bfloat16 logit is 0.4% off)."""
+    wide = wide_dtype(x)
+    with full_precision(x):
+        bias = None if linear.bias is None else cast(linear.bias, wide)
+        return F.linear(cast(x, wide), cast(linear.weight, wide), bias)
 
 
 def chunk_states(kv, log_decay, state, group=16):
@@ -194,6 +211,116 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     return y.reshape(B, H, N * C, E)[:, :, :T], S.view(B, H, Fd, E)
 
 
+def chunked_gated_attention(q, k, v, log_decay, state=None, chunk_size=64):
+    """Causal linear attention with a per-key-channel decay (GLA's): S_t = Diag(a_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t,
+    a_t = exp(log_decay_t) in (0, 1]^F; unrolled,
+    y_i = sum_{j<=i} sum_f q_if k_jf exp(b_if - b_jf) v_j + (q_i * exp(b_i)) S_0 with b_i = sum_{t<=i} log_decay_t.
+
+    q, k, log_decay: (B, H, T, F); v: (B, H, T, E); state: None or (B, H, F, E). Returns y (B, H, T, E) and the state
+    after the last token (B, H, F, E).
+    Chunks of C = chunk_size tokens (rounded up to 4 sub-chunks of c = C / 4; the last chunk padded), b taken from
+    the chunk start. Every factor is an exp of a sum of log decays over a stretch of tokens, so <= 1 however strong
+    the decay: nothing overflows, and a factor below float32's range underflows to the 0 it nearly is (the scores
+    cannot be split as (q exp(b)) . (k exp(-b)), whose exp(-b) overflows float32 after a few strong gates). Within
+    a chunk, the (C, C) scores in blocks of (c, c): a query sub-chunk I after a key sub-chunk J as one matmul,
+    exp(b_i - b_j) = exp(b_i - b_{end of I-1}) exp(b_{end of I-1} - b_{end of J}) exp(b_{end of J} - b_j), each
+    exponent <= 0; the diagonal blocks computed directly, q_i . (k_j exp(b_i - b_j)) for j <= i. Across chunks,
+    Diag(exp(b_C)) is F independent scalar decays, one per row of the (F, E) state: chunk_states over E with the
+    F rows as a batch dimension.
+    Time O(T C (F + E) + T c F + T F E + (T / C) G F E), memory O(T (C + c F + E) + (T / C) F E), in float32 at least.
+    """
+    B, H, T, Fd = q.shape
+    E = v.size(-1)
+    c = -(-min(chunk_size, T) // 4)  # sub-chunk length
+    C = 4 * c
+    pad = -T % C
+    wide = wide_dtype(q)
+    with full_precision(q):
+        q, k, v, log_decay = (cast(t, wide) for t in (q, k, v, log_decay))
+        if pad:  # zero keys and a zero log decay (a = 1) at the end change nothing before them
+            q, k, v, log_decay = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, log_decay))
+        N = (T + pad) // C
+        q, k, log_decay = (t.view(B, H, N, 4, c, Fd) for t in (q, k, log_decay))  # (B, H, N, 4, c, F)
+        v = v.view(B, H, N, C, E)
+        b = log_decay.flatten(3, 4).cumsum(3).view(B, H, N, 4, c, Fd)  # log decay from the chunk start
+        sub_end = b[..., -1, :]                                          # at each sub-chunk's last token, (.., 4, F)
+        sub_start = F.pad(sub_end[..., :-1, :], (0, 0, 1, 0))            # just before each sub-chunk
+        # sub-chunks I > J: (q_i exp(b_i - start_I)) (exp(start_I - end_J)) (k_j exp(end_J - b_j))
+        q_from_start = q * (b - sub_start[..., None, :]).exp()
+        k_to_end = k * (sub_end[..., None, :] - b).exp()
+        before = torch.ones(4, 4, dtype=torch.bool, device=q.device).tril(-1)  # [I, J]: J < I
+        between = (sub_start[..., :, None, :] - sub_end[..., None, :, :]).masked_fill(~before[..., None], float('-inf'))
+        blocks = ((q_from_start[..., :, None, :, :] * between.exp()[..., None, :])
+                  @ k_to_end[..., None, :, :, :].transpose(-2, -1))
+        # blocks: (B, H, N, 4, 4, c, c), zero where J >= I; the diagonal blocks directly, (B, H, N, 4, c, c)
+        inside = causal_mask(c, c, q.device)
+        pair = (b[..., :, None, :] - b[..., None, :, :]).masked_fill(~inside[..., None], float('-inf'))  # (.., c, c, F)
+        diagonal = (q[..., :, None, :] * k[..., None, :, :] * pair.exp()).sum(-1)
+        blocks = blocks + torch.eye(4, dtype=q.dtype, device=q.device)[:, :, None, None] * diagonal[..., :, None, :, :]
+        scores = blocks.transpose(-3, -2).reshape(B, H, N, C, C)  # [I, J, i, j] -> [(I, i), (J, j)]
+        y = scores @ v  # intra-chunk part, (B, H, N, C, E)
+        b = b.flatten(3, 4)  # (B, H, N, C, F)
+        k_state = k.flatten(3, 4) * (b[..., -1:, :] - b).exp()        # j to the chunk end
+        chunk_kv = k_state.transpose(-2, -1) @ v                       # (B, H, N, F, E)
+        starts, S = chunk_states(chunk_kv.transpose(2, 3), b[..., -1, :].transpose(2, 3),
+                                 None if state is None else cast(state, wide))  # (B, H, F, N, E), (B, H, F, E)
+        y = y + (q.flatten(3, 4) * b.exp()) @ starts.transpose(2, 3)  # inter-chunk part
+    return y.reshape(B, H, N * C, E)[:, :, :T], S
+
+
+def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64):
+    """The (gated) delta rule, chunkwise: S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t, y_t = q_t S_t
+    (S maps keys to values, (F, E); a_t = exp(log_decay_t), 1 without decay), as in Yang et al. 2024
+    (arXiv:2406.06484, arXiv:2412.06464) in the row-vector layout.
+
+    q, k: (B, H, T, F); v: (B, H, T, E); beta, log_decay: (B, H, T); state: None or (B, H, F, E). Returns y
+    (B, H, T, E) and the state after the last token.
+    Writing S_t = a_t S_{t-1} + k_t^T d_t, the new information d_t = beta_t (v_t - a_t k_t S_{t-1}) of a chunk
+    satisfies (I + A) D = diag(beta) V - diag(beta exp(b)) K S_0 with A_ij = beta_i exp(b_i - b_j) k_i . k_j for
+    j < i (b: log decay summed from the chunk start, S_0: the state entering the chunk). The UT transform solves
+    that unit lower-triangular system once per chunk, all chunks at once: D = U - W S_0 with U = (I + A)^-1 beta V,
+    W = (I + A)^-1 beta exp(b) K. Then y_i = exp(b_i) q_i S_0 + sum_{j<=i} exp(b_i - b_j) (q_i . k_j) d_j and
+    S_C = exp(b_C) S_0 + sum_j exp(b_C - b_j) k_j^T d_j. Every exponent is <= 0. The state's transition across a
+    chunk is a full (F, F) matrix, so the chunks' states follow one another in a loop over chunks (T / C steps of
+    two (C, F) x (F, E) products), not over tokens.
+    Time O(T C (F + E + C) + T F E), memory O(T (C + F + E) + (T / C) F E), in float32 at least.
+    """
+    B, H, T, Fd = q.shape
+    E = v.size(-1)
+    C = min(chunk_size, T)
+    pad = -T % C
+    wide = wide_dtype(q)
+    with full_precision(q):
+        q, k, v, beta = (cast(t, wide) for t in (q, k, v, beta))
+        log_decay = torch.zeros_like(beta) if log_decay is None else cast(log_decay, wide)
+        if pad:  # zero keys, beta = 0 and no decay at the end: no change to the state
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            beta, log_decay = F.pad(beta, (0, pad)), F.pad(log_decay, (0, pad))
+        N = (T + pad) // C
+        q, k, v = q.view(B, H, N, C, Fd), k.view(B, H, N, C, Fd), v.view(B, H, N, C, E)
+        beta = beta.view(B, H, N, C, 1)
+        b = log_decay.reshape(B, H, N, C).cumsum(-1)  # (B, H, N, C)
+        inside = causal_mask(C, C, q.device)
+        decay = (b[..., :, None] - b[..., None, :]).masked_fill(~inside, float('-inf')).exp()  # exp(b_i - b_j), j <= i
+        A = (k @ k.transpose(-2, -1)) * decay * beta  # (B, H, N, C, C); only j < i is read (unitriangular)
+        U = torch.linalg.solve_triangular(A, beta * v, upper=False, unitriangular=True)  # (B, H, N, C, E)
+        W = torch.linalg.solve_triangular(A, beta * b[..., None].exp() * k, upper=False, unitriangular=True)
+        chunk_decay = b[..., -1:].exp()                                  # (B, H, N, 1)
+        k_to_end = k * (b[..., -1:] - b)[..., None].exp()                # (B, H, N, C, F)
+        S = q.new_zeros(B, H, Fd, E) if state is None else cast(state, wide)
+        starts, news = [], []
+        # unbind, not U[:, :, n]: each index's backward would write its gradient into a zero tensor of U's whole
+        # size, N times over (quadratic in T); unbind's backward stacks the N pieces once
+        for U_n, W_n, decay_n, k_n in zip(U.unbind(2), W.unbind(2), chunk_decay.unbind(2), k_to_end.unbind(2)):
+            starts.append(S)
+            new = U_n - W_n @ S  # d_j of chunk n, (B, H, C, E)
+            news.append(new)
+            S = decay_n[..., None] * S + k_n.transpose(-2, -1) @ new
+        starts, news = torch.stack(starts, dim=2), torch.stack(news, dim=2)  # (B, H, N, F, E), (B, H, N, C, E)
+        y = (q * b[..., None].exp()) @ starts + ((q @ k.transpose(-2, -1)) * decay) @ news
+    return y.reshape(B, H, N * C, E)[:, :, :T], S
+
+
 def append_ones(v):
     """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
@@ -237,6 +364,32 @@ def rotary(x, offset):
 # the interface
 
 
+class ShortConvolution(nn.Module):
+    """The short convolution of DeltaNet (Yang et al. 2024, arXiv:2406.06484) and Zoology (Arora et al. 2023,
+    arXiv:2312.04927): depthwise and causal over time, y_t = sum_{s<K} w_s * h_{t-s} (+ b) per channel, h_t = 0
+    before the sequence. On the q, k, v projections of any variant (LayerConfig.short_conv = K), before its own
+    feature map; off by default. nn.Conv1d's default initialisation (init_weights leaves convolutions as they are).
+    Time O(T K C), memory O(T C); decoding keeps the last K - 1 inputs."""
+
+    def __init__(self, channels, kernel_size, bias):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
+
+    def forward(self, h, pad_mask=None, history=None):
+        """h: (B, T, channels); pad_mask: (B, T), True at padding (zeroed first, so that padding before a token
+        reads as the start of the sequence); history: None or (B, K - 1, channels), the inputs before h.
+        Returns y (B, T, channels) and the new history."""
+        B, T, channels = h.shape
+        if pad_mask is not None:
+            h = h.masked_fill(pad_mask[..., None], 0)
+        if history is None:
+            history = h.new_zeros(B, self.kernel_size - 1, channels)
+        h = torch.cat([cast(history, h.dtype), h], dim=1)  # (B, K - 1 + T, channels)
+        y = self.conv(h.transpose(1, 2)).transpose(1, 2)   # (B, T, channels)
+        return y, h[:, h.size(1) - (self.kernel_size - 1):]
+
+
 class Attention(nn.Module):
     """Base class: projections, head split/merge, mode checks. Subclasses implement the attend methods."""
     supports_causal = True
@@ -248,13 +401,19 @@ class Attention(nn.Module):
         if config.causal and not self.supports_causal:
             raise ValueError(f"{name} is bidirectional only: set causal=False or pick another variant")
         if not config.causal and not self.supports_bidirectional:
-            raise ValueError(f"{name} is causal only: set causal=True or pick another variant")
+            accepted = ', '.join(key for key, cls in ATTENTION.items() if cls.supports_bidirectional)
+            raise ValueError(f"{name} is causal only (its paper defines no bidirectional form): set causal=True, or "
+                             f"for bidirectional attention pick one of: {accepted}")
         if config.n_embd % config.n_head:
             raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.causal = config.causal
+        if config.short_conv < 0:
+            raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
+                           else None)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -263,23 +422,37 @@ class Attention(nn.Module):
         reference=True runs the naive form of the same formula (for tests)."""
         if pad_mask is not None and self.causal:
             raise ValueError("pad_mask is for bidirectional attention; in causal mode put padding at the end")
-        q, k, v = self.split_heads(x)
+        q, k, v, _ = self.split_heads(x, pad_mask)
         attend = self.attend_reference if reference else self.attend
-        return self.output(attend(q, k, v, pad_mask), x)
+        return self.output(attend(q, k, v, pad_mask, **self.gates(x)), x)
 
     def step(self, x, state=None):
         """Recurrent decoding: x (B, T, C) are the next T >= 1 tokens after those summarised by state
-        (None = start of the sequence). Returns their outputs (B, T, C) and the new state."""
+        (None = start of the sequence). Returns their outputs (B, T, C) and the new state. With the short
+        convolution on, the state also holds its last kernel - 1 inputs (key 'short_conv')."""
         if not self.causal:
             raise ValueError("step() decodes causally; this layer was built with causal=False")
-        q, k, v = self.split_heads(x)
-        y, state = self.attend_step(q, k, v, state)
+        q, k, v, history = self.split_heads(x, None, None if state is None else state.get('short_conv'))
+        y, state = self.attend_step(q, k, v, state, **self.gates(x))
+        if history is not None:
+            state = state | {'short_conv': history}
         return self.output(y, x), state
 
-    def split_heads(self, x):
+    def split_heads(self, x, pad_mask=None, history=None):
+        """q, k, v (B, H, T, D) from x (B, T, C): the shared projection, then the short convolution where it is on
+        (continuing from history, its last inputs). Returns q, k, v and the convolution's new history (None if off)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        return [t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, D)
+        qkv = self.qkv(x)  # (B, T, 3C)
+        if self.short_conv is not None:
+            qkv, history = self.short_conv(qkv, pad_mask, history)
+        q, k, v = qkv.split(C, dim=2)
+        return [t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v)] + [history]
+
+    def gates(self, x):
+        """What a variant computes per token from the layer input x (B, T, C) besides q, k, v (data-dependent
+        decays, step sizes): a dict of tensors passed to attend, attend_reference and attend_step as keyword
+        arguments, so that the fast path, the reference and decoding see the same values. None here."""
+        return {}
 
     def output(self, y, x):
         """(B, H, T, D) attention output -> (B, T, C). x is the layer input (used by gated variants)."""
@@ -437,9 +610,9 @@ class KernelAttention(Attention):
         with full_precision(q):
             return self.features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), offset)
 
-    def attend(self, q, k, v, pad_mask):
+    def attend(self, q, k, v, pad_mask, **gates):
         if self.causal:
-            return self.attend_chunkwise(q, k, v, None)[0]
+            return self.attend_chunkwise(q, k, v, None, **gates)[0]
         return self.bidirectional(*self.wide_features(q, k, 0), v, pad_mask)
 
     def bidirectional(self, fq, fk, v, pad_mask):
@@ -470,8 +643,8 @@ class KernelAttention(Attention):
                                          None if state is None else state['kv'], self.chunk_size)
         return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
 
-    def attend_step(self, q, k, v, state):
-        return self.attend_chunkwise(q, k, v, state)
+    def attend_step(self, q, k, v, state, **gates):
+        return self.attend_chunkwise(q, k, v, state, **gates)
 
     def attend_reference(self, q, k, v, pad_mask):
         """y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)] over the allowed j, on the (T, T) matrix."""
@@ -548,7 +721,26 @@ class CosformerAttention(KernelAttention):
         return (F.relu(q) @ F.relu(k).transpose(-2, -1)) * reweighting
 
 
-class Retention(KernelAttention):
+class GatedGroupNormOutput(KernelAttention):
+    """The output of RetNet and GLA: proj(swish(x W_G) * GroupNorm_h(heads)), a group (LayerNorm with a per-channel
+    affine) per head. The gate W_G (C x C) and the group norm (2C) are the subclass's extra parameters."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.group_norm = nn.GroupNorm(config.n_head, config.n_embd)
+
+    def output(self, y, x):
+        B, H, T, D = y.shape
+        # GroupNorm with a group per head = LayerNorm over each head's D channels + per-channel affine;
+        # layer_norm in the (B, H, T, D) layout is the same arithmetic, about twice as fast on CPU
+        norm = self.group_norm
+        y = F.layer_norm(y, (D,), eps=norm.eps) * norm.weight.view(H, 1, D) + norm.bias.view(H, 1, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.dropout(self.proj(F.silu(self.gate(x)) * y))
+
+
+class Retention(GatedGroupNormOutput):
     """RetNet multi-scale retention. Sun et al. 2023, "Retentive Network", arXiv:2307.08621.
 
     Retention(X) = (Q K^T / sqrt(D) * Dm) V with rotary (xPos-style) positions on Q and K and the decay
@@ -558,11 +750,6 @@ class Retention(KernelAttention):
     Complexity as KernelAttention (F = D), the decay folded into the chunks.
     """
     normalise = False
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.group_norm = nn.GroupNorm(config.n_head, config.n_embd)
 
     def features(self, q, k, offset):
         return rotary(q, offset), rotary(k, offset) / math.sqrt(q.size(-1))
@@ -591,15 +778,6 @@ class Retention(KernelAttention):
         unrotated = q[..., 2 * half:] @ k[..., 2 * half:].transpose(-2, -1)  # (B, H, T, T), zero if D is even
         decay = (self.log_gamma(q.dtype, q.device)[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
         return (rotated + unrotated) / math.sqrt(D) * decay
-
-    def output(self, y, x):
-        B, H, T, D = y.shape
-        # GroupNorm with a group per head = LayerNorm over each head's D channels + per-channel affine;
-        # layer_norm in the (B, H, T, D) layout is the same arithmetic, about twice as fast on CPU
-        norm = self.group_norm
-        y = F.layer_norm(y, (D,), eps=norm.eps) * norm.weight.view(H, 1, D) + norm.bias.view(H, 1, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)
-        return self.dropout(self.proj(F.silu(self.gate(x)) * y))
 
 
 class PerformerAttention(KernelAttention):
@@ -676,6 +854,277 @@ class PerformerAttention(KernelAttention):
         return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:]}
 
 
+class GatedLinearAttention(GatedGroupNormOutput):
+    """GLA. Yang et al. 2023, "Gated Linear Attention Transformers with Hardware-Efficient Training",
+    arXiv:2312.06635.
+
+    S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t / sqrt(D): a data-dependent decay per key channel,
+    alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/16) (the paper's low-rank gate, rank 16, and temperature 16, which keeps
+    alpha_t near 1), then the paper's output: proj(swish(x W_r) * GroupNorm_h(heads)). No normaliser, no feature map.
+    The paper halves the key dimension; here q, k, v keep the shared projections (F = D). Extra parameters: the
+    gate (C x 16, 16 x C, C), the output gate (C x C) and the group norm (2C). Causal only (the paper defines no
+    bidirectional form).
+    Causal: chunked_gated_attention, time O(T C D + T (C / 4) D + T D^2), memory O(T (C + C / 4 D) + (T / C) D^2);
+    decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a time.
+    """
+    supports_bidirectional = False
+    normalise = False
+    gate_rank = 16
+    gate_temperature = 16
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.decay_down = nn.Linear(config.n_embd, self.gate_rank, bias=False)
+        self.decay_up = nn.Linear(self.gate_rank, config.n_embd, bias=True)
+
+    def gates(self, x):
+        B, T, C = x.shape
+        logits = wide_linear(self.decay_up, wide_linear(self.decay_down, x))  # (B, T, C)
+        log_alpha = F.logsigmoid(logits) / self.gate_temperature
+        return {'log_alpha': log_alpha.view(B, T, self.n_head, self.head_dim).transpose(1, 2)}  # (B, H, T, D)
+
+    def features(self, q, k, offset):
+        return q / math.sqrt(q.size(-1)), k
+
+    def attend_chunkwise(self, q, k, v, state, log_alpha):
+        fq, fk = self.wide_features(q, k, 0)
+        y, kv = chunked_gated_attention(fq, fk, v, log_alpha, None if state is None else state['kv'], self.chunk_size)
+        return cast(y, v.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask, log_alpha):
+        """The paper's recurrence token by token: S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t / sqrt(D)."""
+        B, H, T, D = q.shape
+        S = q.new_zeros(B, H, D, v.size(-1))
+        outputs = []
+        for t in range(T):
+            S = log_alpha[:, :, t, :, None].exp() * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+            outputs.append((q[:, :, t, None, :] @ S).squeeze(-2) / D ** 0.5)
+        return torch.stack(outputs, dim=2)
+
+
+class DeltaNet(KernelAttention):
+    """DeltaNet. Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+    arXiv:2406.06484.
+
+    S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, y_t = S_t q_t (the paper's column layout: S maps keys
+    to values), with the paper's feature map q, k <- L2Norm(SiLU(q)), L2Norm(SiLU(k)), beta_t = sigmoid(x_t W_beta)
+    per head, and an RMSNorm over each head's output. Extra parameters: W_beta (C x H) and the norm's D weights.
+    The paper's short convolution is trev's short_conv axis (off by default; the paper's 4: --short_conv=4).
+    Causal only (the paper defines no bidirectional form).
+    Causal: chunked_delta_rule (the UT transform, a triangular solve per chunk), time O(T C (C + D) + T D^2),
+    memory O(T (C + D) + (T / C) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one
+    token at a time.
+    """
+    supports_bidirectional = False
+    normalise = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.beta = nn.Linear(config.n_embd, config.n_head, bias=False)
+        self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)  # a fixed eps (fla's): torch's default is the dtype's
+
+    def gates(self, x):
+        return {'beta': torch.sigmoid(wide_linear(self.beta, x)).transpose(1, 2)}  # (B, H, T)
+
+    def features(self, q, k, offset):
+        return F.normalize(F.silu(q), dim=-1), F.normalize(F.silu(k), dim=-1)
+
+    def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
+        fq, fk = self.wide_features(q, k, 0)
+        y, kv = chunked_delta_rule(fq, fk, v, beta, log_alpha, None if state is None else state['kv'], self.chunk_size)
+        return cast(y, v.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask, beta, log_alpha=None):
+        """The paper's recurrence token by token, in its layout: S (E, D), S_t = S_{t-1} alpha_t (I - beta_t k k^T)
+        + beta_t v k^T, y_t = S_t q_t (alpha_t = 1 for DeltaNet)."""
+        B, H, T, D = q.shape
+        unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        q, k = unit(q * torch.sigmoid(q)), unit(k * torch.sigmoid(k))
+        S = q.new_zeros(B, H, v.size(-1), D)
+        identity = torch.eye(D, dtype=q.dtype, device=q.device)
+        outputs = []
+        for t in range(T):
+            kt, bt = k[:, :, t, :, None], beta[:, :, t, None, None]  # (B, H, D, 1), (B, H, 1, 1)
+            alpha = 1 if log_alpha is None else log_alpha[:, :, t, None, None].exp()
+            S = (S @ (alpha * (identity - bt * kt @ kt.transpose(-2, -1)))
+                 + bt * v[:, :, t, :, None] @ kt.transpose(-2, -1))
+            outputs.append((S @ q[:, :, t, :, None]).squeeze(-1))
+        return torch.stack(outputs, dim=2)
+
+    def output(self, y, x):
+        B, H, T, D = y.shape
+        y = self.head_norm(y).transpose(1, 2).reshape(B, T, H * D)
+        return self.dropout(self.proj(self.output_gate(y, x)))
+
+    def output_gate(self, y, x):
+        return y
+
+
+class GatedDeltaNet(DeltaNet):
+    """Gated DeltaNet. Yang et al. 2024, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
+    arXiv:2412.06464.
+
+    S_t = S_{t-1} alpha_t (I - beta_t k_t k_t^T) + beta_t v_t k_t^T: DeltaNet (feature map, beta, per-head RMSNorm)
+    with the paper's data-dependent decay, Mamba2's parameterisation alpha_t = exp(-exp(A_h) softplus(x_t W_alpha +
+    dt_h)), A_h = log of U(0, 16) and dt_h = softplus^-1 of a log-uniform step in [0.001, 0.1] at initialisation
+    (`log_decay_rate`, `step_bias`), and the paper's output gate: proj(swish(x W_g) * RMSNorm_h(heads)). Extra
+    parameters: W_beta, W_alpha (C x H each), A and dt (H each), the norm's D weights and W_g (C x C). Causal only.
+    Complexity as DeltaNet.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        H = config.n_head
+        self.alpha = nn.Linear(config.n_embd, H, bias=False)
+        self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())
+        step = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+        self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
+        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def gates(self, x):
+        step = wide_linear(self.alpha, x)  # (B, T, H)
+        step = F.softplus(step + cast(self.step_bias, step.dtype))
+        log_alpha = -cast(self.log_decay_rate, step.dtype).exp() * step
+        return super().gates(x) | {'log_alpha': log_alpha.transpose(1, 2)}  # (B, H, T)
+
+    def output_gate(self, y, x):
+        return F.silu(self.gate(x)) * y
+
+
+class RandomFeatureAttention(KernelAttention):
+    """RFA. Peng et al. 2021, "Random Feature Attention", arXiv:2103.02143.
+
+    exp(x . y / sigma^2) is approximated with random Fourier features phi(x) = [sin(W x), cos(W x)] / sqrt(m),
+    W: (m, D) standard Gaussian rows (m = rfa_features), on l2-normalised queries and keys scaled per channel by
+    a learned sigma (the paper's learned variance; sigma = 1 at initialisation): E[phi(x) . phi(y)] =
+    exp(-|sigma (x - y)|^2 / 2). Normalised: y_t = phi(q_t) S_t / phi(q_t) z_t.
+    Causal, gated (the paper's gated RFA, rfa_gate=True): S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t, z_t likewise,
+    g_t = sigmoid(x_t w_g + b_g) per head: a per-token decay g_t and keys weighted by 1 - g_t in the shared kernel.
+    Bidirectional, or rfa_gate=False: the ungated form (the paper's gate is a recency bias over the past).
+    W is drawn once at construction and kept as a buffer (the paper redraws it during training). The features
+    can be negative, so the normaliser can come near 0 (the reason Performer's features are positive).
+    Extra parameters: sigma (C), the gate (C x H + H) when gated. F = 2m. Complexity as KernelAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.rfa_features < 1:
+            raise ValueError(f"rfa_features={config.rfa_features}: rfa needs at least one random feature")
+        self.n_features = config.rfa_features
+        self.register_buffer('projection', torch.randn(self.n_features, self.head_dim))
+        self.sigma = nn.Parameter(torch.ones(self.n_head, 1, self.head_dim))
+        self.gate = nn.Linear(config.n_embd, config.n_head) if config.rfa_gate and config.causal else None
+
+    def gates(self, x):
+        return {} if self.gate is None else {'gate_logit': wide_linear(self.gate, x).transpose(1, 2)}  # (B, H, T)
+
+    def features(self, q, k, offset):
+        def phi(x):
+            wx = (F.normalize(x, dim=-1) * cast(self.sigma, x.dtype)) @ cast(self.projection, x.dtype).T  # (B, H, T, m)
+            return torch.cat([wx.sin(), wx.cos()], dim=-1) / math.sqrt(self.n_features)
+        return phi(q), phi(k)
+
+    def attend_chunkwise(self, q, k, v, state, gate_logit=None):
+        fq, fk = self.wide_features(q, k, 0)
+        log_decay = None
+        if gate_logit is not None:  # S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t
+            gate_logit = cast(gate_logit, fq.dtype)
+            log_decay, fk = F.logsigmoid(gate_logit), fk * torch.sigmoid(-gate_logit)[..., None]
+        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'],
+                                         self.chunk_size)
+        return self.finish(y, v.dtype), {'kv': kv}
+
+    def reference_scores(self, q, k):
+        """s_ij = (1/m) sum_r cos(w_r . (x_i - y_j)): the random-feature kernel estimate written on differences,
+        x, y = sigma * l2-normalised q, k."""
+        x = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
+        y = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
+        difference = x[..., :, None, :] - y[..., None, :, :]  # (B, H, T, T, D)
+        return torch.cos(difference @ self.projection.T).mean(-1)
+
+    def attend_reference(self, q, k, v, pad_mask, gate_logit=None):
+        """Ungated: the (T, T) form. Gated: the paper's recurrence token by token, with reference_scores' kernel:
+        y_t = sum_{j<=t} s_tj w_tj v_j / sum_{j<=t} s_tj w_tj, w_tj = (1 - g_j) prod_{j<u<=t} g_u."""
+        if gate_logit is None:
+            return super().attend_reference(q, k, v, pad_mask)
+        scores = self.reference_scores(q, k)  # (B, H, T, T)
+        g = torch.sigmoid(gate_logit)         # (B, H, T)
+        weight = g.new_zeros(g.shape[:2] + (0,))
+        outputs = []
+        for t in range(q.size(2)):  # w_tj for j <= t: the earlier weights decayed by g_t, then 1 - g_t for j = t
+            weight = torch.cat([weight * g[..., t, None], 1 - g[..., t, None]], dim=-1)
+            s = scores[:, :, t, :t + 1] * weight
+            outputs.append((s[..., None] * v[:, :, :t + 1]).sum(-2) / (s.sum(-1, keepdim=True) + self.eps))
+        return torch.stack(outputs, dim=2)
+
+
+class BasedAttention(KernelAttention):
+    """Based's linear attention. Arora et al. 2024, "Simple linear attention language models balance the
+    recall-throughput tradeoff", arXiv:2402.18668.
+
+    q and k are projected per head to d' = based_feature_dim (16 in the paper) and mapped with the second-order
+    Taylor expansion of exp(q . k / sqrt(d')): phi(x) = [1, x / d'^(1/4), vec(x x^T) / (sqrt(2) sqrt(d'))], so
+    phi(q) . phi(k) = 1 + s + s^2 / 2 with s = q . k / sqrt(d') (always > 0). Normalised like softmax. Based pairs
+    this layer with sliding-window attention in its architecture; here it is the attention layer alone.
+    Extra parameters: the projections (H x D x d', for q and for k: 2 C d'). F = 1 + d' + d'^2 (273 for d' = 16).
+    Complexity as KernelAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.based_feature_dim < 1:
+            raise ValueError(f"based_feature_dim={config.based_feature_dim}: must be at least 1 (the paper's is 16)")
+        shape = (config.n_head, self.head_dim, config.based_feature_dim)
+        self.query_projection = nn.Parameter(torch.randn(shape) / math.sqrt(self.head_dim))
+        self.key_projection = nn.Parameter(torch.randn(shape) / math.sqrt(self.head_dim))
+
+    def features(self, q, k, offset):
+        def taylor(x):  # (B, H, T, d') -> (B, H, T, 1 + d' + d'^2)
+            d = x.size(-1)
+            square = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2 * d)
+            return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, square], dim=-1)
+        return (taylor(q @ cast(self.query_projection, q.dtype)),
+                taylor(k @ cast(self.key_projection, k.dtype)))
+
+    def reference_scores(self, q, k):
+        """s_ij = 1 + a + a^2 / 2, a = (q_i P_q) . (k_j P_k) / sqrt(d')."""
+        d = self.key_projection.size(-1)
+        a = (q @ self.query_projection) @ (k @ self.key_projection).transpose(-2, -1) / d ** 0.5
+        return 1 + a + a * a / 2
+
+
+class HedgehogAttention(KernelAttention):
+    """Hedgehog. Zhang et al. 2024, "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax
+    Mimicry", arXiv:2402.04347.
+
+    A learned feature map per head, phi(x) = [softmax(x W + b), softmax(-(x W + b))] over the D channels (F = 2D),
+    W initialised to the identity and b to 0, on queries and keys alike; normalised like softmax. The paper also
+    trains the map to mimic softmax attention with a distillation loss; here it learns from the task's loss alone,
+    like every other parameter. Extra parameters: W (H x D x D) and b (C). Complexity as KernelAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.feature_weight = nn.Parameter(torch.eye(self.head_dim).repeat(config.n_head, 1, 1))  # (H, D, D)
+        self.feature_bias = nn.Parameter(torch.zeros(config.n_head, 1, self.head_dim))
+
+    def features(self, q, k, offset):
+        def phi(x):
+            z = x @ cast(self.feature_weight, x.dtype) + cast(self.feature_bias, x.dtype)
+            return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
+        return phi(q), phi(k)
+
+    def reference_scores(self, q, k):
+        """s_ij = sum_f e^{a_if} e^{c_jf} / (sum_f e^{a_if} sum_f e^{c_jf}) + the same with -a, -c; a = q W + b,
+        c = k W + b."""
+        a = q @ self.feature_weight + self.feature_bias
+        c = k @ self.feature_weight + self.feature_bias
+        def kernel(a, c):
+            normaliser = a.exp().sum(-1)[..., :, None] * c.exp().sum(-1)[..., None, :]  # (B, H, T, T)
+            return (a.exp() @ c.exp().transpose(-2, -1)) / normaliser
+        return kernel(a, c) + kernel(-a, -c)
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -684,6 +1133,12 @@ ATTENTION = {
     'retention': Retention,
     'norm_linear': NormLinearAttention,
     'local': LocalAttention,
+    'gla': GatedLinearAttention,
+    'deltanet': DeltaNet,
+    'gated_deltanet': GatedDeltaNet,
+    'rfa': RandomFeatureAttention,
+    'based': BasedAttention,
+    'hedgehog': HedgehogAttention,
 }
 
 

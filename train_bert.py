@@ -56,7 +56,8 @@ block_size = 512           # sequence length
 mask_prob = 0.15           # fraction of tokens selected for prediction (80% mask, 10% random, 10% unchanged)
 eval_seed = 1234           # the evaluation masks; keep it fixed across runs that are compared
 # model
-attention = 'softmax'      # a name in attention.ATTENTION; always run bidirectionally here
+attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (gla, deltanet, gated_deltanet
+                           # are causal only: refused, with the list of those accepted); always run bidirectionally
 n_layer = 8
 n_head = 8
 n_embd = 512
@@ -68,6 +69,10 @@ chunk_size = 64            # linear-attention family: chunk length of the chunkw
 local_window = 128         # local: keys per query (64 on each side)
 performer_features = 256   # performer: random features per head
 performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
+short_conv = 0             # every variant: kernel of a depthwise causal convolution on q, k, v; 0 = off (papers: 4)
+rfa_features = 128         # rfa: random directions per head (a sine and a cosine feature each)
+rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token decay); bidirectional RFA is ungated
+based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4

@@ -66,7 +66,8 @@ gradient_accumulation_steps = 1  # micro-steps per optimizer step, whatever the 
 num_workers = 4            # DataLoader processes per rank; augmentation is seeded per image, so no result depends on it
 label_smoothing = 0.1      # on the training loss only
 # model
-attention = 'softmax'      # a name in attention.ATTENTION; always run bidirectionally here
+attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (gla, deltanet, gated_deltanet
+                           # are causal only: refused, with the list of those accepted); always run bidirectionally
 patch_size = 4
 pool = 'cls'               # 'cls': classify the class token; 'mean': the mean of the patch tokens
 n_layer = 7
@@ -80,6 +81,10 @@ chunk_size = 64            # linear-attention family: chunk length of the chunkw
 local_window = 16          # local: keys per query; 8 on each side = the patches above and below on an 8x8 grid
 performer_features = 256   # performer: random features per head
 performer_redraw_interval = 1000  # performer: redraw its random features every this many steps (0 = never)
+short_conv = 0             # every variant: kernel of a depthwise causal convolution on q, k, v; 0 = off (papers: 4)
+rfa_features = 128         # rfa: random directions per head (a sine and a cosine feature each)
+rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token decay); bidirectional RFA is ungated
+based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3

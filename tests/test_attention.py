@@ -14,7 +14,10 @@ so that only real differences show.
    test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size, test_block_runs_and_decodes.
 4. Causality: perturbing token t changes no output before t: test_no_leakage_from_the_future.
 5. Awkward shapes: T = 37 is no multiple of the chunk (8) or the window (6), T = 1, head dim 15 (odd, not
-   a power of two), B > 1: the shapes of the tests above.
+   a power of two), B > 1: the shapes of the tests above. The chunk size changes nothing (8, 13, 64 at T = 50):
+   test_chunk_size_does_not_change_the_result.
+Data-dependent gates (gates(x), passed to attend as keyword arguments) go through every check above; the attend
+step alone is also checked for the gradients of the gates themselves.
 6. Padding (bidirectional): outputs at real positions do not depend on padded positions, and a padded
    sequence gives what it gives alone: test_padding_is_ignored; test_bidirectional_sees_both_sides.
 7. Determinism: the same seed gives the same parameters and bitwise the same outputs: test_deterministic.
@@ -136,17 +139,21 @@ def test_reference_catches_a_retention_with_the_wrong_rotation(causal, mistake):
 
 @pytest.mark.parametrize('name,causal', MODES)
 def test_attend_gradients_of_q_k_v(name, causal):
-    """The attend step alone: gradients of q, k and v directly (not only through the projection)."""
+    """The attend step alone: gradients of q, k and v directly (not only through the projection), and of the gates
+    a variant computes from the layer input (decays, step sizes), as attend takes them."""
     module = make(name, causal)
     q, k, v = (inputs(2, 29, 15, seed=s).view(2, 29, 1, 15).expand(2, 29, 2, 15).transpose(1, 2).contiguous()
                for s in (1, 2, 3))
+    with torch.no_grad():
+        gates = module.gates(inputs(2, 29, 30, seed=4))
     results = []
     for attend in (module.attend, module.attend_reference):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        y = attend(*leaves, None)
+        gate_leaves = {key: t.clone().requires_grad_() for key, t in gates.items()}
+        y = attend(*leaves, None, **gate_leaves)
         (y * y.detach().sin()).sum().backward()
-        results.append([y] + [t.grad for t in leaves])
-    for fast, ref, what in zip(*results, ('y', 'q', 'k', 'v')):
+        results.append([y] + [t.grad for t in leaves] + [t.grad for t in gate_leaves.values()])
+    for fast, ref, what in zip(*results, ('y', 'q', 'k', 'v', *gates)):
         torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-10, msg=what)
 
 
@@ -180,6 +187,20 @@ def test_decoding_in_uneven_pieces(name):
             outputs.append(y)
             start += size
     torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('name', LINEAR_FAMILY)
+def test_chunk_size_does_not_change_the_result(name):
+    """Chunks of 8, 13 and 64 tokens (the layer default; more than T = 50) give the same outputs and gradients."""
+    x = inputs(2, 50, 30)
+    results = []
+    for chunk_size in (8, 13, 64):
+        module = make(name, True, chunk_size=chunk_size)
+        results.append(grads(module, x, None, False, torch.ones(2, 50, dtype=torch.bool)))
+    for y, named in results[1:]:
+        torch.testing.assert_close(y, results[0][0], rtol=1e-9, atol=1e-10)
+        for key in named:
+            torch.testing.assert_close(named[key], results[0][1][key], rtol=1e-9, atol=1e-10, msg=f"gradient of {key}")
 
 
 @pytest.mark.parametrize('name', LINEAR_FAMILY)
@@ -337,7 +358,8 @@ def test_memory_grows_linearly(name, causal):
     """No (T, T) matrix and no (T, F, D) tensor: the largest intermediate doubles when T doubles."""
     largest = {}
     for T in (512, 1024):
-        module = make(name, causal, n_embd=16, n_head=2, chunk_size=16, local_window=16, performer_features=16).float()
+        module = make(name, causal, n_embd=16, n_head=2, chunk_size=16, local_window=16, performer_features=16,
+                      rfa_features=8, based_feature_dim=2).float()
         x = torch.randn(1, T, 16, requires_grad=True)
         with TensorSizes() as sizes:
             module(x).sum().backward()
@@ -378,7 +400,7 @@ def test_extra_parameters_are_the_variants_own():
     assert counts['retention'] == base + C * C + 2 * C  # gate and group norm
     assert counts['norm_linear'] == base + C             # output RMSNorm
     for name in ('linear', 'performer', 'cosformer', 'local'):
-        assert counts[name] == base
+        assert counts[name] == base  # the newer variants': test_modern_variants.py
 
 
 @pytest.mark.parametrize('name,causal', MODES)
@@ -475,7 +497,8 @@ def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
     checks = registry_checks('throwaway')
     assert {check.split('(')[0] for check in checks} == {
         'test_fast_path_equals_reference', 'test_attend_gradients_of_q_k_v', 'test_recurrent_equals_parallel',
-        'test_decoding_in_uneven_pieces', 'test_linear_family_state_has_fixed_size',
+        'test_decoding_in_uneven_pieces', 'test_chunk_size_does_not_change_the_result',
+        'test_linear_family_state_has_fixed_size',
         'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
         'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}
     assert "test_recurrent_equals_parallel(name='throwaway', prefill=13)" in checks

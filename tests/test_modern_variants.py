@@ -1,0 +1,259 @@
+"""
+What the registry-driven protocol (test_attention.py) does not reach on its own: the short convolution as an axis of
+every variant, the per-channel and delta-rule kernels at lengths and decays the layer tests do not use, checks that
+the references catch a fast path with a wrong gate, and the refusal of bidirectional use where a paper defines none.
+Float64 unless a test is about float32.
+"""
+import re
+
+import pytest
+import torch
+
+import attention
+import train_bert
+import train_vit
+from attention import ATTENTION, LayerConfig, build_attention
+from test_attention import CAUSAL, BIDIRECTIONAL, MODES, Selection, inputs, make, padding, registry_checks
+from test_train_bert import TINY as BERT_TINY
+from test_train_vit import TINY as VIT_TINY, write_image_folder
+from trainer_checks import write_byte_corpus
+from training import ConfigError
+
+NEW = ['gla', 'deltanet', 'gated_deltanet', 'rfa', 'based', 'hedgehog']
+CAUSAL_ONLY = Selection(lambda name, cls: [name] if not cls.supports_bidirectional else [])
+
+
+# ----------------------------------------------------------------------------------------------
+# the short convolution, on every variant
+
+
+def test_short_convolution_is_the_causal_depthwise_sum():
+    """y_t = sum_{s<K} w_s h_{t-s} + b per channel, h = 0 before the start, written as a loop over taps."""
+    torch.manual_seed(0)
+    conv = attention.ShortConvolution(6, 4, bias=True).double()
+    h = inputs(2, 9, 6)
+    y, history = conv(h)
+    weight, bias = conv.conv.weight[:, 0], conv.conv.bias  # (channels, K): tap K-1 reads the current token
+    expected = torch.zeros_like(h) + bias
+    for t in range(9):
+        for s in range(4):
+            if t - s >= 0:
+                expected[:, t] += weight[:, 3 - s] * h[:, t - s]
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(history, h[:, -3:])
+
+
+@pytest.mark.parametrize('name,causal', MODES)
+def test_short_conv_fast_path_equals_reference(name, causal):
+    module = make(name, causal, short_conv=4)
+    x = inputs(2, 21, 30)
+    pad_mask = None if causal else padding([21, 14], 21)
+    keep = torch.ones(2, 21, dtype=torch.bool) if causal else ~pad_mask
+    ys = [module(x, pad_mask, reference=reference) * keep[..., None] for reference in (False, True)]
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('name', CAUSAL)
+def test_short_conv_decodes_in_uneven_pieces(name):
+    """The state carries the convolution's last K - 1 inputs: pieces shorter than K - 1 (1, 2) continue exactly."""
+    module = make(name, True, short_conv=4)
+    x = inputs(2, 30, 30)
+    with torch.no_grad():
+        expected = module(x)
+        outputs, state, start = [], None, 0
+        for size in (1, 2, 1, 9, 1, 16):
+            y, state = module.step(x[:, start:start + size], state)
+            outputs.append(y)
+            start += size
+    assert state['short_conv'].shape == (2, 3, 90)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize('name', CAUSAL)
+def test_short_conv_does_not_leak(name):
+    module = make(name, True, short_conv=4)
+    x = inputs(1, 20, 30)
+    changed = x.clone()
+    changed[:, 11] += 5
+    with torch.no_grad():
+        y, y_changed = module(x), module(changed)
+    torch.testing.assert_close(y_changed[:, :11], y[:, :11], rtol=0, atol=1e-12)
+    assert not torch.allclose(y_changed[:, 11:14], y[:, 11:14])
+
+
+@pytest.mark.parametrize('name', BIDIRECTIONAL)
+def test_short_conv_ignores_padding(name):
+    module = make(name, False, short_conv=4)
+    x = inputs(2, 17, 30)
+    pad_mask = padding([17, 11], 17)
+    changed = x.clone()
+    changed[pad_mask] = 100 * torch.randn(int(pad_mask.sum()), 30, dtype=torch.float64)
+    with torch.no_grad():
+        y, y_changed = module(x, pad_mask), module(changed, pad_mask)
+        alone = module(x[1:, :11])
+    torch.testing.assert_close(y_changed[~pad_mask], y[~pad_mask], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y[1:, :11], alone, rtol=1e-9, atol=1e-10)
+
+
+def test_short_conv_is_off_by_default_and_adds_its_own_parameters():
+    plain, convolved = make('linear', True), make('linear', True, short_conv=4)
+    assert plain.short_conv is None
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(convolved) == count(plain) + 90 * 4  # (3C) x K weights, no bias (bias=False)
+    with pytest.raises(ValueError, match='short_conv=-1'):
+        make('linear', True, short_conv=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernels
+
+
+def gated_loop(q, k, v, log_decay):
+    """S_t = Diag(exp(log_decay_t)) S_{t-1} + k_t^T v_t, y_t = q_t S_t, one token at a time."""
+    S = q.new_zeros(q.shape[:2] + (q.size(-1), v.size(-1)))
+    outputs = []
+    for t in range(q.size(2)):
+        S = log_decay[:, :, t, :, None].exp() * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        outputs.append((q[:, :, t, None] @ S).squeeze(-2))
+    return torch.stack(outputs, dim=2), S
+
+
+def random_qkv(T, log_decay_scale, seed=0, B=2, H=2, D=5):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for _ in range(3))
+    log_decay = -log_decay_scale * torch.rand(B, H, T, D, generator=g, dtype=torch.float64) ** 3  # mostly mild
+    return q, k, v, log_decay
+
+
+@pytest.mark.parametrize('chunk_size,T', [(16, 50), (64, 200), (7, 23), (64, 1)])
+def test_per_channel_kernel_equals_the_recurrence(chunk_size, T):
+    """Sub-chunks of 4, 16, 2 and 1 tokens: off-diagonal and diagonal blocks, a padded last chunk; from a state too."""
+    q, k, v, log_decay = random_qkv(T, 3.0)
+    expected, S = gated_loop(q, k, v, log_decay)
+    y, final = attention.chunked_gated_attention(q, k, v, log_decay, chunk_size=chunk_size)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, S, rtol=1e-10, atol=1e-10)
+    if T == 1:
+        return
+    cut = T // 3
+    first, state = attention.chunked_gated_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
+                                                     log_decay[:, :, :cut], chunk_size=chunk_size)
+    second, _ = attention.chunked_gated_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], log_decay[:, :, cut:],
+                                                  state, chunk_size=chunk_size)
+    torch.testing.assert_close(torch.cat([first, second], dim=2), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_per_channel_kernel_is_safe_in_float32_at_16k():
+    """Strong per-channel gates (log decays down to -40 a token) over 16384 tokens: float32 stays finite and as close
+    to the float64 recurrence as float32 allows (the log decays summed within a chunk reach -2560, where float32's
+    spacing is 2.4e-4); splitting the scores as (q e^b) . (k e^-b) would overflow."""
+    q, k, v, log_decay = random_qkv(16384, 40.0, B=1, H=1, D=4)
+    expected, _ = gated_loop(q, k, v, log_decay)
+    y, _ = attention.chunked_gated_attention(q.float(), k.float(), v.float(), log_decay.float())
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), expected, rtol=2e-3, atol=2e-3)  # b's float32 running sums reach -2560
+    b = log_decay.float()[..., :64, :].cumsum(2)  # within a single chunk of 64
+    assert not torch.isfinite((k.float()[..., :64, :] * (-b).exp())).all()
+
+
+def delta_loop(q, k, v, beta, log_decay):
+    """S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t (row layout), y_t = q_t S_t."""
+    S = q.new_zeros(q.shape[:2] + (q.size(-1), v.size(-1)))
+    outputs = []
+    for t in range(q.size(2)):
+        kt = k[:, :, t, :, None]
+        S = log_decay[:, :, t, None, None].exp() * (S - beta[:, :, t, None, None] * kt @ (kt.transpose(-2, -1) @ S))
+        S = S + beta[:, :, t, None, None] * kt * v[:, :, t, None, :]
+        outputs.append((q[:, :, t, None] @ S).squeeze(-2))
+    return torch.stack(outputs, dim=2)
+
+
+@pytest.mark.parametrize('dtype,T,scale', [(torch.float64, 100, 1.0), (torch.float32, 4096, 30.0)])
+def test_delta_rule_kernel_equals_the_recurrence(dtype, T, scale):
+    """Unit keys as the layer feeds it; in float32 with log decays down to -30 a token, finite and close."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, T, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    k = k / k.norm(dim=-1, keepdim=True)
+    beta = torch.rand(1, 2, T, generator=g, dtype=torch.float64)
+    log_decay = -scale * torch.rand(1, 2, T, generator=g, dtype=torch.float64) ** 3
+    expected = delta_loop(q, k, v, beta, log_decay)
+    y, _ = attention.chunked_delta_rule(*(t.to(dtype) for t in (q, k, v, beta, log_decay)), chunk_size=64)
+    assert torch.isfinite(y).all()
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(y.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+# ----------------------------------------------------------------------------------------------
+# the references catch a wrong gate
+
+
+class GLAWithScalarDecay(attention.GatedLinearAttention):
+    """A fast path that averages the per-channel decays into one per head."""
+
+    def attend_chunkwise(self, q, k, v, state, log_alpha):
+        return super().attend_chunkwise(q, k, v, state, log_alpha.mean(-1, keepdim=True).expand_as(log_alpha))
+
+
+class DeltaNetWithoutTheCorrection(attention.DeltaNet):
+    """A fast path that forgets the delta rule's correction: plain linear attention with beta-weighted keys."""
+
+    def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
+        fq, fk = self.wide_features(q, k, 0)
+        y, kv = attention.chunked_linear_attention(fq, fk * beta[..., None], v, log_alpha,
+                                                   None if state is None else state['kv'], self.chunk_size)
+        return y, {'kv': kv}
+
+
+class GatedRFAWithoutKeyWeights(attention.RandomFeatureAttention):
+    """Gated RFA whose fast path decays the state but does not weight new keys by 1 - g_t."""
+
+    def attend_chunkwise(self, q, k, v, state, gate_logit=None):
+        fq, fk = self.wide_features(q, k, 0)
+        y, kv = attention.chunked_linear_attention(fq, fk, self.values(v), torch.nn.functional.logsigmoid(gate_logit),
+                                                   None if state is None else state['kv'], self.chunk_size)
+        return self.finish(y, v.dtype), {'kv': kv}
+
+
+@pytest.mark.parametrize('cls', [GLAWithScalarDecay, DeltaNetWithoutTheCorrection, GatedRFAWithoutKeyWeights],
+                         ids=lambda cls: cls.__name__)
+def test_reference_catches_a_wrong_gate(monkeypatch, cls):
+    monkeypatch.setitem(ATTENTION, 'wrong', cls)
+    with pytest.raises(AssertionError, match='test_fast_path_equals_reference'):
+        registry_checks('wrong')
+
+
+# ----------------------------------------------------------------------------------------------
+# causal only
+
+
+@pytest.mark.parametrize('name', CAUSAL_ONLY)
+def test_causal_only_variants_refuse_bidirectional_use_in_one_line(name):
+    with pytest.raises(ValueError) as error:
+        build_attention(LayerConfig(attention=name, causal=False))
+    message = str(error.value)
+    assert '\n' not in message and 'causal only' in message
+    assert message.endswith(', '.join(n for n, cls in ATTENTION.items() if cls.supports_bidirectional))
+
+
+def test_masked_lm_and_vit_say_which_variants_they_accept(tmp_path):
+    (tmp_path / 'bytes').mkdir()
+    corpus = write_byte_corpus(tmp_path / 'bytes')
+    write_image_folder(tmp_path / "images", n_train=64, n_val=16)
+    accepted = ', '.join(n for n, cls in ATTENTION.items() if cls.supports_bidirectional)
+    runs = [(train_bert, BERT_TINY + [f'--data_dir={corpus}']),
+            (train_vit, VIT_TINY + ['--dataset=imagefolder', f'--data_dir={tmp_path / "images"}'])]
+    for script, args in runs:
+        with pytest.raises(ConfigError, match=re.escape(f'pick one of: {accepted}')):
+            script.main(args + ['--attention=gla', f'--out_dir={tmp_path / script.__name__}'])
+
+
+def test_extra_parameters_of_the_new_variants():
+    counts = {name: sum(p.numel() for p in make(name, True).parameters()) for name in ['softmax'] + NEW}
+    base, C, H, D = counts['softmax'], 30, 2, 15
+    assert counts['gla'] == base + (C * 16 + 16 * C + C) + C * C + 2 * C  # gate, output gate, group norm
+    assert counts['deltanet'] == base + C * H + D                          # beta, head norm
+    assert counts['gated_deltanet'] == base + 2 * C * H + 2 * H + D + C * C
+    assert counts['rfa'] == base + C + C * H + H                           # sigma, gate
+    assert sum(p.numel() for p in make('rfa', False).parameters()) == base + C  # ungated: sigma only
+    assert counts['based'] == base + 2 * C * 16
+    assert counts['hedgehog'] == base + H * D * D + C
