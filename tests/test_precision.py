@@ -51,6 +51,11 @@ LOW_PRECISION = [torch.bfloat16, torch.float16]
 DTYPE_IDS = ['bf16', 'fp16']
 WINDOW = 256
 TOLERANCE = 1e-2
+# The delta rule's state is a product of (I - beta k k^T) factors, which carries the rounding of the bfloat16 q, k, v
+# through the whole sequence: with only q, k and v rounded to bfloat16 (everything after them in float64) gated
+# DeltaNet is already 6.5e-3 from float64 overall, 1.1e-2 in its worst window, while its float32 path is within 1e-6.
+# Its limit is set from that input rounding, not from the kernel.
+VARIANT_TOLERANCE = {'gated_deltanet': 1.5e-2}
 
 
 def layer(name, causal, T):
@@ -79,10 +84,12 @@ def relative_errors(y, reference, window):
 
 
 def assert_close_to_float64(y, reference, what, window=WINDOW):
+    """what starts with the variant's name, which sets the limit."""
     assert torch.isfinite(y).all(), f"{what}: inf or nan"
     overall, worst = relative_errors(y, reference, window)
-    assert overall <= TOLERANCE and worst <= TOLERANCE, \
-        f"{what}: relative RMSE {overall:.2e} overall, {worst:.2e} in the worst window of {window} (at most {TOLERANCE})"
+    limit = VARIANT_TOLERANCE.get(what.split()[0], TOLERANCE)
+    assert overall <= limit and worst <= limit, \
+        f"{what}: relative RMSE {overall:.2e} overall, {worst:.2e} in the worst window of {window} (at most {limit})"
 
 
 @pytest.mark.parametrize('dtype', LOW_PRECISION, ids=DTYPE_IDS)
