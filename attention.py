@@ -428,15 +428,15 @@ class Attention(nn.Module):
 
     def step(self, x, state=None):
         """Recurrent decoding: x (B, T, C) are the next T >= 1 tokens after those summarised by state
-        (None = start of the sequence). Returns their outputs (B, T, C) and the new state. With the short
-        convolution on, the state also holds its last kernel - 1 inputs (key 'short_conv')."""
+        (None = start of the sequence). Returns their outputs (B, T, C) and the new state: attend_step's, or with
+        the short convolution on {'attention': attend_step's, 'short_conv': the convolution's last kernel - 1 inputs}.
+        """
         if not self.causal:
             raise ValueError("step() decodes causally; this layer was built with causal=False")
-        q, k, v, history = self.split_heads(x, None, None if state is None else state.get('short_conv'))
-        y, state = self.attend_step(q, k, v, state, **self.gates(x))
-        if history is not None:
-            state = state | {'short_conv': history}
-        return self.output(y, x), state
+        convolving = self.short_conv is not None and state is not None
+        q, k, v, history = self.split_heads(x, None, state['short_conv'] if convolving else None)
+        y, state = self.attend_step(q, k, v, state['attention'] if convolving else state, **self.gates(x))
+        return self.output(y, x), state if history is None else {'attention': state, 'short_conv': history}
 
     def split_heads(self, x, pad_mask=None, history=None):
         """q, k, v (B, H, T, D) from x (B, T, C): the shared projection, then the short convolution where it is on
