@@ -4,7 +4,8 @@ Every attention variant in trev, behind one interface, plus the transformer bloc
 Interface:
     attn = build_attention(config)            # config.attention names a class in ATTENTION
     y = attn(x, pad_mask=None)                # x, y: (B, T, C); pad_mask: (B, T) bool, True = padding
-    y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens
+    y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens; a state
+                                              # is never changed, so it can be continued more than once
 
 Inside attention every tensor is laid out (B, H, T, D), as in SDPA. Each variant has
     attend(q, k, v, pad_mask)                 # the fast path, (B, H, T, D) -> (B, H, T, D)
