@@ -158,7 +158,11 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     bfloat16 model): bfloat16 has float32's range, while a chunk's sum of positive scores (a normaliser) can pass
     float16's 65504.
     """
-    return ChunkwiseLinearAttention.apply(q, k, v, log_decay, state, chunk_size)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, log_decay, state)):
+        return ChunkwiseLinearAttention.apply(q, k, v, log_decay, state, chunk_size)
+    # no gradient wanted (decoding, evaluation): the same forward, without an autograd Function's overhead per call
+    C = min(chunk_size, q.size(2))
+    return ChunkwiseLinearAttention.attend(*(in_chunks(t, C) for t in (q, k, v)), log_decay, state, q.size(2))
 
 
 def in_chunks(x, C):
@@ -209,16 +213,23 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, log_decay, state, chunk_size):
-        B, H, T, Fd = q.shape
+        T = q.size(2)
         C = min(chunk_size, T)
-        wide = wide_dtype(q)
-        low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
-        q, k, v = (in_chunks(t, C) for t in (q, k, v))  # (B, H, N, C, .) in their own dtypes
+        q, k, v = (in_chunks(t, C) for t in (q, k, v))
         ctx.save_for_backward(q, k, v, log_decay, state)
         ctx.T = T
+        return ChunkwiseLinearAttention.attend(q, k, v, log_decay, state, T)
+
+    @staticmethod
+    def attend(q, k, v, log_decay, state, T):
+        """The forward on q, k, v in chunks (B, H, N, C, .) from in_chunks, in their own dtypes, of which the first T
+        tokens are real -> (y (B, H, T, E), the final state (B, H, F, E))."""
+        B, H, N, C, Fd = q.shape
+        wide = wide_dtype(q)
+        low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
         with full_precision(q):
             q, k = cast(q, wide), cast(k, wide)
-            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, q.size(2), q)
+            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, N, q)
             v_end = cast(v, wide) if to_end is None else cast(v, wide) * to_end
             starts, S = ChunkwiseLinearAttention.states(k, v_end, chunk_log_decay, state)
             del v_end
