@@ -4,7 +4,8 @@ Every attention variant in trev, behind one interface, plus the transformer bloc
 Interface:
     attn = build_attention(config)            # config.attention names a class in ATTENTION
     y = attn(x, pad_mask=None)                # x, y: (B, T, C); pad_mask: (B, T) bool, True = padding
-    y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens
+    y, state = attn.step(x, state=None)       # causal only: continue from state with T >= 1 new tokens; a state
+                                              # is never changed, so it can be continued more than once
 
 Inside attention every tensor is laid out (B, H, T, D), as in SDPA. Each variant has
     attend(q, k, v, pad_mask)                 # the fast path, (B, H, T, D) -> (B, H, T, D)
@@ -33,6 +34,7 @@ same whatever the attention. Parameters a variant adds (retention's gate and gro
 output norm) are its own and show up in the parameter count.
 """
 import math
+import weakref
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -166,49 +168,162 @@ def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64)
     Within a chunk of C tokens a masked (C, C) matmul; across chunks the states entering each chunk, from
     chunk_states (batched, no loop over chunks), each applied to its chunk's queries.
     Time O(T C (F + E) + T F E + (T / C) G F E) with G = chunk_states' group (16), memory O(T C + (T / C) F E):
-    no (T, T) and no (T, F, E) tensor.
+    no (T, T) and no (T, F, E) tensor. Backward (ChunkwiseLinearAttention) about 1.4x the forward's matmuls, as
+    it recomputes the (C, C) scores and the chunk states instead of keeping them: between forward and backward
+    only q, k, v (in chunks), log_decay and state are kept.
     Precision: decays, chunk contributions, states, the inter-chunk product and y are computed in float32 (float64
     inputs stay float64) whatever the inputs' dtype or autocast: these are sums over the whole sequence. Only the
-    two intra-chunk matmuls run in bfloat16 when v comes in bfloat16 (bfloat16 autocast, or a bfloat16 model):
-    bfloat16 has float32's range, while a chunk's sum of positive scores (a normaliser) can pass float16's 65504.
+    two intra-chunk matmuls (four in backward) run in bfloat16 when v comes in bfloat16 (bfloat16 autocast, or a
+    bfloat16 model): bfloat16 has float32's range, while a chunk's sum of positive scores (a normaliser) can pass
+    float16's 65504.
     """
-    B, H, T, Fd = q.shape
-    E = v.size(-1)
-    C = min(chunk_size, T)
-    pad = -T % C
-    wide = wide_dtype(q)
-    low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
-    with full_precision(q):
-        q, k, v = cast(q, wide), cast(k, wide), cast(v, wide)
-        if pad:  # zero keys/values and zero log-decay at the end change nothing before them
-            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            log_decay = None if log_decay is None else F.pad(log_decay, (0, pad))
-        N = (T + pad) // C
-        q = q.view(B, H, N, C, Fd)
-        k = k.view(B, H, N, C, Fd)
-        v = v.view(B, H, N, C, E)
-        # in place below where autograd allows: a matmul keeps its inputs for backward, not its output
-        scores = cast(q, low) @ cast(k, low).transpose(-2, -1)  # (B, H, N, C, C)
-        mask = causal_mask(C, C, q.device)
-        if log_decay is None:
-            scores.masked_fill_(~mask, 0)
-            v_state, decay_from_start = v, None
-            chunk_log_decay = q.new_zeros(N)  # broadcasts over (B, H)
-        else:
-            b = cast(log_decay, wide).reshape(-1, H, N, C).cumsum(-1)  # log decay from chunk start, (B|1, H, N, C)
-            pair = (b[..., :, None] - b[..., None, :]).masked_fill(~mask, float('-inf'))  # (B|1, H, N, C, C)
-            scores = scores * pair.exp()
-            # per-token decay factors scale the (C, E) side of each product, never the (C, F) features
-            decay_from_start = b[..., None].exp()                 # chunk start to i, (B|1, H, N, C, 1)
-            v_state = v * (b[..., -1:] - b)[..., None].exp()      # j to chunk end
-            chunk_log_decay = b[..., -1]                          # (B|1, H, N)
-        y = cast(scores, low) @ cast(v, low)  # intra-chunk part, (B, H, N, C, E)
-        chunk_kv = k.transpose(-2, -1) @ v_state  # each chunk's contribution to the state, (B, H, N, F, E)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, log_decay, state)):
+        return ChunkwiseLinearAttention.apply(q, k, v, log_decay, state, chunk_size)
+    # no gradient wanted (decoding, evaluation): the same forward, without an autograd Function's overhead per call
+    C = min(chunk_size, q.size(2))
+    return ChunkwiseLinearAttention.attend(*(in_chunks(t, C) for t in (q, k, v)), log_decay, state, q.size(2))
+
+
+def in_chunks(x, C):
+    """(B, H, T, X) -> (B, H, N, C, X), N = ceil(T / C), contiguous (one copy where x is not), zero-padded at the
+    end: zero queries, keys, values and log-decays after the last token change nothing before it."""
+    pad = -x.size(2) % C
+    return (F.pad(x, (0, 0, 0, pad)) if pad else x).unflatten(2, (-1, C)).contiguous()
+
+
+def chunk_decays(log_decay, C, N, like):
+    """Each chunk's decay factors, with b_i = sum of log_decay from the chunk's first token to token i and b_C over
+    the whole chunk: (within, from_start, to_end, chunk_log_decay) = (exp(b_i - b_j) for j <= i and 0 above the
+    diagonal (B|1, H, N, C, C), exp(b_i) (B|1, H, N, C, 1), exp(b_C - b_j) (B|1, H, N, C, 1), b_C (B|1, H, N)), in
+    like's dtype. Without decay: (the (C, C) causal mask, None, None, zeros (N,)). The kernel's only place that
+    reads log_decay: a per-channel decay would change these factors (then scaling the F side: q, k, state rows)."""
+    mask = causal_mask(C, C, like.device)
+    if log_decay is None:
+        return mask, None, None, like.new_zeros(N)
+    b = F.pad(cast(log_decay, like.dtype), (0, N * C - log_decay.size(-1))).unflatten(-1, (N, C)).cumsum(-1)
+    within = (b[..., :, None] - b[..., None, :]).masked_fill_(~mask, float('-inf')).exp_()  # (B|1, H, N, C, C)
+    return within, b[..., None].exp(), (b[..., -1:] - b)[..., None].exp(), b[..., -1]
+
+
+def weigh_within(scores, within):
+    """scores (B, H, N, C, C) times chunk_decays' `within` (the causal mask, or the decay weights), in place."""
+    return scores.masked_fill_(~within, 0) if within.dtype == torch.bool else scores.mul_(within)
+
+
+class ChunkwiseLinearAttention(torch.autograd.Function):
+    """chunked_linear_attention's forward, and its backward written out: nothing but the inputs is kept for
+    backward, which recomputes the (C, C) scores (one matmul) and the chunk states (one matmul and chunk_states),
+    each when it needs them, so that no (C, C) tensor or per-chunk state outlives the forward and at most two are
+    held at once in backward. Autograd on the forward would keep every chunk's scores, states and copies.
+
+    Per chunk (rows i, j; b, within W, from_start exp(b), to_end exp(b_C - b) as in chunk_decays), with S_n the
+    state entering chunk n, A = (q k^T) * W and G_n the gradient of the loss with respect to S_n:
+        forward   y = A v + exp(b) * (q S_n)              S_{n+1} = exp(b_C) S_n + k^T (exp(b_C - b) * v)
+        backward  G_N = the final state's gradient, G_n = exp(b_C) G_{n+1} + q^T (exp(b) * dy): chunk_states run from
+                  the last chunk to the first, G_0 the incoming state's gradient
+                  dA = (dy v^T) * W
+                  dq = dA k + exp(b) * (dy S_n^T)          dk = dA^T q + (exp(b_C - b) * v) G_{n+1}^T
+                  dv = A^T dy + (exp(b_C - b) * k) G_{n+1}
+                  dL/db_i = sum_f (q * dq - k * dk)_if, plus <G_{n+1}, S_{n+1}> at the chunk's last token (every
+                  factor exp(b_i - b_j), exp(b_i), exp(b_C - b_j) scales a row of q or k); dL/dlog_decay_t = the
+                  sum of dL/db_i over the chunk's tokens i >= t.
+    tests/test_attention.py checks it against autograd on the plain formula in float64, and with gradcheck.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, state, chunk_size):
+        T = q.size(2)
+        C = min(chunk_size, T)
+        q, k, v = (in_chunks(t, C) for t in (q, k, v))
+        ctx.save_for_backward(q, k, v, log_decay, state)
+        ctx.T = T
+        return ChunkwiseLinearAttention.attend(q, k, v, log_decay, state, T)
+
+    @staticmethod
+    def attend(q, k, v, log_decay, state, T):
+        """The forward on q, k, v in chunks (B, H, N, C, .) from in_chunks, in their own dtypes, of which the first T
+        tokens are real -> (y (B, H, T, E), the final state (B, H, F, E))."""
+        B, H, N, C, Fd = q.shape
+        wide = wide_dtype(q)
+        low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
+        with full_precision(q):
+            q, k = cast(q, wide), cast(k, wide)
+            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, N, q)
+            v_end = cast(v, wide) if to_end is None else cast(v, wide) * to_end
+            starts, S = ChunkwiseLinearAttention.states(k, v_end, chunk_log_decay, state)
+            del v_end
+            y = q @ starts  # inter-chunk part, (B, H, N, C, E)
+            del starts
+            if from_start is not None:
+                y.mul_(from_start)
+            scores = weigh_within(cast(q, low) @ cast(k, low).transpose(-2, -1), within)  # (B, H, N, C, C)
+            y += scores @ cast(v, low)  # intra-chunk part
+        return y.flatten(2, 3)[:, :, :T], S.view(B, H, Fd, -1)
+
+    @staticmethod
+    def states(k, v_to_end, chunk_log_decay, state):
+        """The states entering each chunk (B, H, N, F, E) and after the last (B, H, F E), from the chunks' keys and
+        their values decayed to the chunk's end (B, H, N, C, .), in k's dtype."""
+        chunk_kv = k.transpose(-2, -1) @ v_to_end  # each chunk's contribution to the state, (B, H, N, F, E)
         starts, S = chunk_states(chunk_kv.flatten(-2), chunk_log_decay,
-                                 None if state is None else cast(state, wide).flatten(-2))  # (B, H, N, F E), (B, H, F E)
-        inter = q @ starts.view(B, H, N, Fd, E)  # inter-chunk part, (B, H, N, C, E)
-        y = (inter if decay_from_start is None else inter * decay_from_start).add_(y)
-    return y.reshape(B, H, N * C, E)[:, :, :T], S.view(B, H, Fd, E)
+                                 None if state is None else cast(state, k.dtype).flatten(-2))
+        return starts.view(chunk_kv.shape), S
+
+    @staticmethod
+    def backward(ctx, dy, dS):
+        q, k, v, log_decay, state = ctx.saved_tensors
+        B, H, N, C, Fd = q.shape
+        T = ctx.T
+        dtypes = q.dtype, k.dtype, v.dtype
+        wide = wide_dtype(q)
+        low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide
+        with full_precision(q):
+            q, k, v, dy = cast(q, wide), cast(k, wide), cast(v, wide), cast(in_chunks(dy, C), wide)
+            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, N, q)
+            # across chunks first, while dk and dv do not exist yet: the states, recomputed, give dq; then G_{n+1}
+            # from the reverse recurrence gives dk and dv
+            dy_start = dy if from_start is None else dy * from_start  # exp(b) * dy
+            v_end = v if to_end is None else v * to_end
+            starts, S = ChunkwiseLinearAttention.states(k, v_end, chunk_log_decay, state)
+            dq = dy_start @ starts.transpose(-2, -1)  # (B, H, N, C, F)
+            after = None  # the states after each chunk, S_{n+1}, for the decay's gradient
+            if ctx.needs_input_grad[3]:
+                after = torch.cat([starts[:, :, 1:], S.view(B, H, 1, Fd, -1)], dim=2)  # (B, H, N, F, E)
+            del starts, S
+            # each chunk's q^T (exp(b) dy), (B, H, N, F E), from the last chunk to the first
+            to_state = (q.transpose(-2, -1) @ dy_start).flatten(-2).flip(-2)
+            del dy_start
+            reverse, d_state = chunk_states(to_state, chunk_log_decay.flip(-1), dS.flatten(-2))
+            del to_state
+            G = reverse.flip(-2).view(B, H, N, Fd, -1)  # G_{n+1}: the gradient of the state after each chunk
+            del reverse
+            dk = v_end @ G.transpose(-2, -1)  # (B, H, N, C, F)
+            del v_end
+            dv = (k if to_end is None else k * to_end) @ G  # (B, H, N, C, E)
+            # within chunks, the scores recomputed: dv += A^T dy, then dA = (dy v^T) * W gives dq and dk
+            q_low, k_low, v_low, dy_low = (cast(t, low) for t in (q, k, v, dy))
+            scores = weigh_within(q_low @ k_low.transpose(-2, -1), within)  # A, (B, H, N, C, C)
+            add_matmul(dv, scores.transpose(-2, -1), dy_low)
+            del scores
+            d_scores = weigh_within(dy_low @ v_low.transpose(-2, -1), within)  # dA
+            add_matmul(dq, d_scores, k_low)
+            add_matmul(dk, d_scores.transpose(-2, -1), q_low)
+            del d_scores
+            d_log_decay = None
+            if after is not None:
+                d_b = (q * dq).sum(-1) - (k * dk).sum(-1)  # (B, H, N, C)
+                d_b[..., -1] += (G * after).sum((-2, -1))
+                d_log_decay = d_b.flip(-1).cumsum(-1).flip(-1).flatten(2)[..., :T].sum_to_size(log_decay.shape)
+        grads = (cast(g.flatten(2, 3)[:, :, :T], dtype) for g, dtype in zip((dq, dk, dv), dtypes))
+        return (*grads, d_log_decay, None if state is None else cast(d_state.view(state.shape), state.dtype), None)
+
+
+def add_matmul(out, a, b):
+    """out += a @ b in place for (B, H, N, ., .) tensors: one baddbmm_, no product tensor, where a and b come in
+    out's dtype (otherwise, in bfloat16 within chunks, their product is added)."""
+    if a.dtype != out.dtype:
+        return out.add_(a @ b)
+    return out.view(-1, *out.shape[-2:]).baddbmm_(a.flatten(0, 2), b.flatten(0, 2))
 
 
 def chunked_gated_attention(q, k, v, log_decay, state=None, chunk_size=64):
@@ -461,14 +576,62 @@ class Attention(nn.Module):
         return self.dropout(self.proj(y))
 
 
+class KVCache:
+    """Keys and values of decoded tokens, (B, H, capacity, D) each, allocated ahead and written in place: softmax's
+    cache of every token (its capacity doubled when a sequence outlives it) and local attention's ring of its window.
+    The decoding states of one sequence (KVState) share a cache: a continuation writes into the cache of the state it
+    continues when no other live state reads that cache, and into a copy otherwise (copy-on-write), so continuing one
+    state twice (branching) gives each continuation its own cache and neither overwrites what the other reads. A
+    state's liveness is Python's: a state nothing refers to any more is gone, and its cache's next writer may reuse
+    it. Decoding is inference: call step under torch.no_grad (as generate and bench do); training uses forward."""
+
+    def __init__(self, k, v, capacity):
+        B, H, _, D = k.shape
+        self.k = k.new_empty(B, H, capacity, D)
+        self.v = v.new_empty(B, H, capacity, v.size(-1))
+        self.readers = weakref.WeakSet()  # the live states that read this cache
+
+    @property
+    def capacity(self):
+        return self.k.size(2)
+
+    @staticmethod
+    def to_write(state, k, v, capacity):
+        """The cache into which a continuation of `state` (None: the start of a sequence) writes the new tokens' keys
+        and values: the state's own when it has `capacity` slots and `state` is its only live reader, else a new
+        cache of `capacity` slots holding a copy of what the state's holds."""
+        if state is not None and state.cache.capacity == capacity and len(state.cache.readers) == 1:
+            return state.cache
+        cache = KVCache(k, v, capacity)
+        if state is not None:
+            held = min(state.length, state.cache.capacity)  # a ring copied whole keeps each token at its slot
+            cache.k[:, :, :held] = state.cache.k[:, :, :held]
+            cache.v[:, :, :held] = state.cache.v[:, :, :held]
+        return cache
+
+
+class KVState:
+    """The decoding state of softmax or local attention after the first `length` tokens of a sequence: their keys
+    and values in `cache` (softmax: token t at slot t; local: the last `window` tokens, token t at slot t % window)."""
+
+    def __init__(self, cache, length):
+        self.cache, self.length = cache, length
+        cache.readers.add(self)
+
+
 class SoftmaxAttention(Attention):
     """Scaled dot-product attention. Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762.
 
     y_i = sum_j softmax_j(q_i . k_j / sqrt(D)) v_j over j <= i (causal) or all unpadded j.
     Fast path: F.scaled_dot_product_attention (flash / memory-efficient kernels where available).
-    Time O(T^2 D); memory O(T) with a fused kernel, O(T^2) without. Decoding keeps a KV cache:
-    O(t D) time and memory at position t.
+    Time O(T^2 D); memory O(T) with a fused kernel, O(T^2) without. Decoding keeps a KV cache (KVCache) allocated
+    for block_size tokens, doubled whenever a sequence outlives it, written in place: a token at position t costs
+    O(t D) time (SDPA over the filled prefix) and O(D) new memory, nothing copied.
     """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cache_size = config.block_size  # the KV cache's first allocation, in tokens
 
     def attend(self, q, k, v, pad_mask):
         if pad_mask is None:
@@ -479,12 +642,23 @@ class SoftmaxAttention(Attention):
         return masked_softmax_attention(q, k, v, reference_mask(q.size(2), self.causal, pad_mask, q.device))
 
     def attend_step(self, q, k, v, state):
-        if state is not None:
-            k = torch.cat([state['k'], k], dim=2)
-            v = torch.cat([state['v'], v], dim=2)
-        T, T_all = q.size(2), k.size(2)
-        mask = None if T == 1 else causal_mask(T, T_all, q.device, offset=T_all - T)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), {'k': k, 'v': v}
+        start = 0 if state is None else state.length
+        T = q.size(2)
+        end = start + T
+        capacity = self.cache_size if state is None else state.cache.capacity
+        if end > capacity:  # the sequence outlives its cache: doubling keeps the copies O(1) per token on average
+            capacity = max(end, 2 * capacity)
+        cache = KVCache.to_write(state, k, v, capacity)
+        cache.k[:, :, start:end] = k
+        cache.v[:, :, start:end] = v
+        k, v = cache.k[:, :, :end], cache.v[:, :, :end]  # the filled prefix, (B, H, end, D)
+        if T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, end, q.device, offset=start))
+        return y, KVState(cache, end)
 
 
 class LocalAttention(Attention):
@@ -494,7 +668,8 @@ class LocalAttention(Attention):
     Softmax attention restricted to a window of w = local_window keys: causal, keys i-w+1 .. i;
     bidirectional, keys i-r .. i+r with r = w // 2 (2r + 1 keys).
     Fast path: queries in blocks of w attend to their own and neighbouring key blocks (2w causal, 3w
-    bidirectional keys). Time O(T w D), memory O(T w). Decoding keeps the last w-1 keys and values.
+    bidirectional keys). Time O(T w D), memory O(T w). Decoding keeps the last w keys and values in a
+    ring (KVCache, token t at slot t % w), written in place: a token costs O(w D) whatever its position.
     """
 
     def __init__(self, config):
@@ -548,18 +723,36 @@ class LocalAttention(Attention):
         return torch.softmax(scores, dim=-1) @ v
 
     def attend_step(self, q, k, v, state):
-        cached = 0 if state is None else state['k'].size(2)
-        if state is not None:
-            k = torch.cat([state['k'], k], dim=2)
-            v = torch.cat([state['v'], v], dim=2)
+        w = self.window
+        start = 0 if state is None else state.length
         T = q.size(2)
-        if T <= self.window:  # decoding: the new queries against the cache, O(T (w + T))
+        if T == 1:  # in the ring, token `start` replaces token start - w, which no query from here on sees
+            cache = KVCache.to_write(state, k, v, w)
+            slot = start % w
+            cache.k[:, :, slot:slot + 1] = k
+            cache.v[:, :, slot:slot + 1] = v
+            held = min(start + 1, w)  # every held key is in the window: no mask (softmax ignores the slots' order)
+            y = F.scaled_dot_product_attention(q, cache.k[:, :, :held], cache.v[:, :, :held])
+            return y, KVState(cache, start + 1)
+        # T > 1: the held keys a new query can see (the last w - 1), in order, then the new ones. Written in place,
+        # the new tokens would overwrite keys the continued state still needs: their last w go into a new ring.
+        if state is not None:
+            slots = torch.arange(max(0, start - w + 1), start, device=q.device) % w
+            k = torch.cat([state.cache.k.index_select(2, slots), k], dim=2)
+            v = torch.cat([state.cache.v.index_select(2, slots), v], dim=2)
+        cached = k.size(2) - T
+        if T <= w:  # the new queries against held and new keys, O(T (w + T))
             position = torch.arange(cached + T, device=q.device)
             y = masked_softmax_attention(q, k, v, self.allowed(position[cached:, None] - position, True))
-        else:  # a long prefill: the blocked path, with zero queries standing in for the cached tokens
+        else:  # a long prefill: the blocked path, with zero queries standing in for the held tokens
             y = self.attend(F.pad(q, (0, 0, cached, 0)), k, v, None)[:, :, cached:]
-        keep = min(self.window - 1, k.size(2))  # all that a later query can still see
-        return y, {'k': k[:, :, k.size(2) - keep:], 'v': v[:, :, v.size(2) - keep:]}
+        end = start + T
+        kept = min(w, end)
+        cache = KVCache(k, v, w)
+        slots = torch.arange(end - kept, end, device=q.device) % w
+        cache.k.index_copy_(2, slots, k[:, :, -kept:])
+        cache.v.index_copy_(2, slots, v[:, :, -kept:])
+        return y, KVState(cache, end)
 
 
 class KernelAttention(Attention):

@@ -189,6 +189,93 @@ def test_decoding_in_uneven_pieces(name):
     torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
 
 
+def branches_match_forward(module):
+    """A state continued twice: two sequences share their first 12 tokens, then each branch is decoded from that one
+    state, the two taking turns (a token or a piece each). True when each branch's outputs equal the parallel forward
+    of its own sequence, i.e. neither continuation overwrote what the other reads."""
+    shared = inputs(1, 12, 30)
+    branches = [torch.cat([shared, inputs(1, 18, 30, seed=seed)], dim=1) for seed in (2, 3)]
+    with torch.no_grad():
+        _, state = module.step(shared)
+        states, outputs, start = [state, state], [[], []], 12
+        for size in (1, 1, 3, 1, 9, 1, 2):
+            for b in (0, 1):
+                y, states[b] = module.step(branches[b][:, start:start + size], states[b])
+                outputs[b].append(y)
+            start += size
+        return all(torch.allclose(torch.cat(outputs[b], dim=1), module(branches[b])[:, 12:], rtol=1e-9, atol=1e-10)
+                   for b in (0, 1))
+
+
+@pytest.mark.parametrize('name', CAUSAL)
+def test_decoding_from_a_state_continued_twice(name):
+    assert branches_match_forward(make(name, True))
+
+
+@pytest.mark.parametrize('variant', ['softmax', 'local'])
+def test_branching_check_catches_a_cache_shared_by_two_continuations(variant, monkeypatch):
+    to_write = attention.KVCache.to_write
+
+    def always_in_place(state, k, v, capacity):  # ignores the other live states reading the cache
+        return state.cache if state is not None and state.cache.capacity == capacity else to_write(state, k, v, capacity)
+
+    monkeypatch.setattr(attention.KVCache, 'to_write', staticmethod(always_in_place))
+    assert not branches_match_forward(make(variant, True))
+
+
+@pytest.mark.parametrize('variant', ['softmax', 'local'])
+def test_decoding_writes_in_place(variant):
+    """A continuation writes into the cache of the state it continues while no other live state reads it: nothing is
+    copied (softmax's step is O(t) in attention, not also O(t) in copies), the same cache again once the earlier
+    continuation is gone (bench's decode steps, each from the same prefilled state), a copy while it lives."""
+    module = make(variant, True)
+    x = inputs(1, 20, 30)
+    with torch.no_grad():
+        _, state = module.step(x[:, :10])
+        _, continued = module.step(x[:, 10:11], state)
+        assert continued.cache is state.cache
+        _, branch = module.step(x[:, 10:11], state)
+        assert branch.cache is not state.cache
+        del continued, branch
+        cache = state.cache
+        _, state = module.step(x[:, 10:11], state)
+        assert state.cache is cache
+        for t in range(11, 20):  # decoding on, each state dropped once continued (as generate does)
+            _, state = module.step(x[:, t:t + 1], state)
+    assert state.cache is cache
+    assert cache.capacity == (6 if variant == 'local' else 64)  # the window's ring; block_size for softmax
+
+
+def softmax_decoding_after_growth(module):
+    """Decodes 37 tokens in pieces from a cache allocated for 4 -> (outputs equal the parallel forward, the cache's
+    capacity after each piece)."""
+    x = inputs(2, 37, 30)
+    with torch.no_grad():
+        outputs, capacities, state, start = [], [], None, 0
+        for size in (3, 1, 1, 5, 1, 9, 17):
+            y, state = module.step(x[:, start:start + size], state)
+            outputs.append(y)
+            capacities.append(state.cache.capacity)
+            start += size
+        return torch.allclose(torch.cat(outputs, dim=1), module(x), rtol=1e-9, atol=1e-10), capacities
+
+
+def test_softmax_cache_grows_past_its_first_allocation():
+    matches, capacities = softmax_decoding_after_growth(make('softmax', True, block_size=4))
+    assert matches
+    assert capacities == [4, 4, 8, 16, 16, 32, 64]  # doubled, or to what one piece needs (37 > 2 x 16)
+
+
+def test_growth_check_catches_a_cache_grown_without_its_tokens(monkeypatch):
+    to_write = attention.KVCache.to_write
+
+    def forgets_when_growing(state, k, v, capacity):
+        grows = state is not None and capacity != state.cache.capacity
+        return to_write(None if grows else state, k, v, capacity)
+
+    monkeypatch.setattr(attention.KVCache, 'to_write', staticmethod(forgets_when_growing))
+    assert not softmax_decoding_after_growth(make('softmax', True, block_size=4))[0]
+
 @pytest.mark.parametrize('name', LINEAR_FAMILY)
 def test_chunk_size_does_not_change_the_result(name):
     """Chunks of 8, 13 and 64 tokens (the layer default; more than T = 50) give the same outputs and gradients."""
@@ -337,6 +424,102 @@ def test_chunk_states_equals_the_recurrence(N, decay):
         for a, b in zip(got, expected):
             torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
+
+def linear_attention_formula(q, k, v, log_decay, state):
+    """Causal linear attention with decay on the (T, T) matrix, from its definition, sharing nothing with the chunked
+    kernel: with L_i = sum_{t<=i} log_decay_t, y_i = sum_{j<=i} (q_i . k_j) exp(L_i - L_j) v_j + exp(L_i) q_i S_0 and
+    the final state S = sum_j exp(L_{T-1} - L_j) k_j v_j^T + exp(L_{T-1}) S_0."""
+    T = q.size(2)
+    L = log_decay.cumsum(-1)  # (B|1, H, T)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    decay = (L[..., :, None] - L[..., None, :]).masked_fill(~allowed, float('-inf')).exp()  # (B|1, H, T, T)
+    y = ((q @ k.transpose(-2, -1)) * decay) @ v + L.exp()[..., None] * (q @ state)
+    to_end = (L[..., -1:] - L).exp()[..., None]  # (B|1, H, T, 1)
+    return y, (k * to_end).transpose(-2, -1) @ v + L[..., -1, None, None].exp() * state
+
+
+KERNEL_DECAYS = {  # log_decay for B = 2, H = 3, T tokens: None, or <= 0
+    'none': lambda T, g: None,
+    'per sequence': lambda T, g: -torch.rand(2, 3, T, generator=g, dtype=torch.float64),
+    'shared by the batch': lambda T, g: -0.3 * torch.rand(1, 3, T, generator=g, dtype=torch.float64),
+}
+
+
+def kernel_mismatches(decay, incoming_state, T=37, chunk_size=8):
+    """chunked_linear_attention against linear_attention_formula in float64 (T = 37: the last of the chunks of 8 is
+    partial): y, the final state, and the gradients of q, k, v, log_decay and the incoming state of a loss that reads
+    both y and the final state. Returns the names of what differs."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, T, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 3, T, 4, generator=g, dtype=torch.float64)
+    log_decay = KERNEL_DECAYS[decay](T, g)
+    state = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) if incoming_state else None
+    y_weight, state_weight = torch.randn(2, 3, T, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    results = []
+    for kernel in (attention.chunked_linear_attention, None):
+        leaves = [None if t is None else t.clone().requires_grad_() for t in (q, k, v, log_decay, state)]
+        if kernel is None:
+            args = leaves[:3] + [torch.zeros(1, 3, T, dtype=torch.float64) if log_decay is None else leaves[3],
+                                 torch.zeros(2, 3, 5, 4, dtype=torch.float64) if state is None else leaves[4]]
+            y, final = linear_attention_formula(*args)
+        else:
+            y, final = kernel(*leaves, chunk_size=chunk_size)
+        ((y * y_weight).sum() + (final * state_weight).sum()).backward()
+        results.append([y, final] + [None if t is None else t.grad for t in leaves])
+    names = ('y', 'final state', 'q', 'k', 'v', 'log_decay', 'incoming state')
+    return [name for name, a, b in zip(names, *results)
+            if a is not None and not torch.allclose(a, b, rtol=1e-9, atol=1e-10)]
+
+
+@pytest.mark.parametrize('decay', KERNEL_DECAYS)
+@pytest.mark.parametrize('incoming_state', [False, True])
+def test_chunk_kernel_and_its_gradients_equal_the_formula(decay, incoming_state):
+    """ChunkwiseLinearAttention's backward, written out and recomputing, against autograd on the formula."""
+    assert kernel_mismatches(decay, incoming_state) == []
+
+
+def test_chunk_kernel_check_catches_a_backward_that_drops_the_state_gradient(monkeypatch):
+    backward = attention.ChunkwiseLinearAttention.backward
+    monkeypatch.setattr(attention.ChunkwiseLinearAttention, 'backward',
+                        staticmethod(lambda ctx, dy, dS: backward(ctx, dy, torch.zeros_like(dS))))
+    assert 'log_decay' in kernel_mismatches('per sequence', True)
+
+
+def test_chunk_kernel_passes_gradcheck():
+    """Finite differences against the backward, every input differentiable: T = 11 in chunks of 4, with decay and
+    an incoming state."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 11, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, 2, 11, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    log_decay = (-torch.rand(1, 2, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    state = torch.randn(1, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    kernel = lambda *args: attention.chunked_linear_attention(*args, chunk_size=4)
+    assert torch.autograd.gradcheck(kernel, (q, k, v, log_decay, state))
+
+
+def kept_for_backward(fn, *args):
+    """The storages of the tensors autograd keeps for backward while fn(*args) runs."""
+    kept = set()
+
+    def pack(t):
+        kept.add(t.untyped_storage().data_ptr())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return kept
+
+
+def test_chunk_kernel_keeps_only_its_inputs_for_backward():
+    """No (C, C) scores, per-chunk states or copies live from forward to backward: only q, k, v (contiguous, a whole
+    number of chunks: kept as they are), log_decay and the state. Autograd through the formula keeps more."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    log_decay = (-torch.rand(2, 3, 64, generator=g, dtype=torch.float64)).requires_grad_()
+    state = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    args = (q, k, v, log_decay, state)
+    given = {t.untyped_storage().data_ptr() for t in args}
+    assert kept_for_backward(lambda *a: attention.chunked_linear_attention(*a, chunk_size=8), *args) <= given
+    assert not kept_for_backward(linear_attention_formula, *args) <= given
 
 class TensorSizes(TorchDispatchMode):
     """Records the largest tensor any op produces, forward and backward."""
@@ -498,6 +681,7 @@ def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
     assert {check.split('(')[0] for check in checks} == {
         'test_fast_path_equals_reference', 'test_attend_gradients_of_q_k_v', 'test_recurrent_equals_parallel',
         'test_decoding_in_uneven_pieces', 'test_chunk_size_does_not_change_the_result',
+        'test_decoding_from_a_state_continued_twice',
         'test_linear_family_state_has_fixed_size',
         'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
         'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}

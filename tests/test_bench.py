@@ -65,6 +65,22 @@ def test_decode_without_causal_is_unsupported():
     assert run_case(one_case(tiny_config('--causal=False'), 'linear', 'fwd'))['status'] == 'ok'
 
 
+
+@pytest.mark.parametrize('variant', ['softmax', 'local'])
+def test_decode_steps_write_into_the_prefilled_cache(variant, monkeypatch):
+    """Every timed decode step continues the same prefilled state and drops what it returns, so it writes into that
+    state's cache in place: no cache is allocated or copied per step (a copy of the whole cache would be timed as
+    the variant's decoding cost). A caller that keeps each step's state gets a copy per step, which this sees."""
+    call = bench.layer_call(one_case(tiny_config(), variant, 'decode', seq_len=12), torch.device('cpu'), torch.float32)
+    made = []
+    allocate = attention.KVCache.__init__
+    monkeypatch.setattr(attention.KVCache, '__init__', lambda cache, *args: made.append(1) or allocate(cache, *args))
+    for _ in range(3):
+        call()
+    assert made == []
+    kept = [call() for _ in range(3)]
+    assert len(made) == 2 and len(kept) == 3  # the first step still wrote in place
+
 def test_cases_take_turns(monkeypatch):
     # a slow and a fast case timed together: they alternate, and each spends about min_time / repeats per round
     log = []
