@@ -112,7 +112,7 @@ def test_a_causal_only_variant_is_refused_naming_those_that_are_not(listops, tmp
 
     monkeypatch.setitem(ATTENTION, 'causal_only', CausalOnly)
     monkeypatch.setitem(ATTENTION, 'softplus', SoftplusAttention)  # registered at run time: accepted, no other edit
-    accepted = ', '.join(v for v in ATTENTION if v != 'causal_only')
+    accepted = ', '.join(name for name, cls in ATTENTION.items() if cls.supports_bidirectional)
     with pytest.raises(ConfigError, match=re.escape(f"attention='causal_only' is causal only and LRA encodes both "
                                                     f"directions; choose one of: {accepted}")):
         train(tmp_path / 'a', listops, '--attention=causal_only')
