@@ -64,6 +64,8 @@ class LayerConfig:
     rfa_features: int = 128       # rfa: random directions m (each gives a sine and a cosine feature)
     rfa_gate: bool = True         # rfa: gated RFA in causal mode (a learned per-token decay of the state)
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
+    recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
+                                  # this many tokens, each recomputed (SegmentedRecompute); 0 = never
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def chunk_states(kv, log_decay, state, group=16):
             from_start = terms.sum(-1).exp()  # (..., N + 1): exp(sum_{t<n} log_decay_t)
             states = torch.addcmul(states, from_start[..., None], state[..., None, :])
         starts, final = states.split([N, 1], dim=-2)  # split, not two slices: one copy in backward, not two
-        return starts, final.squeeze(-2)
+        return starts, final.squeeze(-2).clone()  # its own memory: a view would keep all the states alive
     P = -(-N // group)
     if P * group > N:  # chunks with nothing in them and no decay, at the end, change nothing
         kv = F.pad(kv, (0, 0, 0, P * group - N))
@@ -436,6 +438,96 @@ def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64)
     return y.reshape(B, H, N * C, E)[:, :, :T], S
 
 
+class SegmentedRecompute(torch.autograd.Function):
+    """Training a causal recurrent layer on a long sequence in segments of S tokens, keeping only its inputs:
+    attend(q, k, v, state, **gates) -> (y, state) (a variant's chunkwise form, which continues from any state) runs
+    over the segments in order, each from the state the one before left, without autograd; the states entering the
+    segments are kept (each (B, H, F, E), small). Backward goes over the segments from the last to the first,
+    recomputing each one's forward from its entering state with autograd and backpropagating through it the
+    output's gradient and the gradient of the state it left (from the segment after it), which gives the gradient
+    of its inputs, of the parameters it used and of its entering state (for the segment before it).
+    What this buys: between forward and backward the layer keeps nothing beyond q, k, v and the gates (views of
+    tensors that exist anyway) and the segment states, where autograd on the whole sequence keeps the feature maps,
+    the values with their column of ones and the kernel's output (for linear attention at T = 16384: 129 MB more
+    than softmax attention's SDPA keeps), and the backward's temporaries are one segment's. Cost: one more forward
+    of the attention core (not of the projections). Numerically the same computation as the unsegmented one (a
+    segment boundary is a chunk boundary when S is a multiple of the chunk size); tests/test_attention.py checks
+    outputs and gradients against it in float64.
+    q, k, v and every gate are (B, H, T, ...), time in dim 2; params: the tensors attend may use that need a gradient
+    (those it does not use get none)."""
+
+    @staticmethod
+    def forward(ctx, attend, segment, gate_names, n_per_token, *inputs):
+        per_token = inputs[:n_per_token]
+        ctx.attend, ctx.segment, ctx.gate_names, ctx.n_per_token = attend, segment, gate_names, n_per_token
+        ctx.autocast = autocast_state(per_token[0])
+        ctx.save_for_backward(*inputs)
+        B, H, T = per_token[0].shape[:3]
+        ctx.entering, out, state = [], None, None
+        for start in range(0, T, segment):
+            ctx.entering.append(state)
+            y, state = SegmentedRecompute.run(ctx, per_token, start, state)
+            if out is None:  # (B, H, T, E) stored as (B, T, H, E), where merging the heads is a view
+                out = y.new_empty(B, T, H, y.size(-1)).transpose(1, 2)
+            out[:, :, start:start + segment] = y
+        return out
+
+    @staticmethod
+    def run(ctx, per_token, start, state):
+        q, k, v, *gates = (x[:, :, start:start + ctx.segment] for x in per_token)  # each (B, H, S, ...)
+        return ctx.attend(q, k, v, state, **dict(zip(ctx.gate_names, gates)))
+
+    @staticmethod
+    def backward(ctx, dy):
+        inputs = ctx.saved_tensors
+        per_token, params = inputs[:ctx.n_per_token], inputs[ctx.n_per_token:]
+        needed = ctx.needs_input_grad[4:4 + ctx.n_per_token]
+        d_per_token = [torch.zeros_like(x) if need else None for x, need in zip(per_token, needed)]
+        d_params = [None] * len(params)
+        d_leaving = {}  # the gradient of the state the segment leaves (none for the last segment)
+        for index in reversed(range(len(ctx.entering))):
+            start = index * ctx.segment
+            pieces = [x[:, :, start:start + ctx.segment].detach().requires_grad_(need) for x, need in zip(per_token, needed)]
+            entering = ctx.entering[index]
+            if entering is not None:  # its float tensors as leaves, for their gradient
+                entering = {name: x.detach().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
+                            for name, x in entering.items()}
+            with torch.enable_grad(), ctx.autocast:
+                y, leaving = SegmentedRecompute.run(ctx, pieces, 0, entering)
+            outputs, grads = [y], [dy[:, :, start:start + ctx.segment]]
+            for name, grad in d_leaving.items():
+                if grad is not None and leaving[name].requires_grad:
+                    outputs.append(leaving[name])
+                    grads.append(grad)
+            state_names = [name for name, x in (entering or {}).items() if torch.is_tensor(x) and x.requires_grad]
+            wrt = [x for x in pieces if x.requires_grad] + [entering[name] for name in state_names] + list(params)
+            found = iter(torch.autograd.grad(outputs, wrt, grads, allow_unused=True))
+            for d_x in d_per_token:
+                if d_x is not None:
+                    grad = next(found)
+                    if grad is not None:
+                        d_x[:, :, start:start + ctx.segment] = grad
+            d_leaving = {name: next(found) for name in state_names}
+            for i, grad in enumerate(found):
+                if grad is not None:
+                    d_params[i] = grad if d_params[i] is None else d_params[i] + grad
+        return None, None, None, None, *d_per_token, *d_params
+
+
+def autocast_state(x):
+    """A context that restores the autocast in effect now on x's device (on or off, and its dtype)."""
+    device = x.device.type
+    enabled = torch.is_autocast_enabled(device)
+    return torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=enabled)
+
+
+def attend_in_segments(attend, q, k, v, gates, segment, params):
+    """attend(q, k, v, None, **gates)[0], trained through SegmentedRecompute in segments of `segment` tokens."""
+    params = [p for p in params if p.requires_grad]
+    names = list(gates)
+    return SegmentedRecompute.apply(attend, segment, names, 3 + len(names), q, k, v, *gates.values(), *params)
+
+
 def append_ones(v):
     """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
@@ -626,7 +718,7 @@ class SoftmaxAttention(Attention):
     Fast path: F.scaled_dot_product_attention (flash / memory-efficient kernels where available).
     Time O(T^2 D); memory O(T) with a fused kernel, O(T^2) without. Decoding keeps a KV cache (KVCache) allocated
     for block_size tokens, doubled whenever a sequence outlives it, written in place: a token at position t costs
-    O(t D) time (SDPA over the filled prefix) and O(D) new memory, nothing copied.
+    O(t D) time (attention over the filled prefix) and O(D) new memory, nothing copied.
     """
 
     def __init__(self, config):
@@ -652,7 +744,12 @@ class SoftmaxAttention(Attention):
         cache.k[:, :, start:end] = k
         cache.v[:, :, start:end] = v
         k, v = cache.k[:, :, :end], cache.v[:, :, :end]  # the filled prefix, (B, H, end, D)
-        if T == 1:
+        if T == 1 and q.dtype in (torch.float32, torch.float64):
+            # one query: two matrix-vector products, each reading the cache once, take about half SDPA's time on CPU
+            # (bench.py decode); half precision keeps SDPA, whose kernels keep the scores in float32
+            scores = (k @ q.transpose(-2, -1)).transpose(-2, -1) * q.size(-1) ** -0.5  # (B, H, 1, end)
+            y = torch.softmax(scores, dim=-1) @ v
+        elif T == 1:
             y = F.scaled_dot_product_attention(q, k, v)
         elif start == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -777,6 +874,9 @@ class KernelAttention(Attention):
     def __init__(self, config):
         super().__init__(config)
         self.chunk_size = config.chunk_size
+        if config.recompute_segment < 0:
+            raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
+        self.recompute_segment = config.recompute_segment
 
     def features(self, q, k, offset):
         """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
@@ -805,6 +905,9 @@ class KernelAttention(Attention):
 
     def attend(self, q, k, v, pad_mask, **gates):
         if self.causal:
+            if torch.is_grad_enabled() and 0 < self.recompute_segment < q.size(2):
+                return attend_in_segments(self.attend_chunkwise, q, k, v, gates, self.recompute_segment,
+                                          self.parameters())
             return self.attend_chunkwise(q, k, v, None, **gates)[0]
         return self.bidirectional(*self.wide_features(q, k, 0), v, pad_mask)
 
@@ -1044,7 +1147,7 @@ class PerformerAttention(KernelAttention):
         fk = (wk + -(half_norm + running[..., None])).exp()
         y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
-        return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:]}
+        return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}
 
 
 class GatedLinearAttention(GatedGroupNormOutput):

@@ -72,6 +72,7 @@ short_conv = 0             # every variant: kernel of a depthwise causal convolu
 rfa_features = 128         # rfa: random directions per head (a sine and a cosine feature each)
 rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token decay); bidirectional RFA is ungated
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
+recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4

@@ -10,8 +10,10 @@ so that only real differences show.
 2. Fast path == reference in float64, outputs and gradients of the input, of q, k, v and of every
    parameter: test_fast_path_equals_reference, test_attend_gradients_of_q_k_v.
 3. Recurrent decoding == the parallel forward, token by token after a prefill of 0, 1 or 13 tokens and in
-   uneven pieces; the linear family's state does not grow: test_recurrent_equals_parallel,
-   test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size, test_block_runs_and_decodes.
+   uneven pieces; the linear family's state does not grow and holds no memory beyond its own:
+   test_recurrent_equals_parallel, test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size,
+   test_decoding_state_holds_only_its_own_memory, test_block_runs_and_decodes. Training in recomputed segments
+   (recompute_segment) equals one pass over the sequence: test_training_in_segments_equals_the_whole_sequence.
 4. Causality: perturbing token t changes no output before t: test_no_leakage_from_the_future.
 5. Awkward shapes: T = 37 is no multiple of the chunk (8) or the window (6), T = 1, head dim 15 (odd, not
    a power of two), B > 1: the shapes of the tests above. The chunk size changes nothing (8, 13, 64 at T = 50):
@@ -298,6 +300,82 @@ def test_linear_family_state_has_fixed_size(name):
         _, long = module.step(inputs(1, 300, 30), None)
     sizes = lambda state: {key: tuple(v.shape) for key, v in state.items() if torch.is_tensor(v)}
     assert sizes(short) == sizes(long)
+
+
+@pytest.mark.parametrize('name', LINEAR_FAMILY)
+def test_decoding_state_holds_only_its_own_memory(name):
+    """A state is not a view into a larger tensor (such as every chunk's state), which would stay alive with it."""
+    module = make(name, True)
+    with torch.no_grad():
+        _, state = module.step(inputs(1, 300, 30), None)
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            held, own = value.untyped_storage().nbytes(), value.numel() * value.element_size()
+            assert held == own, f"state['{key}'] holds {held} bytes for its own {own}"
+
+
+@pytest.mark.parametrize('name', LINEAR_FAMILY)
+def test_training_in_segments_equals_the_whole_sequence(name):
+    """recompute_segment (SegmentedRecompute): segments of 16 tokens (two chunks) and of 13 (no whole number of
+    chunks) give the outputs and gradients (of x and every parameter, gates included) of one pass over T = 50."""
+    x = inputs(2, 50, 30)
+    keep = torch.ones(2, 50, dtype=torch.bool)
+    y_whole, g_whole = grads(make(name, True, recompute_segment=0), x, None, False, keep)
+    for segment in (16, 13):
+        y, g = grads(make(name, True, recompute_segment=segment), x, None, False, keep)
+        torch.testing.assert_close(y, y_whole, rtol=1e-9, atol=1e-10)
+        for key in g:
+            torch.testing.assert_close(g[key], g_whole[key], rtol=1e-9, atol=1e-10, msg=f"gradient of {key}")
+
+
+def test_training_in_segments_recomputes_under_the_forwards_autocast():
+    """Backward, run outside the autocast as training loops run it, recomputes each segment under the forward's
+    autocast: on a toy recurrence with a bfloat16 matmul, its gradients are those of autograd on the whole sequence
+    under the same autocast (recomputed in float32 they would be off by bfloat16's resolution). Compared per token
+    (y and q's gradient): W's sums over all tokens, rounded to bfloat16 once or once per segment."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(15, 15, generator=g, requires_grad=True)
+
+    def attend(q, k, v, state):  # y_t = sum_{s<=t} q_s W, the state the running sum
+        y = (q @ W).float().cumsum(2) + (0 if state is None else state['sum'][:, :, None])
+        return y, {'sum': y[:, :, -1]}
+    q, k, v = (torch.randn(2, 3, 50, 15, generator=g, requires_grad=True) for _ in range(3))
+    weights = torch.randn(2, 3, 50, 15, generator=g)
+    results = []
+    for run in (lambda: attend(q, k, v, None)[0], lambda: attention.attend_in_segments(attend, q, k, v, {}, 16, [W])):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = run()
+        q.grad = None
+        (y * weights).sum().backward()
+        results.append((y, q.grad))
+    for whole, segmented in zip(*results):
+        torch.testing.assert_close(segmented, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_segment_check_catches_a_backward_that_drops_the_state_gradient(monkeypatch):
+    """Without the gradient that flows back through the state between segments, the check above fails."""
+    run = attention.SegmentedRecompute.run
+
+    def cut_state(ctx, per_token, start, state):
+        y, leaving = run(ctx, per_token, start, state)
+        return y, {key: value.detach() if torch.is_tensor(value) else value for key, value in leaving.items()}
+    monkeypatch.setattr(attention.SegmentedRecompute, 'run', staticmethod(cut_state))
+    with pytest.raises(AssertionError, match='gradient of'):
+        test_training_in_segments_equals_the_whole_sequence('linear')
+
+
+@pytest.mark.parametrize('variant', ['linear', 'gla'])
+def test_training_in_segments_keeps_only_the_inputs(variant):
+    """Between forward and backward the segmented layer keeps q, k, v, the gates and the parameters, nothing it
+    computed from them (the states entering the segments aside); one pass over the sequence keeps more."""
+    q, k, v = (inputs(2, 50, 30, seed=s).view(2, 50, 2, 15).transpose(1, 2).requires_grad_() for s in (1, 2, 3))
+    kept = {}
+    for segment in (16, 0):
+        module = make(variant, True, recompute_segment=segment)
+        gates = module.gates(inputs(2, 50, 30))
+        given = {t.untyped_storage().data_ptr() for t in (q, k, v, *gates.values(), *module.parameters())}
+        kept[segment] = kept_for_backward(lambda: module.attend(q, k, v, None, **gates)) <= given
+    assert kept == {16: True, 0: False}
 
 
 @pytest.mark.parametrize('name', CAUSAL)
@@ -682,8 +760,8 @@ def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
         'test_fast_path_equals_reference', 'test_attend_gradients_of_q_k_v', 'test_recurrent_equals_parallel',
         'test_decoding_in_uneven_pieces', 'test_chunk_size_does_not_change_the_result',
         'test_decoding_from_a_state_continued_twice',
-        'test_linear_family_state_has_fixed_size',
-        'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
+        'test_linear_family_state_has_fixed_size', 'test_decoding_state_holds_only_its_own_memory',
+        'test_training_in_segments_equals_the_whole_sequence', 'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
         'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}
     assert "test_recurrent_equals_parallel(name='throwaway', prefill=13)" in checks
     assert "test_deterministic(name='throwaway', causal=False)" in checks
