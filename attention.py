@@ -19,7 +19,8 @@ from the layer input x in gates(x) -> dict, which forward and step pass to these
 LayerConfig.short_conv puts a depthwise causal convolution (ShortConvolution) on q, k and v of any variant.
 The linear-attention family (KernelAttention) computes its causal forward and its decoding with one
 chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state): attend runs it from state None and
-attend_step delegates to it.
+attend_step delegates to it. In training, a causal sequence longer than LayerConfig.recompute_segment goes through
+it segment by segment, each recomputed in backward (SegmentedRecompute): only q, k, v and the gates are kept.
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
 Under autocast (bfloat16 or float16) the linear family computes its positions, angles, feature exponents, decays,
 chunk states and normalisers in float32 (KernelAttention); the projections, softmax attention and, in bfloat16, the
@@ -860,7 +861,9 @@ class KernelAttention(Attention):
 
     Causal: attend_chunkwise (chunked_linear_attention) for training and decoding alike, time
     O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding keeps a fixed (F, D) state per head:
-    O(F D) per token whatever the position.
+    O(F D) per token whatever the position. Training on T > recompute_segment = S tokens goes segment by segment
+    (SegmentedRecompute): memory kept for backward O(T D) (q, k, v) + O((T / S) F D), temporaries O(S C + S F),
+    time one more forward of the attention core.
     Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
     pass plus an anti-causal pass.
     Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
@@ -1129,7 +1132,7 @@ class PerformerAttention(KernelAttention):
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
-            return self.attend_chunkwise(q, k, v, None)[0]
+            return super().attend(q, k, v, pad_mask)
         wk, half_norm = self.project(k)
         log_k = wk - half_norm
         if pad_mask is not None:  # padded keys must not set the stabiliser

@@ -407,10 +407,9 @@ def update_readme(path):
 
 
 def main(argv):
-    options = [arg for arg in argv if arg.startswith('--readme=')]
-    if options and len(argv) == 1:
-        path = options[0].split('=', 1)[1]
-        print(f"{path}: {update_readme(path)} generated table(s) changed")
+    readme = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])['readme']
+    if readme and len(argv) == 1:
+        print(f"{readme}: {update_readme(readme)} generated table(s) changed")
     else:
         print(report(argv), end='')
 
