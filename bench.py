@@ -484,13 +484,14 @@ def plot(records, path, fit_from):
     for column, mode in enumerate(modes):
         for row, (key, label) in enumerate((('time_ms', 'time (ms)'), ('peak_mem_mb', 'peak memory (MB)'))):
             ax = axes[row, column]
-            for variant in dict.fromkeys(r['variant'] for r in records):
+            for index, variant in enumerate(dict.fromkeys(r['variant'] for r in records)):
+                style = dict(color=f'C{index % 10}', linestyle=('-', '--', ':')[index // 10 % 3])  # 10 colours
                 points = [(r['seq_len'], r[key]) for r in records if r['variant'] == variant and r['mode'] == mode
                           and r['status'] == 'ok' and r[key] and r[key] > 0]
                 if points:
                     exponent = fit_exponent(records, variant, mode, key, fit_from)
                     slope = '' if exponent is None else f' (T^{exponent:.2f})'
-                    ax.plot(*zip(*points), marker='o', label=variant + slope)
+                    ax.plot(*zip(*points), marker='o', label=variant + slope, **style)
             ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=label, title=f'{mode}: {label}')
             ax.grid(True, which='both', alpha=0.3)
             if ax.lines:
