@@ -13,7 +13,8 @@ so that only real differences show.
    uneven pieces; the linear family's state does not grow and holds no memory beyond its own:
    test_recurrent_equals_parallel, test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size,
    test_decoding_state_holds_only_its_own_memory, test_block_runs_and_decodes. Training in recomputed segments
-   (recompute_segment) equals one pass over the sequence: test_training_in_segments_equals_the_whole_sequence.
+   (recompute_segment) equals one pass over the sequence and keeps only its inputs for backward:
+   test_training_in_segments_equals_the_whole_sequence, test_training_in_segments_keeps_only_the_inputs.
 4. Causality: perturbing token t changes no output before t: test_no_leakage_from_the_future.
 5. Awkward shapes: T = 37 is no multiple of the chunk (8) or the window (6), T = 1, head dim 15 (odd, not
    a power of two), B > 1: the shapes of the tests above. The chunk size changes nothing (8, 13, 64 at T = 50):
@@ -364,14 +365,15 @@ def test_segment_check_catches_a_backward_that_drops_the_state_gradient(monkeypa
         test_training_in_segments_equals_the_whole_sequence('linear')
 
 
-@pytest.mark.parametrize('variant', ['linear', 'gla'])
-def test_training_in_segments_keeps_only_the_inputs(variant):
+@pytest.mark.parametrize('name', LINEAR_FAMILY)
+def test_training_in_segments_keeps_only_the_inputs(name):
     """Between forward and backward the segmented layer keeps q, k, v, the gates and the parameters, nothing it
-    computed from them (the states entering the segments aside); one pass over the sequence keeps more."""
+    computed from them (the states entering the segments aside); one pass over the sequence keeps more. This also
+    shows that the variant's causal training goes through the segments at all."""
     q, k, v = (inputs(2, 50, 30, seed=s).view(2, 50, 2, 15).transpose(1, 2).requires_grad_() for s in (1, 2, 3))
     kept = {}
     for segment in (16, 0):
-        module = make(variant, True, recompute_segment=segment)
+        module = make(name, True, recompute_segment=segment)
         gates = module.gates(inputs(2, 50, 30))
         given = {t.untyped_storage().data_ptr() for t in (q, k, v, *gates.values(), *module.parameters())}
         kept[segment] = kept_for_backward(lambda: module.attend(q, k, v, None, **gates)) <= given
@@ -761,7 +763,8 @@ def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
         'test_decoding_in_uneven_pieces', 'test_chunk_size_does_not_change_the_result',
         'test_decoding_from_a_state_continued_twice',
         'test_linear_family_state_has_fixed_size', 'test_decoding_state_holds_only_its_own_memory',
-        'test_training_in_segments_equals_the_whole_sequence', 'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
+        'test_training_in_segments_equals_the_whole_sequence', 'test_training_in_segments_keeps_only_the_inputs',
+        'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
         'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}
     assert "test_recurrent_equals_parallel(name='throwaway', prefill=13)" in checks
     assert "test_deterministic(name='throwaway', causal=False)" in checks
