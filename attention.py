@@ -619,6 +619,8 @@ class Attention(nn.Module):
         self.causal = config.causal
         if config.short_conv < 0:
             raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
+        if config.recompute_segment < 0:
+            raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
                            else None)
@@ -877,8 +879,6 @@ class KernelAttention(Attention):
     def __init__(self, config):
         super().__init__(config)
         self.chunk_size = config.chunk_size
-        if config.recompute_segment < 0:
-            raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
         self.recompute_segment = config.recompute_segment
 
     def features(self, q, k, offset):

@@ -648,6 +648,12 @@ def test_a_mode_a_variant_cannot_do_is_refused():
     BidirectionalOnly(LayerConfig(causal=False))
 
 
+@pytest.mark.parametrize('variant', ['softmax', 'linear'])
+def test_a_negative_recompute_segment_is_refused(variant):
+    with pytest.raises(ValueError, match='recompute_segment=-1'):
+        make(variant, True, recompute_segment=-1)
+
+
 def test_step_and_padding_are_refused_where_undefined():
     with pytest.raises(ValueError, match='causal=False'):
         make('linear', False).step(inputs(1, 4, 30))
