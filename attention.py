@@ -488,7 +488,8 @@ class SegmentedRecompute(torch.autograd.Function):
         d_leaving = {}  # the gradient of the state the segment leaves (none for the last segment)
         for index in reversed(range(len(ctx.entering))):
             start = index * ctx.segment
-            pieces = [x[:, :, start:start + ctx.segment].detach().requires_grad_(need) for x, need in zip(per_token, needed)]
+            pieces = [x[:, :, start:start + ctx.segment].detach().requires_grad_(need)
+                      for x, need in zip(per_token, needed)]
             entering = ctx.entering[index]
             if entering is not None:  # its float tensors as leaves, for their gradient
                 entering = {name: x.detach().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
