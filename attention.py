@@ -458,9 +458,9 @@ class SegmentedRecompute(torch.autograd.Function):
     (those it does not use get none)."""
 
     @staticmethod
-    def forward(ctx, attend, segment, gate_names, n_per_token, *inputs):
-        per_token = inputs[:n_per_token]
-        ctx.attend, ctx.segment, ctx.gate_names, ctx.n_per_token = attend, segment, gate_names, n_per_token
+    def forward(ctx, attend, segment, gate_names, *inputs):
+        per_token = inputs[:3 + len(gate_names)]  # q, k, v and the gates; then the parameters
+        ctx.attend, ctx.segment, ctx.gate_names = attend, segment, gate_names
         ctx.autocast = autocast_state(per_token[0])
         ctx.save_for_backward(*inputs)
         B, H, T = per_token[0].shape[:3]
@@ -481,8 +481,9 @@ class SegmentedRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         inputs = ctx.saved_tensors
-        per_token, params = inputs[:ctx.n_per_token], inputs[ctx.n_per_token:]
-        needed = ctx.needs_input_grad[4:4 + ctx.n_per_token]
+        n_per_token = 3 + len(ctx.gate_names)
+        per_token, params = inputs[:n_per_token], inputs[n_per_token:]
+        needed = ctx.needs_input_grad[3:3 + n_per_token]
         d_per_token = [torch.zeros_like(x) if need else None for x, need in zip(per_token, needed)]
         d_params = [None] * len(params)
         d_leaving = {}  # the gradient of the state the segment leaves (none for the last segment)
@@ -513,7 +514,7 @@ class SegmentedRecompute(torch.autograd.Function):
             for i, grad in enumerate(found):
                 if grad is not None:
                     d_params[i] = grad if d_params[i] is None else d_params[i] + grad
-        return None, None, None, None, *d_per_token, *d_params
+        return None, None, None, *d_per_token, *d_params
 
 
 def autocast_state(x):
@@ -526,8 +527,7 @@ def autocast_state(x):
 def attend_in_segments(attend, q, k, v, gates, segment, params):
     """attend(q, k, v, None, **gates)[0], trained through SegmentedRecompute in segments of `segment` tokens."""
     params = [p for p in params if p.requires_grad]
-    names = list(gates)
-    return SegmentedRecompute.apply(attend, segment, names, 3 + len(names), q, k, v, *gates.values(), *params)
+    return SegmentedRecompute.apply(attend, segment, list(gates), q, k, v, *gates.values(), *params)
 
 
 def append_ones(v):
