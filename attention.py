@@ -64,6 +64,7 @@ class LayerConfig:
     short_conv: int = 0           # every variant: kernel size of a depthwise causal convolution on q, k, v; 0 = off
     rfa_features: int = 128       # rfa: random directions m (each gives a sine and a cosine feature)
     rfa_gate: bool = True         # rfa: gated RFA in causal mode (a learned per-token decay of the state)
+    rfa_normaliser_floor: float = 0.1  # rfa: the normaliser is clamped to at least this (its estimate can be <= 0)
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
     recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
                                   # this many tokens, each recomputed (SegmentedRecompute); 0 = never
@@ -535,11 +536,6 @@ def append_ones(v):
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
 
 
-def split_normaliser(y, eps):
-    """y = [numerator, normaliser] from append_ones -> numerator / (normaliser + eps)."""
-    return y[..., :-1] / (y[..., -1:] + eps)
-
-
 def exp_stabilised(log_x, dims):
     """exp(log_x - max over dims): the common factor cancels wherever a ratio is taken."""
     return (log_x - log_x.amax(dims, keepdim=True).detach()).exp()
@@ -898,9 +894,14 @@ class KernelAttention(Attention):
     def values(self, v):
         return append_ones(v) if self.normalise else v
 
+    def divide(self, numerator, normaliser):
+        """The normalised output from its two sums, sum_j s_ij v_j and sum_j s_ij: numerator / (normaliser + eps)."""
+        return numerator / (normaliser + self.eps)
+
     def finish(self, y, dtype):
-        """Numerator / normaliser (when normalising), in y's precision, then back to dtype (the input's)."""
-        return cast(split_normaliser(y, self.eps) if self.normalise else y, dtype)
+        """y = [numerator, normaliser] (values' extra column) -> divide(numerator, normaliser) when normalising, in
+        y's precision, then back to dtype (the input's)."""
+        return cast(self.divide(y[..., :-1], y[..., -1:]) if self.normalise else y, dtype)
 
     def wide_features(self, q, k, offset):
         """features(q, k, offset) in float32 at least and with autocast off, whatever q's dtype or the autocast."""
@@ -951,7 +952,7 @@ class KernelAttention(Attention):
         allowed = reference_mask(q.size(2), self.causal, pad_mask, q.device)
         scores = self.reference_scores(q, k).masked_fill(~allowed, 0)  # (B, H, T, T)
         y = scores @ v
-        return y / (scores.sum(-1, keepdim=True) + self.eps) if self.normalise else y
+        return self.divide(y, scores.sum(-1, keepdim=True)) if self.normalise else y
 
 
 class LinearAttention(KernelAttention):
@@ -1297,12 +1298,16 @@ class RandomFeatureAttention(KernelAttention):
     exp(x . y / sigma^2) is approximated with random Fourier features phi(x) = [sin(W x), cos(W x)] / sqrt(m),
     W: (m, D) standard Gaussian rows (m = rfa_features), on l2-normalised queries and keys scaled per channel by
     a learned sigma (the paper's learned variance; sigma = 1 at initialisation): E[phi(x) . phi(y)] =
-    exp(-|sigma (x - y)|^2 / 2). Normalised: y_t = phi(q_t) S_t / phi(q_t) z_t.
+    exp(-|sigma (x - y)|^2 / 2). Normalised: y_t = phi(q_t) S_t / max(phi(q_t) z_t, rfa_normaliser_floor).
     Causal, gated (the paper's gated RFA, rfa_gate=True): S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t, z_t likewise,
     g_t = sigmoid(x_t w_g + b_g) per head: a per-token decay g_t and keys weighted by 1 - g_t in the shared kernel.
     Bidirectional, or rfa_gate=False: the ungated form (the paper's gate is a recency bias over the past).
     W is drawn once at construction and kept as a buffer (the paper redraws it during training). The features
-    can be negative, so the normaliser can come near 0 (the reason Performer's features are positive).
+    can be negative, so the normaliser's estimate can come near 0 or below it although the kernel is positive (the
+    reason Performer's features are positive); dividing by it then blows the output and its gradient up, and
+    training stalls at the unigram loss. The authors' released code clamps the normaliser from below; so does
+    trev, at rfa_normaliser_floor (0.1 of a kernel value of 1: the gated normaliser is a weighted mean of kernel
+    values, which are >= exp(-2 sigma^2) on unit vectors).
     Extra parameters: sigma (C), the gate (C x H + H) when gated. F = 2m. Complexity as KernelAttention.
     """
 
@@ -1310,9 +1315,13 @@ class RandomFeatureAttention(KernelAttention):
         super().__init__(config)
         if config.rfa_features < 1:
             raise ValueError(f"rfa_features={config.rfa_features}: rfa needs at least one random feature")
+        if not config.rfa_normaliser_floor > 0:
+            raise ValueError(f"rfa_normaliser_floor={config.rfa_normaliser_floor}: must be > 0 (the paper's kernel "
+                             f"is positive; 0.1 by default)")
         self.n_features = config.rfa_features
+        self.normaliser_floor = config.rfa_normaliser_floor
         self.register_buffer('projection', torch.randn(self.n_features, self.head_dim))
-        self.sigma = nn.Parameter(torch.ones(self.n_head, 1, self.head_dim))
+        self.sigma = nn.Parameter(torch.ones(config.n_embd))  # (H x D), one dim: a scale, so no weight decay
         self.gate = nn.Linear(config.n_embd, config.n_head) if config.rfa_gate and config.causal else None
 
     def gates(self, x):
@@ -1320,7 +1329,8 @@ class RandomFeatureAttention(KernelAttention):
 
     def features(self, q, k, offset):
         def phi(x):
-            wx = (F.normalize(x, dim=-1) * cast(self.sigma, x.dtype)) @ cast(self.projection, x.dtype).T  # (B, H, T, m)
+            sigma = cast(self.sigma, x.dtype).view(self.n_head, 1, self.head_dim)
+            wx = (F.normalize(x, dim=-1) * sigma) @ cast(self.projection, x.dtype).T  # (B, H, T, m)
             return torch.cat([wx.sin(), wx.cos()], dim=-1) / math.sqrt(self.n_features)
         return phi(q), phi(k)
 
@@ -1334,11 +1344,15 @@ class RandomFeatureAttention(KernelAttention):
                                          self.chunk_size)
         return self.finish(y, v.dtype), {'kv': kv}
 
+    def divide(self, numerator, normaliser):
+        return numerator / normaliser.clamp_min(self.normaliser_floor)
+
     def reference_scores(self, q, k):
         """s_ij = (1/m) sum_r cos(w_r . (x_i - y_j)): the random-feature kernel estimate written on differences,
         x, y = sigma * l2-normalised q, k."""
-        x = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
-        y = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.sigma
+        sigma = self.sigma.view(self.n_head, 1, self.head_dim)
+        x = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12) * sigma
+        y = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12) * sigma
         difference = x[..., :, None, :] - y[..., None, :, :]  # (B, H, T, T, D)
         return torch.cos(difference @ self.projection.T).mean(-1)
 
@@ -1354,7 +1368,7 @@ class RandomFeatureAttention(KernelAttention):
         for t in range(q.size(2)):  # w_tj for j <= t: the earlier weights decayed by g_t, then 1 - g_t for j = t
             weight = torch.cat([weight * g[..., t, None], 1 - g[..., t, None]], dim=-1)
             s = scores[:, :, t, :t + 1] * weight
-            outputs.append((s[..., None] * v[:, :, :t + 1]).sum(-2) / (s.sum(-1, keepdim=True) + self.eps))
+            outputs.append(self.divide((s[..., None] * v[:, :, :t + 1]).sum(-2), s.sum(-1, keepdim=True)))
         return torch.stack(outputs, dim=2)
 
 
@@ -1406,19 +1420,20 @@ class HedgehogAttention(KernelAttention):
     def __init__(self, config):
         super().__init__(config)
         self.feature_weight = nn.Parameter(torch.eye(self.head_dim).repeat(config.n_head, 1, 1))  # (H, D, D)
-        self.feature_bias = nn.Parameter(torch.zeros(config.n_head, 1, self.head_dim))
+        self.feature_bias = nn.Parameter(torch.zeros(config.n_embd))  # (H x D), one dim: a bias, so no weight decay
 
     def features(self, q, k, offset):
         def phi(x):
-            z = x @ cast(self.feature_weight, x.dtype) + cast(self.feature_bias, x.dtype)
+            z = x @ cast(self.feature_weight, x.dtype) + cast(self.feature_bias, x.dtype).view(self.n_head, 1, -1)
             return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
         return phi(q), phi(k)
 
     def reference_scores(self, q, k):
         """s_ij = sum_f e^{a_if} e^{c_jf} / (sum_f e^{a_if} sum_f e^{c_jf}) + the same with -a, -c; a = q W + b,
         c = k W + b."""
-        a = q @ self.feature_weight + self.feature_bias
-        c = k @ self.feature_weight + self.feature_bias
+        bias = self.feature_bias.view(self.n_head, 1, self.head_dim)
+        a = q @ self.feature_weight + bias
+        c = k @ self.feature_weight + bias
         def kernel(a, c):
             normaliser = a.exp().sum(-1)[..., :, None] * c.exp().sum(-1)[..., None, :]  # (B, H, T, T)
             return (a.exp() @ c.exp().transpose(-2, -1)) / normaliser

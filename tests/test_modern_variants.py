@@ -18,6 +18,7 @@ from test_attention import (CAUSAL, BIDIRECTIONAL, MODES, Selection, assert_padd
 from test_train_bert import TINY as BERT_TINY
 from test_train_vit import TINY as VIT_TINY, write_image_folder
 from trainer_checks import write_byte_corpus
+import training
 from training import ConfigError
 
 NEW = ['gla', 'deltanet', 'gated_deltanet', 'rfa', 'based', 'hedgehog']
@@ -237,6 +238,37 @@ def test_masked_lm_and_vit_say_which_variants_they_accept(tmp_path):
     for script, args in runs:
         with pytest.raises(ConfigError, match=re.escape(f'pick one of: {accepted}')):
             script.main(args + ['--attention=gla', f'--out_dir={tmp_path / script.__name__}'])
+
+
+@pytest.mark.parametrize('name,causal', MODES)
+def test_no_variant_has_its_biases_or_scales_decayed(name, causal):
+    """build_optimizer decays the parameters of 2+ dims. A variant keeps its biases and scales one-dim, as nn.Linear
+    keeps its biases and the norms their gains, so that none of them is pulled towards 0 (RFA's sigma, its kernel's
+    sharpness, and Hedgehog's feature bias once were (H, 1, D) and decayed)."""
+    module = make(name, causal)
+    decayed = training.build_optimizer('adamw', module, 1e-3, 0.1, (0.9, 0.99), 'cpu').param_groups[0]
+    decayed = {id(p) for p in decayed['params']}
+    for param_name, p in module.named_parameters():
+        if param_name.endswith('bias') or param_name.endswith('sigma'):
+            assert id(p) not in decayed, f"{name}: {param_name} gets weight decay"
+
+
+def test_rfa_clamps_its_normaliser_from_below():
+    """With one random direction and a sharp sigma, many normaliser estimates are below 0: the output divides by
+    rfa_normaliser_floor there, the same in the fast path and the (T, T) reference, and stays bounded."""
+    floor = 0.25
+    module = make('rfa', False, rfa_features=1, rfa_normaliser_floor=floor)
+    with torch.no_grad():
+        module.sigma.fill_(10.0)
+    q, k, v = (inputs(2, 37, 30, seed=s).view(2, 37, 2, 15).transpose(1, 2) for s in (1, 2, 3))  # (B, H, T, D)
+    scores = module.reference_scores(q, k)  # (B, H, T, T)
+    normaliser = scores.sum(-1, keepdim=True)
+    assert (normaliser < 0).any() and (normaliser > floor).any()
+    expected = (scores @ v) / normaliser.clamp_min(floor)
+    torch.testing.assert_close(module.attend(q, k, v, None), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(module.attend_reference(q, k, v, None), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=re.escape('rfa_normaliser_floor=0: must be > 0')):
+        make('rfa', True, rfa_normaliser_floor=0)
 
 
 def test_extra_parameters_of_the_new_variants():

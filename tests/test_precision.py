@@ -163,7 +163,7 @@ class LinearAttentionWithSumsInTheInputDtype(attention.LinearAttention):
 
     def attend(self, q, k, v, pad_mask):
         fq, fk = self.features(q, k, 0)
-        return attention.split_normaliser(fq @ (fk.transpose(-2, -1) @ attention.append_ones(v)), self.eps)
+        return self.finish(fq @ (fk.transpose(-2, -1) @ attention.append_ones(v)), v.dtype)
 
 
 @pytest.mark.parametrize('cls,causal,dtype', [(RetentionWithPositionsInTheInputDtype, True, torch.bfloat16),
