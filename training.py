@@ -244,12 +244,14 @@ def peak_memory_mb(device):
 
 
 def git_commit():
-    """(commit, dirty) of the code that ran, or (None, None) outside a git checkout."""
+    """(commit, dirty) of the code that ran, or (None, None) outside a git checkout. Dirty: a tracked file outside
+    results/ differs from the commit; new files (data, run folders) and the sweeps' own results do not count."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, check=True,
                                            timeout=60).stdout.strip()
-        commit, status = git('rev-parse', 'HEAD'), git('status', '--porcelain')
+        commit = git('rev-parse', 'HEAD')
+        status = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)results')
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, bool(status)

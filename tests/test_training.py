@@ -1,8 +1,11 @@
 """training.py: config overrides, run folder, checkpoint wrappers, schedule, RNG capture."""
+import importlib.util
 import json
 import os
 import random
 import re
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -126,6 +129,32 @@ def test_write_config_records_the_environment(tmp_path):
     record = json.load(open(tmp_path / 'config.json'))
     assert record['config'] == {'n_layer': 2} and record['torch'] == torch.__version__
     assert 'git_commit' in record and record['command']
+
+
+def test_git_dirty_means_changed_code_not_new_runs(tmp_path):
+    """A sweep's run folders and prepared data are new files in the checkout: they leave a run clean. A change to a
+    tracked file does not, except under results/, where a sweep replaces committed runs."""
+    shutil.copy(training.__file__, tmp_path / 'training.py')
+    (tmp_path / 'results' / 'old_run').mkdir(parents=True)
+    (tmp_path / 'results' / 'old_run' / 'eval.json').write_text('{}')
+    git = lambda *args: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=tmp_path,
+                                       check=True, capture_output=True, timeout=60)
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-q', '-m', 'code')
+    spec = importlib.util.spec_from_file_location('training_copy', tmp_path / 'training.py')
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    commit, dirty = copy.git_commit()
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'train.bin').write_bytes(b'abc')  # new files: data, a run folder
+    (tmp_path / 'results' / 'new_run').mkdir()
+    os.remove(tmp_path / 'results' / 'old_run' / 'eval.json')  # a committed run being redone
+    assert copy.git_commit() == (commit, False)
+    with open(tmp_path / 'training.py', 'a') as f:
+        f.write('# an edit\n')
+    assert copy.git_commit() == (commit, True)
 
 
 def test_rng_states_round_trip():
