@@ -22,7 +22,8 @@ splits them only where the runs holding it disagree). One row per group, best fi
 --best_over=KEY (any config key, e.g. learning_rate) groups on everything but the seed and KEY, and keeps in each
 group the runs of the KEY value with the best mean main metric over seeds on the first split (val where there is
 one; ties go to the smallest value), as Zoology reports the best accuracy over a learning-rate grid per model.
-A column `best KEY` gives the value kept, the heading the grid, and a note names any group that lacks part of it.
+A column `best KEY` gives the value kept, the heading the grid; a group that lacks part of it says so in that column
+(e.g. `0.001 (2 of 3)`: the best of the 2 values it has runs of) and in a note.
 A run is reported once it is finished: eval.json there and at its max_iters. The others are left out with a note,
 so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
 give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
@@ -172,7 +173,8 @@ def group_runs(runs, ignored=IGNORED):
 
 def best_over(groups, differ, key, task, split):
     """Each group cut to the runs of its value of `key` with the best mean main metric on split (ties: the smallest
-    value), that value shown in a column; returns (groups, differ, the grid: every value of key, sorted)."""
+    value), that value shown in a column, with how many values of the grid the group has runs of (a sweep under way
+    has tried fewer for some); returns (groups, differ, the grid: every value of key, sorted)."""
     for group in groups:
         for run in group.runs:
             if key not in run.config:
@@ -190,7 +192,8 @@ def best_over(groups, differ, key, task, split):
                   f"{', '.join(map(str, grid))}: its best is over those only", file=sys.stderr)
         best = max(tried, key=lambda value: sign * statistics.mean(run.evaluation[split][metric]
                                                                     for run in by_value[value]))
-        best_groups.append(Group(f'{group.label} ({key}={best})', {**group.values, key: best}, by_value[best]))
+        best_groups.append(Group(f'{group.label} ({key}={best})',
+                                 {**group.values, key: best, f'{key}_values_tried': len(tried)}, by_value[best]))
     return best_groups, differ + [key], grid
 
 
@@ -273,6 +276,8 @@ def markdown(rows, differ, task, splits, options, grid=None):
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     for row in rows:
         cells = ['-' if row[key] is None else str(row[key]) for key in differ]
+        if options['best_over'] and row[f"{options['best_over']}_values_tried"] < len(grid):
+            cells[differ.index(options['best_over'])] += f" ({row[options['best_over'] + '_values_tried']} of {len(grid)})"
         cells += [cell(row['n_params'], 0), cell(row['attention_params'], 0), str(row['n'])]
         cells += [cell(row[f'{split}_{m.key}'], m.decimals, m.scale, row[f'{split}_{m.key}_std'])
                   for split in splits for m in task.metrics]

@@ -205,7 +205,7 @@ seeds.
 | attention | best learning_rate | params | attn params | n | val acc % | test acc % | tokens/s | peak MB | wall min |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 | softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 | 97.00 ± 1.41 | 2,000 | 500 | 1.0 |
-| local | 0.001 | 1,000 | 100 | 2 | 50.00 ± 0.00 | 51.00 ± 1.41 | 2,000 | 500 | 1.0 |
+| local | 0.001 (2 of 3) | 1,000 | 100 | 2 | 50.00 ± 0.00 | 51.00 ± 1.41 | 2,000 | 500 | 1.0 |
 | linear | 0.01 | 1,000 | 100 | 2 | 43.00 ± 4.24 | 43.00 ± 2.83 | 2,000 | 500 | 1.0 |
 """
 
@@ -228,7 +228,8 @@ def mqar_sweep(tmp_path):
 
 def test_mqar_best_learning_rate_per_group(mqar_sweep, tmp_path, capsys):
     """The best mean val accuracy over seeds picks each variant's learning rate (a tie goes to the smaller one),
-    and test accuracy is reported at that learning rate; a group without part of the grid gets a note."""
+    and test accuracy is reported at that learning rate; a group without part of the grid says so in its row and
+    in a note."""
     report.main([str(mqar_sweep), '--best_over=learning_rate', f'--csv={tmp_path / "t.csv"}'])
     out, err = capsys.readouterr()
     assert out == MQAR_BEST
@@ -236,6 +237,7 @@ def test_mqar_best_learning_rate_per_group(mqar_sweep, tmp_path, capsys):
                    'those only\n')
     cells = {row['attention']: row for row in csv.DictReader(open(tmp_path / 't.csv'))}
     assert cells['linear']['learning_rate'] == '0.01' and cells['linear']['n'] == '2'
+    assert cells['local']['learning_rate_values_tried'] == '2' and cells['linear']['learning_rate_values_tried'] == '3'
     assert float(cells['softmax']['test_accuracy']) == pytest.approx(0.97, abs=1e-12)
     assert cells['softmax']['runs'] == 'attention=softmax,learning_rate=0.001,seed=1 ' \
                                        'attention=softmax,learning_rate=0.001,seed=2'
