@@ -5,15 +5,14 @@
 # factor 4.6 apart, over 12.5k steps); here 3 values a factor 3 apart around the recipe's 1e-3. Report with
 #   python report.py results/mqar --best_over=learning_rate
 # which keeps, per variant and setting, the learning rate with the best mean val accuracy over seeds.
-# Time: a softmax step of configs/cpu_small.py takes 0.115 s on two idle cores (see shakespeare_gpt.py); measured
-# against it (one thread, 20 steps, the faster of two rounds on a busy machine), a step of this recipe costs, for
-# the 7 variants together, 3.15x at (64, 4) (softmax 0.37x, performer 0.65x), 6.70x at (128, 8) and 7.80x at
-# (256, 16) (15.60x at batch 64): 17.65 x 0.115 s = 2.03 s for one step of every variant and setting. With 2% for
-# the periodic evaluations and 15 s a run to start, draw its data and evaluate, one seed at one learning rate takes
-# 3000 x 2.03 s x 1.02 + 21 x 15 s = 109 min (a softmax run at (64, 4) 2.5 min; measured on one thread of the busy
-# machine: 8.5 min, eval_only 10 s), and the whole sweep 6 x 109 min = 11 hours. Seeds are the outer loop: stopped
-# after about 5.5 hours, it holds the first seed of every run. Each variant registered later adds its share (about
-# 1/7 of this for one like linear attention). On a shared machine run it with OMP_NUM_THREADS=1.
+# Time, measured at (64, 4) with two runs at a time, one thread each, on this project's 2-core machine: a run takes
+# 3.3 min (softmax) to 8.4 min (gla), start and evaluation included; one learning rate and seed of all 13 registered
+# causal variants, 70 min of one thread (softmax 3.3, local 3.5, retention 4.4, norm_linear 4.5, linear 4.6,
+# cosformer 4.6, hedgehog 5.2, deltanet 5.3, gated_deltanet 5.5, based 6.6, performer 6.6, rfa 7.8, gla 8.4).
+# (128, 8) and (256, 16) cost about 2.1x and 2.5x that (their steps against (64, 4) steps, measured for the first 7
+# variants), so the whole sweep is about 6 x 70 min x 5.6 = 39 hours of one thread: 20 hours on two cores, two
+# streams of `--dry_run` lines. Seeds are the outer loop: stopped after about 10 hours, it holds the first seed of
+# every run. Each variant registered later adds its share. On a shared machine run it with OMP_NUM_THREADS=1.
 trainer = 'train_mqar.py'
 configs = ['configs/mqar/cpu.py']
 runs = [{'block_size': 64, 'num_kv_pairs': 4},
