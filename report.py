@@ -274,10 +274,11 @@ def markdown(rows, differ, task, splits, options, grid=None):
         if task.causal:
             header.append(f"decode ms/token T={options['bench_seq_len']}")
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    best_key = options['best_over']
     for row in rows:
         cells = ['-' if row[key] is None else str(row[key]) for key in differ]
-        if options['best_over'] and row[f"{options['best_over']}_values_tried"] < len(grid):
-            cells[differ.index(options['best_over'])] += f" ({row[options['best_over'] + '_values_tried']} of {len(grid)})"
+        if best_key and row[f'{best_key}_values_tried'] < len(grid):
+            cells[differ.index(best_key)] += f" ({row[f'{best_key}_values_tried']} of {len(grid)})"
         cells += [cell(row['n_params'], 0), cell(row['attention_params'], 0), str(row['n'])]
         cells += [cell(row[f'{split}_{m.key}'], m.decimals, m.scale, row[f'{split}_{m.key}_std'])
                   for split in splits for m in task.metrics]
