@@ -39,6 +39,7 @@ import weakref
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -164,28 +165,41 @@ def chunk_states(kv, log_decay, state, group=16):
 
 
 def chunked_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64):
-    """Causal linear attention, chunkwise-parallel: y_i = sum_{j<=i} (q_i . k_j) a_{j+1..i} v_j + q_i S_0 a_{1..i},
-    where a_{j+1..i} = exp(sum_{t=j+1}^{i} log_decay_t) (1 without decay) and S_0 is the incoming state.
+    """Causal linear attention, chunkwise-parallel, with an optional decay per token or per token and key channel:
+    y_i = sum_{j<=i} sum_f q_if k_jf a_{j+1..i,f} v_j + sum_f q_if a_{1..i,f} S_0[f], a_{j+1..i,f} =
+    exp(sum_{t=j+1}^{i} log_decay_tf) (1 without decay; one value for every f with a decay per token), S_0 the
+    incoming state: the recurrence S_t = Diag(exp(log_decay_t)) S_{t-1} + k_t^T v_t, y_t = q_t S_t.
 
-    q, k: (B, H, T, F) feature-mapped queries/keys; v: (B, H, T, E); log_decay: None or (B|1, H, T), <= 0;
-    state: None or (B, H, F, E). Returns y (B, H, T, E) and the state after the last token (B, H, F, E).
+    q, k: (B, H, T, F) feature-mapped queries/keys; v: (B, H, T, E); log_decay: None, (B|1, H, T) (per token) or
+    (B, H, T, F) (per token and key channel, as GLA's), <= 0; state: None or (B, H, F, E). Returns y (B, H, T, E)
+    and the state after the last token (B, H, F, E).
     Within a chunk of C tokens a masked (C, C) matmul; across chunks the states entering each chunk, from
-    chunk_states (batched, no loop over chunks), each applied to its chunk's queries.
+    chunk_states (batched, no loop over chunks), each applied to its chunk's queries. A per-channel decay takes
+    chunks of at most CHANNEL_DECAY_CHUNK (16) tokens and log decays of at least MIN_CHANNEL_LOG_DECAY (-8) a token
+    (lower ones are raised to it, with no gradient: a channel that keeps exp(-8) = 0.03% of its state a token; see
+    chunk_decays).
     Time O(T C (F + E) + T F E + (T / C) G F E) with G = chunk_states' group (16), memory O(T C + (T / C) F E):
-    no (T, T) and no (T, F, E) tensor. Backward (ChunkwiseLinearAttention) about 1.4x the forward's matmuls, as
-    it recomputes the (C, C) scores and the chunk states instead of keeping them: between forward and backward
-    only q, k, v (in chunks), log_decay and state are kept.
+    no (T, T), no (T, F, E) and no (C, C, F) tensor. Backward (ChunkwiseLinearAttention) about 1.4x the forward's
+    matmuls, as it recomputes the (C, C) scores and the chunk states instead of keeping them: between forward and
+    backward only q, k, v (in chunks), log_decay and state are kept.
     Precision: decays, chunk contributions, states, the inter-chunk product and y are computed in float32 (float64
     inputs stay float64) whatever the inputs' dtype or autocast: these are sums over the whole sequence. Only the
     two intra-chunk matmuls (four in backward) run in bfloat16 when v comes in bfloat16 (bfloat16 autocast, or a
     bfloat16 model): bfloat16 has float32's range, while a chunk's sum of positive scores (a normaliser) can pass
     float16's 65504.
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, log_decay, state)):
-        return ChunkwiseLinearAttention.apply(q, k, v, log_decay, state, chunk_size)
-    # no gradient wanted (decoding, evaluation): the same forward, without an autograd Function's overhead per call
     C = min(chunk_size, q.size(2))
+    if log_decay is not None and log_decay.dim() == 4:
+        C = min(C, CHANNEL_DECAY_CHUNK)
+        log_decay = log_decay.clamp_min(MIN_CHANNEL_LOG_DECAY)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, log_decay, state)):
+        return ChunkwiseLinearAttention.apply(q, k, v, log_decay, state, C)
+    # no gradient wanted (decoding, evaluation): the same forward, without an autograd Function's overhead per call
     return ChunkwiseLinearAttention.attend(*(in_chunks(t, C) for t in (q, k, v)), log_decay, state, q.size(2))
+
+
+CHANNEL_DECAY_CHUNK = 16      # chunk length of chunked_linear_attention with a decay per key channel
+MIN_CHANNEL_LOG_DECAY = -8.0  # ... and the lowest log decay a token it takes: factors up to exp(8 x 8) = 6e27
 
 
 def in_chunks(x, C):
@@ -195,23 +209,64 @@ def in_chunks(x, C):
     return (F.pad(x, (0, 0, 0, pad)) if pad else x).unflatten(2, (-1, C)).contiguous()
 
 
+class ChunkDecays(NamedTuple):
+    """The decay factors of chunks of C tokens (chunk_decays), from b_i = the sum of the log decays from the chunk's
+    first token to token i, and b_C over the whole chunk; n: 1 for a decay per token, F for one per key channel."""
+    within: torch.Tensor          # what multiplies the (C, C) scores q_i . k_j: exp(b_i - b_j) for j <= i and 0
+                                  # above (B|1, H, N, C, C) for a decay per token; the causal (C, C) mask otherwise
+    q_within: torch.Tensor        # per channel: exp(b_i - r) and exp(r - b_j) (B, H, N, C, F), r = b at the chunk's
+    k_within: torch.Tensor        # middle, which scale q and k before their product; None otherwise
+    from_start: torch.Tensor      # exp(b_i) (B|1, H, N, C, n): the incoming state's decay to token i
+    to_end: torch.Tensor          # exp(b_C - b_j) (B|1, H, N, C, n): token j's decay to the chunk's end
+    chunk_log_decay: torch.Tensor  # b_C: (B|1, H, N) per token, (B, H, N, F) per channel
+
+
 def chunk_decays(log_decay, C, N, like):
-    """Each chunk's decay factors, with b_i = sum of log_decay from the chunk's first token to token i and b_C over
-    the whole chunk: (within, from_start, to_end, chunk_log_decay) = (exp(b_i - b_j) for j <= i and 0 above the
-    diagonal (B|1, H, N, C, C), exp(b_i) (B|1, H, N, C, 1), exp(b_C - b_j) (B|1, H, N, C, 1), b_C (B|1, H, N)), in
-    like's dtype. Without decay: (the (C, C) causal mask, None, None, zeros (N,)). The kernel's only place that
-    reads log_decay: a per-channel decay would change these factors (then scaling the F side: q, k, state rows)."""
+    """The ChunkDecays of log_decay (None, (B|1, H, T) or (B, H, T, F)) in chunks of C, in like's dtype. Without
+    decay: the causal mask, None for the factors and zeros (N,) for chunk_log_decay.
+    A decay per channel cannot weigh the scores after the product over channels; the (C, C, F) weights would cost
+    C times q's size. Instead, q_i exp(b_i - r) . k_j exp(r - b_j) has the product exp(b_i - b_j) <= 1 in each
+    channel, and a reference r in the chunk's middle keeps each factor's exponent within C / 2 log decays: with
+    C <= 16 and log decays >= -8 (chunked_linear_attention), at most 64, so no factor overflows (a key's exp(r - b_j)
+    for j after i, masked out, included). The kernel's only place that reads log_decay."""
     mask = causal_mask(C, C, like.device)
     if log_decay is None:
-        return mask, None, None, like.new_zeros(N)
+        return ChunkDecays(mask, None, None, None, None, like.new_zeros(N))
+    if log_decay.dim() == 4:  # per channel
+        b = in_chunks(cast(log_decay, like.dtype), C).cumsum(3)  # (B, H, N, C, F)
+        r = b[..., (C - 1) // 2, None, :]                          # (B, H, N, 1, F)
+        return ChunkDecays(mask, (b - r).exp(), (r - b).exp(), b.exp(), (b[..., -1:, :] - b).exp(), b[..., -1, :])
     b = F.pad(cast(log_decay, like.dtype), (0, N * C - log_decay.size(-1))).unflatten(-1, (N, C)).cumsum(-1)
     within = (b[..., :, None] - b[..., None, :]).masked_fill_(~mask, float('-inf')).exp_()  # (B|1, H, N, C, C)
-    return within, b[..., None].exp(), (b[..., -1:] - b)[..., None].exp(), b[..., -1]
+    return ChunkDecays(within, None, None, b[..., None].exp(), (b[..., -1:] - b)[..., None].exp(), b[..., -1])
 
 
 def weigh_within(scores, within):
-    """scores (B, H, N, C, C) times chunk_decays' `within` (the causal mask, or the decay weights), in place."""
+    """scores (B, H, N, C, C) times ChunkDecays.within (the causal mask, or the decay weights), in place."""
     return scores.masked_fill_(~within, 0) if within.dtype == torch.bool else scores.mul_(within)
+
+
+def scaled(x, factor):
+    """x * factor, or x where the factor is None."""
+    return x if factor is None else x * factor
+
+
+def states_across_chunks(kv, chunk_log_decay, state, reverse=False):
+    """chunk_states on each chunk's (F, E) contribution kv (B, H, N, F, E) with ChunkDecays.chunk_log_decay (one
+    factor per chunk, or one per row f of the state: the F rows as a batch dimension); state None or (B, H, F, E).
+    reverse: from the last chunk to the first (backward's recurrence of the states' gradient). Returns the states
+    entering each chunk, (B, H, N, F, E) (reverse: leaving it), and the one after the last (reverse: the first)."""
+    B, H, N, Fd, E = kv.shape
+    per_row = chunk_log_decay.dim() == 4
+    if reverse:
+        kv, chunk_log_decay = kv.flip(2), chunk_log_decay.flip(-2 if per_row else -1)
+    if per_row:
+        starts, final = chunk_states(kv.transpose(2, 3).contiguous(), chunk_log_decay.transpose(2, 3), state)
+        starts = starts.transpose(2, 3).contiguous()
+    else:
+        starts, final = chunk_states(kv.flatten(-2), chunk_log_decay, None if state is None else state.flatten(-2))
+        starts, final = starts.view(kv.shape), final.view(B, H, Fd, E)
+    return starts.flip(2) if reverse else starts, final
 
 
 class ChunkwiseLinearAttention(torch.autograd.Function):
@@ -220,24 +275,27 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
     each when it needs them, so that no (C, C) tensor or per-chunk state outlives the forward and at most two are
     held at once in backward. Autograd on the forward would keep every chunk's scores, states and copies.
 
-    Per chunk (rows i, j; b, within W, from_start exp(b), to_end exp(b_C - b) as in chunk_decays), with S_n the
-    state entering chunk n, A = (q k^T) * W and G_n the gradient of the loss with respect to S_n:
-        forward   y = A v + exp(b) * (q S_n)              S_{n+1} = exp(b_C) S_n + k^T (exp(b_C - b) * v)
-        backward  G_N = the final state's gradient, G_n = exp(b_C) G_{n+1} + q^T (exp(b) * dy): chunk_states run from
+    Per chunk (rows i, j; b, W = within, Q = q_within, K = k_within, exp(b) = from_start, exp(b_C - b) = to_end as in
+    ChunkDecays; without a decay per channel Q = K = 1), with S_n the state entering chunk n, A = ((Q q) (K k)^T) * W
+    and G_n the gradient of the loss with respect to S_n:
+        forward   y = A v + (exp(b) q) S_n               S_{n+1} = exp(b_C) S_n + (exp(b_C - b) k)^T v
+        backward  G_N = the final state's gradient, G_n = exp(b_C) G_{n+1} + (exp(b) q)^T dy: chunk_states run from
                   the last chunk to the first, G_0 the incoming state's gradient
                   dA = (dy v^T) * W
-                  dq = dA k + exp(b) * (dy S_n^T)          dk = dA^T q + (exp(b_C - b) * v) G_{n+1}^T
-                  dv = A^T dy + (exp(b_C - b) * k) G_{n+1}
-                  dL/db_i = sum_f (q * dq - k * dk)_if, plus <G_{n+1}, S_{n+1}> at the chunk's last token (every
-                  factor exp(b_i - b_j), exp(b_i), exp(b_C - b_j) scales a row of q or k); dL/dlog_decay_t = the
-                  sum of dL/db_i over the chunk's tokens i >= t.
-    tests/test_attention.py checks it against autograd on the plain formula in float64, and with gradcheck.
+                  dq = Q (dA (K k)) + exp(b) (dy S_n^T)     dk = K (dA^T (Q q)) + exp(b_C - b) (v G_{n+1}^T)
+                  dv = A^T dy + (exp(b_C - b) k) G_{n+1}
+                  dL/db_i = q_i dq_i - k_i dk_i (summed over the channels for a decay per token), plus <G_{n+1},
+                  S_{n+1}> (its rows f, per channel) at the chunk's last token: every factor exp(b_i - b_j), exp(b_i),
+                  exp(b_C - b_j) scales a row of q or k, or a channel of it; r cancels in A, so it has no gradient.
+                  dL/dlog_decay_t = the sum of dL/db_i over the chunk's tokens i >= t.
+    A decay per token scales whole rows: there, exp(b) and exp(b_C - b) go on the narrower side of each product
+    (exp(b) (q S_n) = (exp(b) q) S_n). tests/test_attention.py checks it against autograd on the plain formula in
+    float64, and with gradcheck.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, state, chunk_size):
+    def forward(ctx, q, k, v, log_decay, state, C):
         T = q.size(2)
-        C = min(chunk_size, T)
         q, k, v = (in_chunks(t, C) for t in (q, k, v))
         ctx.save_for_backward(q, k, v, log_decay, state)
         ctx.T = T
@@ -251,27 +309,23 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
         wide = wide_dtype(q)
         low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide  # the intra-chunk matmuls' dtype
         with full_precision(q):
-            q, k = cast(q, wide), cast(k, wide)
-            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, N, q)
-            v_end = cast(v, wide) if to_end is None else cast(v, wide) * to_end
-            starts, S = ChunkwiseLinearAttention.states(k, v_end, chunk_log_decay, state)
-            del v_end
-            y = q @ starts  # inter-chunk part, (B, H, N, C, E)
-            del starts
-            if from_start is not None:
-                y.mul_(from_start)
-            scores = weigh_within(cast(q, low) @ cast(k, low).transpose(-2, -1), within)  # (B, H, N, C, C)
-            y += scores @ cast(v, low)  # intra-chunk part
-        return y.flatten(2, 3)[:, :, :T], S.view(B, H, Fd, -1)
-
-    @staticmethod
-    def states(k, v_to_end, chunk_log_decay, state):
-        """The states entering each chunk (B, H, N, F, E) and after the last (B, H, F E), from the chunks' keys and
-        their values decayed to the chunk's end (B, H, N, C, .), in k's dtype."""
-        chunk_kv = k.transpose(-2, -1) @ v_to_end  # each chunk's contribution to the state, (B, H, N, F, E)
-        starts, S = chunk_states(chunk_kv.flatten(-2), chunk_log_decay,
-                                 None if state is None else cast(state, k.dtype).flatten(-2))
-        return starts.view(chunk_kv.shape), S
+            q, k, v_wide = cast(q, wide), cast(k, wide), cast(v, wide)
+            decays = chunk_decays(log_decay, C, N, q)
+            per_channel = decays.q_within is not None
+            if per_channel:
+                starts, S = states_across_chunks(scaled(k, decays.to_end).transpose(-2, -1) @ v_wide,
+                                                 decays.chunk_log_decay, state)
+                y = (q * decays.from_start) @ starts  # inter-chunk part, (B, H, N, C, E)
+            else:
+                starts, S = states_across_chunks(k.transpose(-2, -1) @ scaled(v_wide, decays.to_end),
+                                                 decays.chunk_log_decay, state)
+                y = q @ starts
+                if decays.from_start is not None:
+                    y.mul_(decays.from_start)
+            del starts, v_wide
+            scores = cast(scaled(q, decays.q_within), low) @ cast(scaled(k, decays.k_within), low).transpose(-2, -1)
+            y += weigh_within(scores, decays.within) @ cast(v, low)  # intra-chunk part, (B, H, N, C, C) scores
+        return y.flatten(2, 3)[:, :, :T], S
 
     @staticmethod
     def backward(ctx, dy, dS):
@@ -283,41 +337,57 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
         low = torch.bfloat16 if v.dtype == torch.bfloat16 else wide
         with full_precision(q):
             q, k, v, dy = cast(q, wide), cast(k, wide), cast(v, wide), cast(in_chunks(dy, C), wide)
-            within, from_start, to_end, chunk_log_decay = chunk_decays(log_decay, C, N, q)
+            decays = chunk_decays(log_decay, C, N, q)
+            per_channel = decays.q_within is not None
             # across chunks first, while dk and dv do not exist yet: the states, recomputed, give dq; then G_{n+1}
             # from the reverse recurrence gives dk and dv
-            dy_start = dy if from_start is None else dy * from_start  # exp(b) * dy
-            v_end = v if to_end is None else v * to_end
-            starts, S = ChunkwiseLinearAttention.states(k, v_end, chunk_log_decay, state)
-            dq = dy_start @ starts.transpose(-2, -1)  # (B, H, N, C, F)
+            if per_channel:
+                q_start, k_end = q * decays.from_start, k * decays.to_end
+                starts, S = states_across_chunks(k_end.transpose(-2, -1) @ v, decays.chunk_log_decay, state)
+                dq = (dy @ starts.transpose(-2, -1)).mul_(decays.from_start)  # (B, H, N, C, F)
+                to_state = q_start.transpose(-2, -1) @ dy  # each chunk's (exp(b) q)^T dy, (B, H, N, F, E)
+            else:
+                dy_start, v_end = scaled(dy, decays.from_start), scaled(v, decays.to_end)
+                starts, S = states_across_chunks(k.transpose(-2, -1) @ v_end, decays.chunk_log_decay, state)
+                dq = dy_start @ starts.transpose(-2, -1)
+                to_state = q.transpose(-2, -1) @ dy_start
+                del dy_start
             after = None  # the states after each chunk, S_{n+1}, for the decay's gradient
             if ctx.needs_input_grad[3]:
-                after = torch.cat([starts[:, :, 1:], S.view(B, H, 1, Fd, -1)], dim=2)  # (B, H, N, F, E)
+                after = torch.cat([starts[:, :, 1:], S[:, :, None]], dim=2)  # (B, H, N, F, E)
             del starts, S
-            # each chunk's q^T (exp(b) dy), (B, H, N, F E), from the last chunk to the first
-            to_state = (q.transpose(-2, -1) @ dy_start).flatten(-2).flip(-2)
-            del dy_start
-            reverse, d_state = chunk_states(to_state, chunk_log_decay.flip(-1), dS.flatten(-2))
+            G, d_state = states_across_chunks(to_state, decays.chunk_log_decay, dS, reverse=True)  # G_{n+1}
             del to_state
-            G = reverse.flip(-2).view(B, H, N, Fd, -1)  # G_{n+1}: the gradient of the state after each chunk
-            del reverse
-            dk = v_end @ G.transpose(-2, -1)  # (B, H, N, C, F)
-            del v_end
-            dv = (k if to_end is None else k * to_end) @ G  # (B, H, N, C, E)
+            if per_channel:
+                dk = (v @ G.transpose(-2, -1)).mul_(decays.to_end)  # (B, H, N, C, F)
+                dv = k_end @ G  # (B, H, N, C, E)
+            else:
+                dk = v_end @ G.transpose(-2, -1)
+                dv = scaled(k, decays.to_end) @ G
+                del v_end
             # within chunks, the scores recomputed: dv += A^T dy, then dA = (dy v^T) * W gives dq and dk
-            q_low, k_low, v_low, dy_low = (cast(t, low) for t in (q, k, v, dy))
-            scores = weigh_within(q_low @ k_low.transpose(-2, -1), within)  # A, (B, H, N, C, C)
+            q_in, k_in = scaled(q, decays.q_within), scaled(k, decays.k_within)
+            q_low, k_low, v_low, dy_low = (cast(t, low) for t in (q_in, k_in, v, dy))
+            scores = weigh_within(q_low @ k_low.transpose(-2, -1), decays.within)  # A, (B, H, N, C, C)
             add_matmul(dv, scores.transpose(-2, -1), dy_low)
             del scores
-            d_scores = weigh_within(dy_low @ v_low.transpose(-2, -1), within)  # dA
-            add_matmul(dq, d_scores, k_low)
-            add_matmul(dk, d_scores.transpose(-2, -1), q_low)
+            d_scores = weigh_within(dy_low @ v_low.transpose(-2, -1), decays.within)  # dA
+            if per_channel:
+                dq.addcmul_(cast(d_scores @ k_low, wide), decays.q_within)
+                dk.addcmul_(cast(d_scores.transpose(-2, -1) @ q_low, wide), decays.k_within)
+            else:
+                add_matmul(dq, d_scores, k_low)
+                add_matmul(dk, d_scores.transpose(-2, -1), q_low)
             del d_scores
             d_log_decay = None
             if after is not None:
-                d_b = (q * dq).sum(-1) - (k * dk).sum(-1)  # (B, H, N, C)
-                d_b[..., -1] += (G * after).sum((-2, -1))
-                d_log_decay = d_b.flip(-1).cumsum(-1).flip(-1).flatten(2)[..., :T].sum_to_size(log_decay.shape)
+                d_b = q * dq - k * dk  # (B, H, N, C, F)
+                d_end = (G * after).sum(-1)  # (B, H, N, F)
+                if not per_channel:
+                    d_b, d_end = d_b.sum(-1, keepdim=True), d_end.sum(-1, keepdim=True)
+                d_b[..., -1, :] += d_end
+                d_log_decay = d_b.flip(3).cumsum(3).flip(3).flatten(2, 3)[:, :, :T]  # (B, H, T, F or 1)
+                d_log_decay = (d_log_decay if per_channel else d_log_decay.squeeze(-1)).sum_to_size(log_decay.shape)
         grads = (cast(g.flatten(2, 3)[:, :, :T], dtype) for g, dtype in zip((dq, dk, dv), dtypes))
         return (*grads, d_log_decay, None if state is None else cast(d_state.view(state.shape), state.dtype), None)
 
@@ -328,63 +398,6 @@ def add_matmul(out, a, b):
     if a.dtype != out.dtype:
         return out.add_(a @ b)
     return out.view(-1, *out.shape[-2:]).baddbmm_(a.flatten(0, 2), b.flatten(0, 2))
-
-
-def chunked_gated_attention(q, k, v, log_decay, state=None, chunk_size=64):
-    """Causal linear attention with a per-key-channel decay (GLA's): S_t = Diag(a_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t,
-    a_t = exp(log_decay_t) in (0, 1]^F; unrolled,
-    y_i = sum_{j<=i} sum_f q_if k_jf exp(b_if - b_jf) v_j + (q_i * exp(b_i)) S_0 with b_i = sum_{t<=i} log_decay_t.
-
-    q, k, log_decay: (B, H, T, F); v: (B, H, T, E); state: None or (B, H, F, E). Returns y (B, H, T, E) and the state
-    after the last token (B, H, F, E).
-    Chunks of C = chunk_size tokens (rounded up to 4 sub-chunks of c = C / 4; the last chunk padded), b taken from
-    the chunk start. Every factor is an exp of a sum of log decays over a stretch of tokens, so <= 1 however strong
-    the decay: nothing overflows, and a factor below float32's range underflows to the 0 it nearly is (the scores
-    cannot be split as (q exp(b)) . (k exp(-b)), whose exp(-b) overflows float32 after a few strong gates). Within
-    a chunk, the (C, C) scores in blocks of (c, c): a query sub-chunk I after a key sub-chunk J as one matmul,
-    exp(b_i - b_j) = exp(b_i - b_{end of I-1}) exp(b_{end of I-1} - b_{end of J}) exp(b_{end of J} - b_j), each
-    exponent <= 0; the diagonal blocks computed directly, q_i . (k_j exp(b_i - b_j)) for j <= i. Across chunks,
-    Diag(exp(b_C)) is F independent scalar decays, one per row of the (F, E) state: chunk_states over E with the
-    F rows as a batch dimension.
-    Time O(T C (F + E) + T c F + T F E + (T / C) G F E), memory O(T (C + c F + E) + (T / C) F E), in float32 at least.
-    """
-    B, H, T, Fd = q.shape
-    E = v.size(-1)
-    c = -(-min(chunk_size, T) // 4)  # sub-chunk length
-    C = 4 * c
-    pad = -T % C
-    wide = wide_dtype(q)
-    with full_precision(q):
-        q, k, v, log_decay = (cast(t, wide) for t in (q, k, v, log_decay))
-        if pad:  # zero keys and a zero log decay (a = 1) at the end change nothing before them
-            q, k, v, log_decay = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, log_decay))
-        N = (T + pad) // C
-        q, k, log_decay = (t.view(B, H, N, 4, c, Fd) for t in (q, k, log_decay))  # (B, H, N, 4, c, F)
-        v = v.view(B, H, N, C, E)
-        b = log_decay.flatten(3, 4).cumsum(3).view(B, H, N, 4, c, Fd)  # log decay from the chunk start
-        sub_end = b[..., -1, :]                                          # at each sub-chunk's last token, (.., 4, F)
-        sub_start = F.pad(sub_end[..., :-1, :], (0, 0, 1, 0))            # just before each sub-chunk
-        # sub-chunks I > J: (q_i exp(b_i - start_I)) (exp(start_I - end_J)) (k_j exp(end_J - b_j))
-        q_from_start = q * (b - sub_start[..., None, :]).exp()
-        k_to_end = k * (sub_end[..., None, :] - b).exp()
-        before = torch.ones(4, 4, dtype=torch.bool, device=q.device).tril(-1)  # [I, J]: J < I
-        between = (sub_start[..., :, None, :] - sub_end[..., None, :, :]).masked_fill(~before[..., None], float('-inf'))
-        blocks = ((q_from_start[..., :, None, :, :] * between.exp()[..., None, :])
-                  @ k_to_end[..., None, :, :, :].transpose(-2, -1))
-        # blocks: (B, H, N, 4, 4, c, c), zero where J >= I; the diagonal blocks directly, (B, H, N, 4, c, c)
-        inside = causal_mask(c, c, q.device)
-        pair = (b[..., :, None, :] - b[..., None, :, :]).masked_fill(~inside[..., None], float('-inf'))  # (.., c, c, F)
-        diagonal = (q[..., :, None, :] * k[..., None, :, :] * pair.exp()).sum(-1)
-        blocks = blocks + torch.eye(4, dtype=q.dtype, device=q.device)[:, :, None, None] * diagonal[..., :, None, :, :]
-        scores = blocks.transpose(-3, -2).reshape(B, H, N, C, C)  # [I, J, i, j] -> [(I, i), (J, j)]
-        y = scores @ v  # intra-chunk part, (B, H, N, C, E)
-        b = b.flatten(3, 4)  # (B, H, N, C, F)
-        k_state = k.flatten(3, 4) * (b[..., -1:, :] - b).exp()        # j to the chunk end
-        chunk_kv = k_state.transpose(-2, -1) @ v                       # (B, H, N, F, E)
-        starts, S = chunk_states(chunk_kv.transpose(2, 3), b[..., -1, :].transpose(2, 3),
-                                 None if state is None else cast(state, wide))  # (B, H, F, N, E), (B, H, F, E)
-        y = y + (q.flatten(3, 4) * b.exp()) @ starts.transpose(2, 3)  # inter-chunk part
-    return y.reshape(B, H, N * C, E)[:, :, :T], S
 
 
 def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64):
@@ -1164,9 +1177,11 @@ class GatedLinearAttention(GatedGroupNormOutput):
     alpha_t near 1), then the paper's output: proj(swish(x W_r) * GroupNorm_h(heads)). No normaliser, no feature map.
     The paper halves the key dimension; here q, k, v keep the shared projections (F = D). Extra parameters: the
     gate (C x 16, 16 x C, C), the output gate (C x C) and the group norm (2C). Causal only (the paper defines no
-    bidirectional form).
-    Causal: chunked_gated_attention, time O(T C D + T (C / 4) D + T D^2), memory O(T (C + C / 4 D) + (T / C) D^2);
-    decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a time.
+    bidirectional form). One addition: log alpha_t >= -8 (MIN_CHANNEL_LOG_DECAY; alpha_t >= 3.4e-4, a gate logit
+    below -128), which keeps the chunked kernel's factors within float32 (chunk_decays).
+    Causal: chunked_linear_attention with a decay per key channel, in chunks of 16: time O(T 16 D + T D^2),
+    memory O(T 16 + (T / 16) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a
+    time.
     """
     supports_bidirectional = False
     normalise = False
@@ -1189,16 +1204,19 @@ class GatedLinearAttention(GatedGroupNormOutput):
 
     def attend_chunkwise(self, q, k, v, state, log_alpha):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = chunked_gated_attention(fq, fk, v, log_alpha, None if state is None else state['kv'], self.chunk_size)
+        y, kv = chunked_linear_attention(fq, fk, v, log_alpha, None if state is None else state['kv'],
+                                         self.chunk_size)
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, log_alpha):
-        """The paper's recurrence token by token: S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t / sqrt(D)."""
+        """The paper's recurrence token by token: S_t = Diag(alpha_t) S_{t-1} + k_t^T v_t, y_t = q_t S_t / sqrt(D),
+        with log alpha_t >= MIN_CHANNEL_LOG_DECAY."""
         B, H, T, D = q.shape
+        alpha = log_alpha.clamp_min(MIN_CHANNEL_LOG_DECAY).exp()
         S = q.new_zeros(B, H, D, v.size(-1))
         outputs = []
         for t in range(T):
-            S = log_alpha[:, :, t, :, None].exp() * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+            S = alpha[:, :, t, :, None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
             outputs.append((q[:, :, t, None, :] @ S).squeeze(-2) / D ** 0.5)
         return torch.stack(outputs, dim=2)
 

@@ -512,21 +512,24 @@ def test_chunk_states_equals_the_recurrence(N, decay):
 
 def linear_attention_formula(q, k, v, log_decay, state):
     """Causal linear attention with decay on the (T, T) matrix, from its definition, sharing nothing with the chunked
-    kernel: with L_i = sum_{t<=i} log_decay_t, y_i = sum_{j<=i} (q_i . k_j) exp(L_i - L_j) v_j + exp(L_i) q_i S_0 and
-    the final state S = sum_j exp(L_{T-1} - L_j) k_j v_j^T + exp(L_{T-1}) S_0."""
+    kernel: with L_if = sum_{t<=i} log_decay_t(f) (a decay per token: the same for every key channel f),
+    y_i = sum_{j<=i} sum_f q_if k_jf exp(L_if - L_jf) v_j + sum_f exp(L_if) q_if S_0[f] and the final state
+    S[f] = sum_j exp(L_{T-1,f} - L_jf) k_jf v_j + exp(L_{T-1,f}) S_0[f]."""
     T = q.size(2)
-    L = log_decay.cumsum(-1)  # (B|1, H, T)
-    allowed = torch.ones(T, T, dtype=torch.bool).tril()
-    decay = (L[..., :, None] - L[..., None, :]).masked_fill(~allowed, float('-inf')).exp()  # (B|1, H, T, T)
-    y = ((q @ k.transpose(-2, -1)) * decay) @ v + L.exp()[..., None] * (q @ state)
-    to_end = (L[..., -1:] - L).exp()[..., None]  # (B|1, H, T, 1)
-    return y, (k * to_end).transpose(-2, -1) @ v + L[..., -1, None, None].exp() * state
+    L = (log_decay if log_decay.dim() == 4 else log_decay[..., None]).cumsum(2)  # (B|1, H, T, F|1)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()[..., None]
+    decay = (L[:, :, :, None] - L[:, :, None, :]).masked_fill(~allowed, float('-inf')).exp()  # (B|1, H, T, T, F|1)
+    scores = (q[:, :, :, None, :] * k[:, :, None, :, :] * decay).sum(-1)  # (B, H, T, T)
+    y = scores @ v + (q * L.exp()) @ state
+    to_end = (L[:, :, -1:] - L).exp()  # (B|1, H, T, F|1)
+    return y, (k * to_end).transpose(-2, -1) @ v + L[:, :, -1, :, None].exp() * state
 
 
-KERNEL_DECAYS = {  # log_decay for B = 2, H = 3, T tokens: None, or <= 0
+KERNEL_DECAYS = {  # log_decay for B = 2, H = 3, T tokens, F = 5 key channels: None, or <= 0
     'none': lambda T, g: None,
     'per sequence': lambda T, g: -torch.rand(2, 3, T, generator=g, dtype=torch.float64),
     'shared by the batch': lambda T, g: -0.3 * torch.rand(1, 3, T, generator=g, dtype=torch.float64),
+    'per key channel': lambda T, g: -torch.rand(2, 3, T, 5, generator=g, dtype=torch.float64),
 }
 
 
@@ -571,15 +574,16 @@ def test_chunk_kernel_check_catches_a_backward_that_drops_the_state_gradient(mon
 
 
 def test_chunk_kernel_passes_gradcheck():
-    """Finite differences against the backward, every input differentiable: T = 11 in chunks of 4, with decay and
-    an incoming state."""
+    """Finite differences against the backward, every input differentiable: T = 11 in chunks of 4, with a decay per
+    token and one per key channel, and an incoming state."""
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(1, 2, 11, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     v = torch.randn(1, 2, 11, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    log_decay = (-torch.rand(1, 2, 11, generator=g, dtype=torch.float64)).requires_grad_()
     state = torch.randn(1, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     kernel = lambda *args: attention.chunked_linear_attention(*args, chunk_size=4)
-    assert torch.autograd.gradcheck(kernel, (q, k, v, log_decay, state))
+    for decay_shape in (q.shape[:3], q.shape):  # per token, per token and key channel
+        log_decay = (-torch.rand(decay_shape, generator=g, dtype=torch.float64)).requires_grad_()
+        assert torch.autograd.gradcheck(kernel, (q, k, v, log_decay, state))
 
 
 def kept_for_backward(fn, *args):

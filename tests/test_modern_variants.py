@@ -120,33 +120,59 @@ def random_qkv(T, log_decay_scale, seed=0, B=2, H=2, D=5):
 
 @pytest.mark.parametrize('chunk_size,T', [(16, 50), (64, 200), (7, 23), (64, 1)])
 def test_per_channel_kernel_equals_the_recurrence(chunk_size, T):
-    """Sub-chunks of 4, 16, 2 and 1 tokens: off-diagonal and diagonal blocks, a padded last chunk; from a state too."""
+    """Chunks of 16, 16, 7 and 1 tokens (a per-channel decay takes at most 16), a padded last chunk; from a state
+    too."""
     q, k, v, log_decay = random_qkv(T, 3.0)
     expected, S = gated_loop(q, k, v, log_decay)
-    y, final = attention.chunked_gated_attention(q, k, v, log_decay, chunk_size=chunk_size)
+    y, final = attention.chunked_linear_attention(q, k, v, log_decay, chunk_size=chunk_size)
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(final, S, rtol=1e-10, atol=1e-10)
     if T == 1:
         return
     cut = T // 3
-    first, state = attention.chunked_gated_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
-                                                     log_decay[:, :, :cut], chunk_size=chunk_size)
-    second, _ = attention.chunked_gated_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], log_decay[:, :, cut:],
-                                                  state, chunk_size=chunk_size)
+    first, state = attention.chunked_linear_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
+                                                      log_decay[:, :, :cut], chunk_size=chunk_size)
+    second, _ = attention.chunked_linear_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:],
+                                                   log_decay[:, :, cut:], state, chunk_size=chunk_size)
     torch.testing.assert_close(torch.cat([first, second], dim=2), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_per_channel_kernel_is_safe_in_float32_at_16k():
-    """Strong per-channel gates (log decays down to -40 a token) over 16384 tokens: float32 stays finite and as close
-    to the float64 recurrence as float32 allows (the log decays summed within a chunk reach -2560, where float32's
-    spacing is 2.4e-4); splitting the scores as (q e^b) . (k e^-b) would overflow."""
-    q, k, v, log_decay = random_qkv(16384, 40.0, B=1, H=1, D=4)
+    """Strong per-channel gates (log decays uniform down to the floor, -8 a token) over 16384 tokens: float32 stays
+    finite and as close to the float64 recurrence as float32 allows, its gradients too; splitting the scores as
+    (q e^b) . (k e^-b) from the start of a chunk of 64 would overflow."""
+    q, k, v, _ = random_qkv(16384, 0.0, B=1, H=1, D=4)
+    log_decay = attention.MIN_CHANNEL_LOG_DECAY * torch.rand(q.shape, generator=torch.Generator().manual_seed(1),
+                                                             dtype=torch.float64)
     expected, _ = gated_loop(q, k, v, log_decay)
-    y, _ = attention.chunked_gated_attention(q.float(), k.float(), v.float(), log_decay.float())
+    inputs = [t.float().requires_grad_() for t in (q, k, v, log_decay)]
+    y, _ = attention.chunked_linear_attention(*inputs)
     assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.double(), expected, rtol=2e-3, atol=2e-3)  # b's float32 running sums reach -2560
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()  # and the gradients, against the float64 kernel's (checked against autograd above)
+    wide = [t.requires_grad_() for t in (q, k, v, log_decay)]
+    attention.chunked_linear_attention(*wide)[0].square().sum().backward()
+    for narrow, exact in zip(inputs, wide):
+        assert torch.isfinite(narrow.grad).all()
+        torch.testing.assert_close(narrow.grad.double(), exact.grad, rtol=1e-3, atol=1e-3)
     b = log_decay.float()[..., :64, :].cumsum(2)  # within a single chunk of 64
     assert not torch.isfinite((k.float()[..., :64, :] * (-b).exp())).all()
+
+
+def test_per_channel_kernel_raises_log_decays_below_its_floor():
+    """A log decay below MIN_CHANNEL_LOG_DECAY counts as the floor (no overflow, no NaN even at -1000), and its
+    gradient is zero there, as for a clamp; the GLA reference applies the same floor."""
+    q, k, v, log_decay = random_qkv(40, 3.0)
+    strong = log_decay.clone()
+    strong[..., ::3, :] = -1000.0
+    floored = strong.clamp_min(attention.MIN_CHANNEL_LOG_DECAY)
+    expected, S = gated_loop(q, k, v, floored)
+    strong.requires_grad_()
+    y, final = attention.chunked_linear_attention(q, k, v, strong, chunk_size=16)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, S, rtol=1e-10, atol=1e-10)
+    y.sum().backward()
+    assert (strong.grad[..., ::3, :] == 0).all() and strong.grad.abs().sum() > 0
 
 
 def delta_loop(q, k, v, beta, log_decay):
