@@ -245,13 +245,15 @@ def peak_memory_mb(device):
 
 def git_commit():
     """(commit, dirty) of the code that ran, or (None, None) outside a git checkout. Dirty: a tracked file outside
-    results/ differs from the commit; new files (data, run folders) and the sweeps' own results do not count."""
+    results/ and bench_results/ differs from the commit; new files (data, run folders) and the sweeps' and
+    benchmarks' own results do not count."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, check=True,
                                            timeout=60).stdout.strip()
         commit = git('rev-parse', 'HEAD')
-        status = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)results')
+        status = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)results',
+                     ':(exclude)bench_results')
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, bool(status)

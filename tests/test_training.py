@@ -133,10 +133,13 @@ def test_write_config_records_the_environment(tmp_path):
 
 def test_git_dirty_means_changed_code_not_new_runs(tmp_path):
     """A sweep's run folders and prepared data are new files in the checkout: they leave a run clean. A change to a
-    tracked file does not, except under results/, where a sweep replaces committed runs."""
+    tracked file does not, except under results/ and bench_results/, where sweeps and benchmarks replace committed
+    results (a second bench command after a first that rewrote its JSON is still clean)."""
     shutil.copy(training.__file__, tmp_path / 'training.py')
     (tmp_path / 'results' / 'old_run').mkdir(parents=True)
     (tmp_path / 'results' / 'old_run' / 'eval.json').write_text('{}')
+    (tmp_path / 'bench_results').mkdir()
+    (tmp_path / 'bench_results' / 'cpu.json').write_text('{}')
     git = lambda *args: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=tmp_path,
                                        check=True, capture_output=True, timeout=60)
     git('init', '-q')
@@ -151,6 +154,7 @@ def test_git_dirty_means_changed_code_not_new_runs(tmp_path):
     (tmp_path / 'data' / 'train.bin').write_bytes(b'abc')  # new files: data, a run folder
     (tmp_path / 'results' / 'new_run').mkdir()
     os.remove(tmp_path / 'results' / 'old_run' / 'eval.json')  # a committed run being redone
+    (tmp_path / 'bench_results' / 'cpu.json').write_text('{"results": []}')  # a benchmark re-measured
     assert copy.git_commit() == (commit, False)
     with open(tmp_path / 'training.py', 'a') as f:
         f.write('# an edit\n')
