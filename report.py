@@ -5,6 +5,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/shakespeare_gpt --bench=bench_results/cpu.json --bench_seq_len=4096
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
+    python report.py results/mqar --where=block_size=128,num_kv_pairs=8 --best_over=learning_rate   # those runs only
     python report.py --readme=README.md       # regenerate every table of README.md from the command above it
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
@@ -24,6 +25,8 @@ group the runs of the KEY value with the best mean main metric over seeds on the
 one; ties go to the smallest value), as Zoology reports the best accuracy over a learning-rate grid per model.
 A column `best KEY` gives the value kept, the heading the grid; a group that lacks part of it says so in that column
 (e.g. `0.001 (2 of 3)`: the best of the 2 values it has runs of) and in a note.
+--where=KEY=VALUE[,KEY=VALUE...] reports only the runs whose config.json has those values (each VALUE read as a Python
+literal where it is one, so 1e-3 matches 0.001): one table per setting of a sweep over several.
 A run is reported once it is finished: eval.json there and at its max_iters. The others are left out with a note,
 so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
 give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
@@ -36,6 +39,7 @@ labelled point per group, with the std as an error bar).
 (whose plots and files are rewritten too); tests/test_results.py checks that every such table is what its command
 prints from the committed run folders.
 """
+import ast
 import csv
 import io
 import os
@@ -56,6 +60,7 @@ DEFAULTS = dict(
     plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
     readme='',                 # alone: regenerate every generated table in this README from the command above it
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
+    where='',                  # KEY=VALUE[,KEY=VALUE...]: only the runs whose config has these values
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
@@ -138,6 +143,33 @@ def load_runs(folders):
     if not runs:
         raise ConfigError(f"no finished run in {', '.join(folders)}: train and evaluate first (see sweep.py)")
     return runs
+
+
+def parse_where(text):
+    """--where's KEY=VALUE[,KEY=VALUE...] -> {key: value}, each value a Python literal where it is one."""
+    conditions = {}
+    for item in text.split(','):
+        key, eq, value = item.partition('=')
+        if not eq or not key:
+            raise ConfigError(f"--where={text}: expected KEY=VALUE[,KEY=VALUE...], e.g. --where=block_size=128")
+        try:
+            conditions[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            conditions[key] = value
+    return conditions
+
+
+def select_runs(runs, text):
+    """The runs whose config has every value of --where=text."""
+    conditions = parse_where(text)
+    for key in conditions:
+        if not any(key in run.config for run in runs):
+            raise ConfigError(f"--where={text}: no run has {key} in its config.json; name a config key")
+    chosen = [run for run in runs if all(key in run.config and run.config[key] == value
+                                         for key, value in conditions.items())]
+    if not chosen:
+        raise ConfigError(f"--where={text}: no finished run has those values")
+    return chosen
 
 
 def check_one_task(runs):
@@ -260,6 +292,8 @@ def markdown(rows, differ, task, splits, options, grid=None):
     direction = 'higher' if task.higher_is_better else 'lower'
     lines = [f"{task.title}. Best first by {splits[0]} {main.label} ({direction} is better); mean ± sample std "
              f"over n seeds."]
+    if options['where']:
+        lines[0] += f" Runs with {', '.join(f'{key}={value}' for key, value in parse_where(options['where']).items())}."
     if options['best_over']:
         lines[0] += (f" Each row at the best {options['best_over']} of the grid {', '.join(map(str, grid))} by mean "
                      f"{splits[0]} {main.label} over seeds.")
@@ -353,7 +387,8 @@ def report(argv):
     folders = [arg for arg in argv if not arg.startswith('--')]
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
-                          "[--plots=FOLDER] [--best_over=KEY], or python report.py --readme=README.md")
+                          "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...], or python report.py "
+                          "--readme=README.md")
     options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
     if options['readme']:
         raise ConfigError("--readme regenerates a README's tables from the commands in it: give it alone")
@@ -366,6 +401,8 @@ def report(argv):
         raise ConfigError(f"--best_over={options['best_over']}: the table compares over that key; name a setting "
                           "such as learning_rate")
     runs = load_runs(folders)
+    if options['where']:
+        runs = select_runs(runs, options['where'])
     task, splits = check_one_task(runs)
     bench = load_bench(options['bench'], options['bench_seq_len'], task.causal) if options['bench'] else None
     groups, differ = group_runs(runs, IGNORED + (options['best_over'],) if options['best_over'] else IGNORED)

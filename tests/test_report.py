@@ -250,6 +250,31 @@ def test_mqar_without_best_over_shows_every_learning_rate(mqar_sweep, capsys):
     assert len(lines) == 4 + 8 and lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 |')
 
 
+def test_where_reports_one_setting_of_a_sweep(mqar_sweep, tmp_path, capsys):
+    """Runs of a second setting in the same folder are left out by --where (its value read as a literal: 64 and
+    1e-3 match the configs' numbers), and the heading names the setting."""
+    for attention in ('softmax', 'linear'):
+        config = {'attention': attention, 'block_size': 128, 'num_kv_pairs': 8, 'learning_rate': 1e-3, 'seed': 1,
+                  'max_iters': 10, 'n_params': 1000, 'attention_params': 100}
+        evaluation = {'iter': 10, **{split: {'loss': 0.9, 'accuracy': 0.1, 'queries': 8000} for split in ('val', 'test')}}
+        write_run(mqar_sweep / f'block_size=128,attention={attention},seed=1', config, evaluation,
+                  [{'iter': 10, 'val_loss': 0.9, 'elapsed_s': 60}])
+    report.main([str(mqar_sweep), '--where=block_size=64,num_kv_pairs=4', '--best_over=learning_rate'])
+    out = capsys.readouterr().out
+    assert out == MQAR_BEST.replace(' Each row', ' Runs with block_size=64, num_kv_pairs=4. Each row')
+    report.main([str(mqar_sweep), '--where=block_size=128,learning_rate=1e-3'])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(' | ')[0] for line in lines[4:]] == ['| linear', '| softmax']
+
+
+@pytest.mark.parametrize('where, message', [
+    ('block_size', "--where=block_size: expected KEY=VALUE"), ('colour=red', "no run has colour in its config.json"),
+    ('block_size=32', "--where=block_size=32: no finished run has those values")])
+def test_where_without_a_match_is_one_line(mqar_sweep, where, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        report.main([str(mqar_sweep), f'--where={where}'])
+
+
 @pytest.mark.parametrize('key, message', [
     ('colour', "--best_over=colour: "), ('seed', "--best_over=seed: the table compares over that key")])
 def test_best_over_a_key_that_is_not_a_setting_is_one_line(mqar_sweep, key, message):
