@@ -6,6 +6,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
     python report.py results/mqar --where=block_size=128,num_kv_pairs=8 --best_over=learning_rate   # those runs only
+    python report.py --bench_table=bench_results/cpu.json         # the benchmark table of a bench.py JSON
     python report.py --readme=README.md       # regenerate every table of README.md from the command above it
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
@@ -34,6 +35,9 @@ order of the runs), so a test can regenerate a table and compare. Notes go to st
 --plots=FOLDER writes val_loss.png (each group's periodic validation loss against iteration: the mean over seeds,
 and a band from the minimum to the maximum) and quality_vs_throughput.png (the main metric against throughput, one
 labelled point per group, with the std as an error bar).
+--bench_table=FILE alone prints the table of a bench.py JSON: per causal variant, in the file's order, forward+backward
+time and peak memory at each T, each against softmax's (time at bench_seq_len, memory at the longest T), and decoding
+time per token at each T.
 --readme=README.md alone regenerates the README's result tables: each is a block that starts with the line
 `<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`, and gets the output of that command
 (whose plots and files are rewritten too); tests/test_results.py checks that every such table is what its command
@@ -61,6 +65,7 @@ DEFAULTS = dict(
     readme='',                 # alone: regenerate every generated table in this README from the command above it
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
     where='',                  # KEY=VALUE[,KEY=VALUE...]: only the runs whose config has these values
+    bench_table='',            # alone (with bench_seq_len): the benchmark table of this bench.py JSON file
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
@@ -278,6 +283,46 @@ def load_bench(path, seq_len, causal):
     return table
 
 
+def bench_markdown(path, ratio_seq_len):
+    """The table of --bench_table=path (see the module docstring), as a string."""
+    data = training.read_json(path)
+    records = {}
+    try:
+        for record in data['results']:
+            key = (record['variant'], record['mode'], record['seq_len'])
+            if not record.get('causal', True):
+                continue
+            if key in records:
+                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={key[2]}: give one bench run")
+            records[key] = record['time_ms'] if record['status'] == 'ok' else record['status'], \
+                record.get('peak_mem_mb') if record['status'] == 'ok' else record['status']
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records)") from None
+    lengths = {mode: sorted({T for _, m, T in records if m == mode}) for mode in ('fwdbwd', 'decode')}
+    if not lengths['fwdbwd'] or 'softmax' not in {variant for variant, _, _ in records}:
+        raise ConfigError(f"{path} has no causal fwdbwd records with softmax among them: nothing to compare")
+
+    def against_softmax(variant, T, index):
+        mine, softmax = (records.get((v, 'fwdbwd', T), (None, None))[index] for v in (variant, 'softmax'))
+        numbers = all(isinstance(x, (int, float)) for x in (mine, softmax))
+        return mine / softmax if numbers and softmax else None
+    longest = lengths['fwdbwd'][-1]
+    header = (['variant'] + [f'fwd+bwd ms, T={T}' for T in lengths['fwdbwd']] + [f'x softmax, T={ratio_seq_len}'] +
+              [f'peak MB, T={T}' for T in lengths['fwdbwd']] + [f'x softmax, T={longest}'] +
+              [f'decode ms/token, T={T}' for T in lengths['decode']])
+    lines = [f"One causal attention layer (its projections included), from {path}: forward+backward time and peak "
+             f"memory, each also as a multiple of softmax's, and the time to decode one token after T.", '',
+             '| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |']
+    for variant in dict.fromkeys(variant for variant, _, _ in records):
+        fwdbwd = [records.get((variant, 'fwdbwd', T), (None, None)) for T in lengths['fwdbwd']]
+        row = ([f'`{variant}`'] + [cell(time, 0) for time, _ in fwdbwd] +
+               [cell(against_softmax(variant, ratio_seq_len, 0), 2)] + [cell(memory, 0) for _, memory in fwdbwd] +
+               [cell(against_softmax(variant, longest, 1), 2)] +
+               [cell(records.get((variant, 'decode', T), (None,))[0], 2) for T in lengths['decode']])
+        lines.append('| ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def cell(value, decimals, scale=1, std=None):
     if value is None:
         return '-'
@@ -385,11 +430,16 @@ def check_output(path):
 def report(argv):
     """The table of `python report.py ARGV` (also writing the files its options name), as a string."""
     folders = [arg for arg in argv if not arg.startswith('--')]
+    options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
+    if options['bench_table']:
+        if folders or options['readme']:
+            raise ConfigError("--bench_table prints the table of a bench.py JSON: give it alone (or with "
+                              "--bench_seq_len)")
+        return bench_markdown(options['bench_table'], options['bench_seq_len'])
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
                           "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...], or python report.py "
-                          "--readme=README.md")
-    options = training.apply_overrides(DEFAULTS, [arg for arg in argv if arg.startswith('--')])
+                          "--readme=README.md, or python report.py --bench_table=FILE.json")
     if options['readme']:
         raise ConfigError("--readme regenerates a README's tables from the commands in it: give it alone")
     for key in ('markdown', 'csv'):

@@ -280,3 +280,32 @@ def test_where_without_a_match_is_one_line(mqar_sweep, where, message):
 def test_best_over_a_key_that_is_not_a_setting_is_one_line(mqar_sweep, key, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         report.main([str(mqar_sweep), f'--best_over={key}'])
+
+
+def bench_record(variant, mode, T, time_ms, memory=None, status='ok'):
+    return {'variant': variant, 'mode': mode, 'seq_len': T, 'causal': True, 'status': status, 'time_ms': time_ms,
+            'peak_mem_mb': memory}
+
+
+def test_bench_table_compares_each_variant_with_softmax(tmp_path, capsys):
+    """Times and memory per T, the ratios to softmax's at bench_seq_len (time) and the longest T (memory), decode per
+    T; a case that ran out of memory says so, and its ratio is '-'; bidirectional records are left out."""
+    records = [bench_record('softmax', 'fwdbwd', 1024, 50.0, 10.0), bench_record('softmax', 'fwdbwd', 4096, 400.0, 40.0),
+               bench_record('linear', 'fwdbwd', 1024, 40.0, 20.0), bench_record('linear', 'fwdbwd', 4096, 100.0, 30.0),
+               bench_record('softmax', 'decode', 4096, 0.5), bench_record('linear', 'decode', 4096, 0.25),
+               bench_record('gla', 'fwdbwd', 1024, 60.0, 30.0), bench_record('gla', 'fwdbwd', 4096, None, status='oom'),
+               {**bench_record('linear', 'fwdbwd', 1024, 1.0, 1.0), 'causal': False}]
+    path = tmp_path / 'bench.json'
+    path.write_text(json.dumps({'env': {}, 'results': records}))
+    report.main([f'--bench_table={path}', '--bench_seq_len=1024'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ('| variant | fwd+bwd ms, T=1024 | fwd+bwd ms, T=4096 | x softmax, T=1024 | peak MB, T=1024 | '
+                        'peak MB, T=4096 | x softmax, T=4096 | decode ms/token, T=4096 |')
+    assert lines[4:] == ['| `softmax` | 50 | 400 | 1.00 | 10 | 40 | 1.00 | 0.50 |',
+                         '| `linear` | 40 | 100 | 0.80 | 20 | 30 | 0.75 | 0.25 |',
+                         '| `gla` | 60 | oom | 1.20 | 30 | oom | - | - |']
+    path.write_text(json.dumps({'env': {}, 'results': records + records[:1]}))
+    with pytest.raises(ConfigError, match=r"has two fwdbwd records of softmax at T=1024"):
+        report.main([f'--bench_table={path}'])
+    with pytest.raises(ConfigError, match=r"--bench_table .*: give it alone"):
+        report.main([str(tmp_path), f'--bench_table={path}'])
