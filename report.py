@@ -262,21 +262,29 @@ def summarise(group, task, splits, bench):
     return row
 
 
-def load_bench(path, seq_len, causal):
-    """(variant, mode) -> time_ms, or the status ('oom', 'unsupported'), from a bench.py JSON at seq_len."""
+def bench_records(path, causal):
+    """(variant, mode, T) -> (time_ms, peak_mem_mb), each the status ('oom', 'unsupported') where the case did not
+    run, for the causal (or bidirectional) records of a bench.py JSON; one bench run holds each case once."""
     data = training.read_json(path)
-    table = {}
+    records = {}
     try:
         for record in data['results']:
-            if record['seq_len'] != seq_len or record.get('causal', True) != causal or \
-                    record['mode'] not in ('fwdbwd', 'decode'):
+            if record.get('causal', True) != causal:
                 continue
-            key = (record['variant'], record['mode'])
-            if key in table:
-                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={seq_len}: give one bench run")
-            table[key] = record['time_ms'] if record['status'] == 'ok' else record['status']
+            key = (record['variant'], record['mode'], record['seq_len'])
+            if key in records:
+                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={key[2]}: give one bench run")
+            ok = record['status'] == 'ok'
+            records[key] = (record['time_ms'], record.get('peak_mem_mb')) if ok else (record['status'],) * 2
     except (KeyError, TypeError):
         raise ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records)") from None
+    return records
+
+
+def load_bench(path, seq_len, causal):
+    """(variant, mode) -> time_ms, or the status ('oom', 'unsupported'), from a bench.py JSON at seq_len."""
+    table = {(variant, mode): time for (variant, mode, T), (time, _) in bench_records(path, causal).items()
+             if T == seq_len and mode in ('fwdbwd', 'decode')}
     if not table:
         print(f"note: {path} has no {'causal' if causal else 'bidirectional'} fwdbwd or decode record at "
               f"T={seq_len}", file=sys.stderr)
@@ -285,19 +293,7 @@ def load_bench(path, seq_len, causal):
 
 def bench_markdown(path, ratio_seq_len):
     """The table of --bench_table=path (see the module docstring), as a string."""
-    data = training.read_json(path)
-    records = {}
-    try:
-        for record in data['results']:
-            key = (record['variant'], record['mode'], record['seq_len'])
-            if not record.get('causal', True):
-                continue
-            if key in records:
-                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={key[2]}: give one bench run")
-            records[key] = record['time_ms'] if record['status'] == 'ok' else record['status'], \
-                record.get('peak_mem_mb') if record['status'] == 'ok' else record['status']
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records)") from None
+    records = bench_records(path, causal=True)
     lengths = {mode: sorted({T for _, m, T in records if m == mode}) for mode in ('fwdbwd', 'decode')}
     if not lengths['fwdbwd'] or 'softmax' not in {variant for variant, _, _ in records}:
         raise ConfigError(f"{path} has no causal fwdbwd records with softmax among them: nothing to compare")
