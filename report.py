@@ -297,6 +297,9 @@ def bench_markdown(path, ratio_seq_len):
     lengths = {mode: sorted({T for _, m, T in records if m == mode}) for mode in ('fwdbwd', 'decode')}
     if not lengths['fwdbwd'] or 'softmax' not in {variant for variant, _, _ in records}:
         raise ConfigError(f"{path} has no causal fwdbwd records with softmax among them: nothing to compare")
+    if ratio_seq_len not in lengths['fwdbwd']:
+        raise ConfigError(f"--bench_seq_len={ratio_seq_len}: {path} has fwdbwd records at T = "
+                          f"{', '.join(map(str, lengths['fwdbwd']))}; pick one of them")
 
     def against_softmax(variant, T, index):
         mine, softmax = (records.get((v, 'fwdbwd', T), (None, None))[index] for v in (variant, 'softmax'))

@@ -309,3 +309,6 @@ def test_bench_table_compares_each_variant_with_softmax(tmp_path, capsys):
         report.main([f'--bench_table={path}'])
     with pytest.raises(ConfigError, match=r"--bench_table .*: give it alone"):
         report.main([str(tmp_path), f'--bench_table={path}'])
+    path.write_text(json.dumps({'env': {}, 'results': records}))
+    with pytest.raises(ConfigError, match=r"--bench_seq_len=2048: .* has fwdbwd records at T = 1024, 4096; pick one"):
+        report.main([f'--bench_table={path}', '--bench_seq_len=2048'])
