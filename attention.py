@@ -220,6 +220,10 @@ class ChunkDecays(NamedTuple):
     to_end: torch.Tensor          # exp(b_C - b_j) (B|1, H, N, C, n): token j's decay to the chunk's end
     chunk_log_decay: torch.Tensor  # b_C: (B|1, H, N) per token, (B, H, N, F) per channel
 
+    @property
+    def per_channel(self):
+        return self.q_within is not None
+
 
 def chunk_decays(log_decay, C, N, like):
     """The ChunkDecays of log_decay (None, (B|1, H, T) or (B, H, T, F)) in chunks of C, in like's dtype. Without
@@ -311,9 +315,8 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
         with full_precision(q):
             q, k, v_wide = cast(q, wide), cast(k, wide), cast(v, wide)
             decays = chunk_decays(log_decay, C, N, q)
-            per_channel = decays.q_within is not None
-            if per_channel:
-                starts, S = states_across_chunks(scaled(k, decays.to_end).transpose(-2, -1) @ v_wide,
+            if decays.per_channel:
+                starts, S = states_across_chunks((k * decays.to_end).transpose(-2, -1) @ v_wide,
                                                  decays.chunk_log_decay, state)
                 y = (q * decays.from_start) @ starts  # inter-chunk part, (B, H, N, C, E)
             else:
@@ -338,7 +341,7 @@ class ChunkwiseLinearAttention(torch.autograd.Function):
         with full_precision(q):
             q, k, v, dy = cast(q, wide), cast(k, wide), cast(v, wide), cast(in_chunks(dy, C), wide)
             decays = chunk_decays(log_decay, C, N, q)
-            per_channel = decays.q_within is not None
+            per_channel = decays.per_channel
             # across chunks first, while dk and dv do not exist yet: the states, recomputed, give dq; then G_{n+1}
             # from the reverse recurrence gives dk and dv
             if per_channel:
