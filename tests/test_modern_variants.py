@@ -297,6 +297,17 @@ def test_rfa_clamps_its_normaliser_from_below():
         make('rfa', True, rfa_normaliser_floor=0)
 
 
+def test_based_keeps_each_product_of_its_taylor_features_once():
+    """phi(q) . phi(k) = 1 + s + s^2 / 2 with F = 1 + d' + d' (d' + 1) / 2 features: 153 for the paper's d' = 16,
+    where vec(x x^T) would take 273."""
+    module = make('based', True, based_feature_dim=16)
+    q, k = inputs(2, 14, 15).view(2, 2, 7, 15), inputs(2, 10, 15, seed=2).view(2, 2, 5, 15)  # (B, H, T, D)
+    fq, fk = module.features(q, k, 0)
+    assert fq.shape == (2, 2, 7, 153) and fk.shape == (2, 2, 5, 153)
+    s = (q @ module.query_projection) @ (k @ module.key_projection).transpose(-2, -1) / 4  # sqrt(16)
+    torch.testing.assert_close(fq @ fk.transpose(-2, -1), 1 + s + s * s / 2, rtol=1e-12, atol=1e-12)
+
+
 def test_extra_parameters_of_the_new_variants():
     counts = {name: sum(p.numel() for p in make(name, True).parameters()) for name in ['softmax'] + NEW}
     base, C, H, D = counts['softmax'], 30, 2, 15
