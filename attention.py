@@ -1401,8 +1401,8 @@ class BasedAttention(KernelAttention):
     Taylor expansion of exp(q . k / sqrt(d')): the paper's phi(x) = [1, x / d'^(1/4), vec(x x^T) / (sqrt(2) sqrt(d'))]
     gives phi(q) . phi(k) = 1 + s + s^2 / 2 with s = q . k / sqrt(d') (always > 0). Normalised like softmax. Based
     pairs this layer with sliding-window attention in its architecture; here it is the attention layer alone.
-    vec(x x^T) holds each product x_a x_b (a != b) twice; trev keeps it once for a <= b, scaled by sqrt(2) for a < b:
-    the same kernel value exactly, (q . k)^2 = sum_a q_a^2 k_a^2 + 2 sum_{a<b} q_a q_b k_a k_b, with
+    vec(x x^T) holds each product x_a x_b (a != b) twice; trev keeps x_a^2 and, once, each x_a x_b with a < b, times
+    sqrt(2) (/ sqrt(2 d') for all): the same kernel value exactly, (q . k)^2 = sum_a q_a^2 k_a^2 + 2 sum_{a<b} q_a q_b k_a k_b, with
     F = 1 + d' + d' (d' + 1) / 2 features (153 for d' = 16) instead of the paper's 1 + d' + d'^2 (273), and the
     kernel's time and state in proportion.
     Extra parameters: the projections (H x D x d', for q and for k: 2 C d'). Complexity as KernelAttention.
@@ -1415,15 +1415,15 @@ class BasedAttention(KernelAttention):
         shape = (config.n_head, self.head_dim, config.based_feature_dim)
         self.query_projection = nn.Parameter(torch.randn(shape) / math.sqrt(self.head_dim))
         self.key_projection = nn.Parameter(torch.randn(shape) / math.sqrt(self.head_dim))
+        rows, columns = torch.triu_indices(config.based_feature_dim, config.based_feature_dim, offset=1)
+        self.register_buffer('above_diagonal', rows * config.based_feature_dim + columns, persistent=False)  # in vec
 
     def features(self, q, k, offset):
         def taylor(x):  # (B, H, T, d') -> (B, H, T, 1 + d' + d' (d' + 1) / 2)
             d = x.size(-1)
-            off_diagonal = x / math.sqrt(d)  # x_b sqrt(2) / sqrt(2 d'), for b > a
-            # x_a [x_a / sqrt(2 d'), x_{a+1} sqrt(2) / sqrt(2 d'), ...] for each a: the products a <= b
-            square = [x[..., a, None] * torch.cat([x[..., a, None] / math.sqrt(2 * d), off_diagonal[..., a + 1:]], -1)
-                      for a in range(d)]
-            return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, *square], dim=-1)
+            products = (x[..., :, None] * x[..., None, :]).flatten(-2)  # vec(x x^T), (B, H, T, d'^2)
+            above = products.index_select(-1, self.above_diagonal) / math.sqrt(d)  # x_a x_b sqrt(2) / sqrt(2 d')
+            return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, x * x / math.sqrt(2 * d), above], dim=-1)
         return (taylor(q @ cast(self.query_projection, q.dtype)),
                 taylor(k @ cast(self.key_projection, k.dtype)))
 
