@@ -54,7 +54,7 @@ from training import ConfigError
 # 100k training examples, 3k test examples, power_a 0.01, filler 0 (their random_non_queries=False), 2 layers,
 # one head, batch 512 for 64 epochs (12.5k steps), AdamW with cosine decay to 0 and no warmup. Zoology trains
 # d_model 64 to 512 and reports, per model, the best accuracy over learning rates 1e-4 .. 1e-2 (4 log-spaced
-# values; sweeps/mqar.py). Their blocks have no MLP in that figure and they stop early at 0.99 accuracy; trev keeps
+# values; sweeps/mqar_gpu.py). Their blocks have no MLP in that figure and they stop early at 0.99 accuracy; trev keeps
 # its MLP (the same block for every task and variant) and a fixed budget, so that runs are compared at equal work.
 # I/O
 out_dir = ''               # '' = out-mqar-t<block_size>-kv<num_kv_pairs>-<attention>, e.g. out-mqar-t64-kv4-linear

@@ -15,7 +15,7 @@
 # every run. Each variant registered later adds its share. On a shared machine run it with OMP_NUM_THREADS=1.
 # Only (64, 4) trains in this CPU recipe: at (128, 8) softmax ends at 8.9 to 10.5% val at all three learning rates
 # (12.5% is one of the 8 values in context; 10.9% with twice the steps), where Zoology trains on 33 times the
-# examples, about 4 hours a run here. Run the larger settings on a GPU with more steps (--max_iters, --lr_decay_iters).
+# examples, about 4 hours a run here. Run the larger settings on a GPU at Zoology's recipe: sweeps/mqar_gpu.py.
 trainer = 'train_mqar.py'
 configs = ['configs/mqar/cpu.py']
 runs = [{'block_size': 64, 'num_kv_pairs': 4},

@@ -204,6 +204,7 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
                 'ablation_norm.py': 24, 'ablation_heads.py': 8, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
                 'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
+                'mqar_gpu.py': 3 * 4 * variants['causal'],
                 'lra.py': variants['bidirectional'], 'listops_cpu.py': 5 * 3}
     assert len(lines) == expected[name]
     assert all(line.startswith(f'python sweep.py {shlex.quote(path)} --only=') for line in lines)
