@@ -1402,9 +1402,9 @@ class BasedAttention(KernelAttention):
     gives phi(q) . phi(k) = 1 + s + s^2 / 2 with s = q . k / sqrt(d') (always > 0). Normalised like softmax. Based
     pairs this layer with sliding-window attention in its architecture; here it is the attention layer alone.
     vec(x x^T) holds each product x_a x_b (a != b) twice; trev keeps x_a^2 and, once, each x_a x_b with a < b, times
-    sqrt(2) (/ sqrt(2 d') for all): the same kernel value exactly, (q . k)^2 = sum_a q_a^2 k_a^2 + 2 sum_{a<b} q_a q_b k_a k_b, with
-    F = 1 + d' + d' (d' + 1) / 2 features (153 for d' = 16) instead of the paper's 1 + d' + d'^2 (273), and the
-    kernel's time and state in proportion.
+    sqrt(2) (all / sqrt(2 d')): the same kernel value exactly, as (q . k)^2 = sum_a q_a^2 k_a^2 + 2 sum_{a<b} q_a q_b
+    k_a k_b, with F = 1 + d' + d' (d' + 1) / 2 features (153 for d' = 16) instead of the paper's 1 + d' + d'^2 (273),
+    and the kernel's time and state in proportion.
     Extra parameters: the projections (H x D x d', for q and for k: 2 C d'). Complexity as KernelAttention.
     """
 
