@@ -872,7 +872,8 @@ class KernelAttention(Attention):
     """The linear-attention family: y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)], s_ij = phi(q_i) . phi(k_j) a_ij,
     where a_ij is 1 or a decay gamma^|i-j|. Subclasses choose the feature map (`features`), whether to
     normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay, and
-    write s_ij once more, straight from the paper, in `reference_scores` for attend_reference.
+    write s_ij once more, straight from the paper, in `reference_scores` (or in `allowed_scores`, where s_ij
+    depends on which keys query i may use) for attend_reference.
 
     Causal: attend_chunkwise (chunked_linear_attention) for training and decoding alike, time
     O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding keeps a fixed (F, D) state per head:
@@ -965,10 +966,13 @@ class KernelAttention(Attention):
 
     def attend_reference(self, q, k, v, pad_mask):
         """y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)] over the allowed j, on the (T, T) matrix."""
-        allowed = reference_mask(q.size(2), self.causal, pad_mask, q.device)
-        scores = self.reference_scores(q, k).masked_fill(~allowed, 0)  # (B, H, T, T)
+        scores = self.allowed_scores(q, k, reference_mask(q.size(2), self.causal, pad_mask, q.device))
         y = scores @ v
         return self.divide(y, scores.sum(-1, keepdim=True)) if self.normalise else y
+
+    def allowed_scores(self, q, k, allowed):
+        """(B, H, T, T) s_ij where query i may use key j (`allowed`, (B|1, 1, T, T) bool), 0 elsewhere."""
+        return self.reference_scores(q, k).masked_fill(~allowed, 0)
 
 
 class LinearAttention(KernelAttention):
@@ -1106,14 +1110,19 @@ class PerformerAttention(KernelAttention):
     W is drawn at construction from torch's RNG and kept as a buffer (saved in checkpoints); in training it is
     redrawn every `performer_redraw_interval` steps, as the paper trains (redraw_random_features, called by each
     trainer), and `redraw_projection()` draws a new one on request: nothing else changes it.
-    Stabiliser: each feature vector is divided by a common factor, which cancels between numerator and
-    normaliser. Queries use their own max. Keys use the running max up to their position (so no future
-    token leaks in): a larger max arriving at step t rescales the state by exp(max_{t-1} - max_t), which
-    is exactly a data-dependent decay <= 1 and goes through the same chunked kernel (attend_chunkwise, for
-    the causal forward and decoding alike).
+    Stabiliser, as in the authors' code (google-research/performer, softmax_kernel_transformation): each feature
+    vector is divided by a common factor, then `feature_floor` (their numerical_stabilizer, 1e-6) is added to
+    every feature. Queries use their own max. Keys use the running max M_t over keys 0..t (so no future token
+    leaks in): a larger max arriving at step t rescales the state by exp(M_{t-1} - M_t), which is exactly a
+    data-dependent decay <= 1 and goes through the same chunked kernel (attend_chunkwise, for the causal forward
+    and decoding alike). The factors alone would cancel between numerator and normaliser, but in float32 every
+    product phi(q)_f phi(k)_f can underflow when q and k are long and point apart (|W x| ~ 30 spans e^60), and
+    the normaliser with it: 0 / 0 forward, 1 / normaliser^2 backward. The floor keeps the normaliser >= 1e-6,
+    at the price of a bias the size of the floor; attend_reference writes the same floored features out.
     Complexity as KernelAttention with F = m.
     """
-    eps = 0.0  # features are positive, the normaliser never vanishes
+    eps = 0.0  # the floor keeps the normaliser >= feature_floor
+    feature_floor = 1e-6
 
     def __init__(self, config):
         super().__init__(config)
@@ -1139,14 +1148,23 @@ class PerformerAttention(KernelAttention):
             return x @ cast(self.projection, x.dtype).T, (x * x).sum(-1, keepdim=True) / 2
 
     def query_features(self, q):
-        return exp_stabilised(self.project(q)[0], -1)  # |q|^2 / 2 is common to a query's features: cancels too
+        # |q|^2 / 2 and 1 / sqrt(m) are common to a query's features: the stabiliser's factor absorbs them
+        return exp_stabilised(self.project(q)[0], -1) + self.feature_floor
 
-    def reference_scores(self, q, k):
-        """s_ij = phi(q_i) . phi(k_j), phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x scaled by D^(-1/4): no stabiliser."""
-        def phi(x):
-            x = x / self.head_dim ** 0.25
-            return torch.exp(x @ self.projection.T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(self.n_features)
-        return phi(q) @ phi(k).transpose(-2, -1)
+    def allowed_scores(self, q, k, allowed):
+        """s_ij for the allowed pairs, the stabilised features written out on (T, T, m), nothing from the fast path:
+        x = q_i / D^(1/4), y = k_j / D^(1/4), b_j = W y - |y|^2 / 2 = log(phi(y) sqrt(m)) (the paper's phi), a_i = W x
+        (log(phi(x) sqrt(m)) but for -|x|^2 / 2, common to the row), M_i = max of b_j' over the keys j' query i may use;
+        s_ij = sum_f (exp(a_if - max_f a_i) + floor) (exp(b_jf - M_i) + floor exp(M_j - M_i)); the maxima are
+        constants to the gradient, as in the fast path."""
+        x, y = q / self.head_dim ** 0.25, k / self.head_dim ** 0.25
+        a = x @ self.projection.T                                       # (B, H, T, m)
+        b = y @ self.projection.T - (y * y).sum(-1, keepdim=True) / 2   # (B, H, T, m)
+        fq = torch.exp(a - a.amax(-1, keepdim=True).detach()) + self.feature_floor
+        M = b.detach().amax(-1)[..., None, :].masked_fill(~allowed, float('-inf')).amax(-1)  # (B, H, T): row i's
+        fk = torch.exp(b[..., None, :, :] - M[..., :, None, None])      # (B, H, T_i, T_j, m)
+        fk = fk + self.feature_floor * torch.exp(M[..., None, :] - M[..., :, None])[..., None]
+        return (fq[..., :, None, :] * fk).sum(-1).masked_fill(~allowed, 0)
 
     def attend(self, q, k, v, pad_mask):
         if self.causal:
@@ -1155,7 +1173,7 @@ class PerformerAttention(KernelAttention):
         log_k = wk - half_norm
         if pad_mask is not None:  # padded keys must not set the stabiliser
             log_k = log_k.masked_fill(pad_mask[:, None, :, None], float('-inf'))
-        fk = exp_stabilised(log_k, (-2, -1))  # bidirectional: one max over all keys is fine
+        fk = exp_stabilised(log_k, (-2, -1)) + self.feature_floor  # bidirectional: one max over all keys
         return self.bidirectional(self.query_features(q), fk, v, pad_mask)
 
     def attend_chunkwise(self, q, k, v, state):
@@ -1165,7 +1183,7 @@ class PerformerAttention(KernelAttention):
         running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
         # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
-        fk = (wk + -(half_norm + running[..., None])).exp()
+        fk = (wk + -(half_norm + running[..., None])).exp() + self.feature_floor
         y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
                                          None if state is None else state['kv'], self.chunk_size)
         return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}

@@ -457,21 +457,34 @@ def test_performer_approximates_softmax():
 
 
 @pytest.mark.parametrize('causal', [True, False])
-def test_performer_stabiliser_survives_long_keys(causal):
-    """With |q|, |k| large, exp(w.x - |x|^2/2) underflows to 0 in fp32 for every feature; the
-    stabilised fast path still matches the float64 reference."""
+@pytest.mark.parametrize('direction', ['random', 'opposite'])
+def test_performer_stabiliser_survives_long_keys(causal, direction):
+    """With |q|, |k| large (48 after performer's D^(-1/4) scaling), the paper's exp(w.x - |x|^2/2) underflows to 0
+    in float32 for every feature. With q and k pointing apart, every product phi(q)_f phi(k)_f underflows too,
+    after the stabiliser: without the feature floor the float32 normaliser falls below 1e-19, and its square in
+    the backward to 0 (NaN gradients; 0 / 0 in the forward below 1e-45). The float32 fast path,
+    outputs and gradients, matches the float64 reference, which writes out the same floored features."""
     module = make('performer', causal)
-
-    def long_vectors(seed):  # norm 16 after performer's D^(-1/4) scaling
-        x = inputs(1, 40, 15, seed=seed)[:, None].expand(1, 2, 40, 15)
-        return x / x.norm(dim=-1, keepdim=True) * 16 * 15 ** 0.25
-
-    q, k, v = long_vectors(1), long_vectors(2), inputs(1, 40, 15, seed=3)[:, None].expand(1, 2, 40, 15)
+    x = inputs(1, 40, 15, seed=1)[:, None].expand(1, 2, 40, 15)
+    y = -x + 0.1 * inputs(1, 40, 15, seed=2)[:, None] if direction == 'opposite' else inputs(1, 40, 15, seed=2)[:, None]
+    q, k = (z / z.norm(dim=-1, keepdim=True) * 48 * 15 ** 0.25 for z in (x, y.expand(1, 2, 40, 15)))
+    v = inputs(1, 40, 15, seed=3)[:, None].expand(1, 2, 40, 15)
+    q, k, v = (z.clone().requires_grad_() for z in (q, k, v))
     expected = module.attend_reference(q, k, v, None)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
     module.float()
-    q, k, v = q.float(), k.float(), v.float()
-    assert not torch.isfinite(module.attend_reference(q, k, v, None)).all()  # unstabilised fp32 fails
-    torch.testing.assert_close(module.attend(q, k, v, None).double(), expected, rtol=1e-3, atol=1e-4)
+    q32, k32, v32 = (z.detach().float().requires_grad_() for z in (q, k, v))
+    _, half_norm = module.project(k32)
+    assert (half_norm > 1000).all()  # exp(w.x - |x|^2/2) <= exp(|W x| - 1152): 0 in float32 for every feature
+    y32 = module.attend(q32, k32, v32, None)
+    grads = torch.autograd.grad(y32.square().sum(), (q32, k32, v32))
+    torch.testing.assert_close(y32.double(), expected, rtol=1e-3, atol=1e-4)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-3, atol=1e-3 * expected_grad.abs().max())
+    if direction == 'opposite':  # what the floor prevents: training on GPU stopped at a NaN gradient like these
+        module.feature_floor = 0.0
+        grads = torch.autograd.grad(module.attend(q32, k32, v32, None).square().sum(), (q32, k32, v32))
+        assert not any(torch.isfinite(grad).all() for grad in grads)
 
 
 def recurrence(kv, log_decay, state):
