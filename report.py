@@ -314,12 +314,17 @@ def bench_markdown(path, ratio_seq_len):
              '| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |']
     for variant in dict.fromkeys(variant for variant, _, _ in records):
         fwdbwd = [records.get((variant, 'fwdbwd', T), (None, None)) for T in lengths['fwdbwd']]
-        row = ([f'`{variant}`'] + [cell(time, 0) for time, _ in fwdbwd] +
+        row = ([f'`{variant}`'] + [milliseconds(time) for time, _ in fwdbwd] +
                [cell(against_softmax(variant, ratio_seq_len, 0), 2)] + [cell(memory, 0) for _, memory in fwdbwd] +
                [cell(against_softmax(variant, longest, 1), 2)] +
                [cell(records.get((variant, 'decode', T), (None,))[0], 2) for T in lengths['decode']])
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def milliseconds(value):
+    """A time cell: whole milliseconds, or two decimals below 10 ms (a GPU's times)."""
+    return cell(value, 2 if isinstance(value, (int, float)) and value < 10 else 0)
 
 
 def cell(value, decimals, scale=1, std=None):
