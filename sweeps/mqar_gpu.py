@@ -13,7 +13,9 @@
 # about 1.2e15 FLOP at (64, 4), 2.6e15 at (128, 8) and 5.8e15 at (256, 16). A model this small leaves a GPU mostly
 # idle, so a run's time is its steps' fixed costs (kernel launches, the optimizer): run several runs at once, one
 # process each (the `--dry_run` lines, e.g. `xargs -P 8`). With the 13 causal variants registered today: 3 settings
-# x 4 learning rates x 13 = 156 runs.
+# x 4 learning rates x 13 = 156 runs, about 149e9 tokens. Measured on one H200 (bf16, 16 CPU cores) with 16 runs at
+# (128, 8) at once, for 5.5 minutes: 130k (gla) to 568k (softmax) tokens/s each, 5.9M together; at that rate the
+# grid takes about 7 hours. One run alone went faster: performer at 3.6M tokens/s.
 trainer = 'train_mqar.py'
 configs = []
 runs = [{'block_size': 64, 'num_kv_pairs': 4},
