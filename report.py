@@ -7,7 +7,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
     python report.py results/mqar --where=block_size=128,num_kv_pairs=8 --best_over=learning_rate   # those runs only
     python report.py --bench_table=bench_results/cpu.json         # the benchmark table of a bench.py JSON
-    python report.py --readme=README.md       # regenerate every table of README.md from the command above it
+    python report.py --readme=RESULTS.md      # regenerate every table of RESULTS.md from the command above it
 
 Runs are grouped by their config (config.json) but the seed and the keys no result depends on (IGNORED: out_dir,
 init_from, which a resumed run records as 'resume', eval_only, and the parameter counts the other keys fix); runs
@@ -38,10 +38,11 @@ labelled point per group, with the std as an error bar).
 --bench_table=FILE alone prints the table of a bench.py JSON: per causal variant, in the file's order, forward+backward
 time and peak memory at each T, each against softmax's (time at bench_seq_len, memory at the longest T), and decoding
 time per token at each T.
---readme=README.md alone regenerates the README's result tables: each is a block that starts with the line
-`<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`, and gets the output of that command
-(whose plots and files are rewritten too); tests/test_results.py checks that every such table is what its command
-prints from the committed run folders.
+--readme=RESULTS.md alone regenerates the generated tables of a markdown file (any path): each is a block that starts
+with the line `<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`, and gets the output of
+that command (whose plots and files are rewritten too). A start line without its end line is refused before anything
+is written, as the text up to the next block's end would be replaced. tests/test_results.py checks that every table of
+RESULTS.md is what its command prints from the committed run folders.
 """
 import ast
 import csv
@@ -62,12 +63,13 @@ DEFAULTS = dict(
     markdown='',               # also write the table (with its heading) to this file
     csv='',                    # also write one row per group, every number unrounded, to this CSV file
     plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
-    readme='',                 # alone: regenerate every generated table in this README from the command above it
+    readme='',                 # alone: regenerate every generated table in this markdown file from its command
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
     where='',                  # KEY=VALUE[,KEY=VALUE...]: only the runs whose config has these values
     bench_table='',            # alone (with bench_seq_len): the benchmark table of this bench.py JSON file
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
+GENERATED_START = re.compile(r'^<!-- python report\.py ', re.M)
 IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
 Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
 Task = namedtuple('Task', 'title metrics higher_is_better rate causal')
@@ -443,9 +445,9 @@ def report(argv):
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
                           "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...], or python report.py "
-                          "--readme=README.md, or python report.py --bench_table=FILE.json")
+                          "--readme=RESULTS.md, or python report.py --bench_table=FILE.json")
     if options['readme']:
-        raise ConfigError("--readme regenerates a README's tables from the commands in it: give it alone")
+        raise ConfigError("--readme regenerates a markdown file's tables from the commands in it: give it alone")
     for key in ('markdown', 'csv'):
         if options[key]:
             check_output(options[key])
@@ -478,21 +480,30 @@ def report(argv):
     return table
 
 
-def generated_tables(text):
-    """The generated tables of a README: (argv, table) for each block that starts with a line
-    `<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`."""
-    return [(shlex.split(match.group(1))[2:], match.group(2)) for match in GENERATED.finditer(text)]
+def generated_tables(text, name):
+    """The generated tables of markdown text (from file `name`): (argv, table) for each block that starts with a line
+    `<!-- python report.py ARGS -->` and ends with `<!-- end of generated table -->`. A start line whose block does not
+    end before the next one is an error: the block would run on to the next end line and swallow the text between."""
+    blocks = list(GENERATED.finditer(text))
+    for start in GENERATED_START.finditer(text):
+        if all(block.start() != start.start() for block in blocks):  # inside the block left open, or after it
+            open_at = next((block.start() for block in blocks if block.start() < start.start() < block.end()),
+                           start.start())
+            line = text.count('\n', 0, open_at) + 1
+            raise ConfigError(f"{name}, line {line}: this generated table has no '<!-- end of generated table -->' "
+                              "line before the next table or the end; add it (nothing was written)")
+    return [(shlex.split(match.group(1))[2:], match.group(2)) for match in blocks]
 
 
 def update_readme(path):
-    """Rerun the command above each generated table of README `path` (writing the plots and files it names too)
-    and put its output in place. Returns the number of tables that changed."""
+    """Rerun the command above each generated table of the markdown file `path` (writing the plots and files it
+    names too) and put its output in place. Returns the number of tables that changed."""
     try:
         with open(path, encoding='utf-8') as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    blocks = generated_tables(text)
+    blocks = generated_tables(text, path)
     if not blocks:
         raise ConfigError(f"{path} has no generated table (a line '<!-- python report.py ... -->', the table, then "
                           f"'<!-- end of generated table -->')")
@@ -500,7 +511,7 @@ def update_readme(path):
     updated = GENERATED.sub(lambda match: f'<!-- {match.group(1)} -->\n{next(tables)}<!-- end of generated table -->',
                             text)
     training.write_atomic(path, lambda f: f.write(updated.encode('utf-8')))
-    return sum(old != new for (_, old), (_, new) in zip(blocks, generated_tables(updated)))
+    return sum(old != new for (_, old), (_, new) in zip(blocks, generated_tables(updated, path)))
 
 
 def main(argv):
