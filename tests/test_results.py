@@ -1,6 +1,6 @@
-"""The README's results are generated, not typed: every table between `<!-- python report.py ARGS -->` and
-`<!-- end of generated table -->` is what that command prints from the committed run folders in results/, and the
-plots it names are committed. `python report.py --readme=README.md` regenerates them."""
+"""RESULTS.md is generated, not typed: every table between `<!-- python report.py ARGS -->` and
+`<!-- end of generated table -->` is what that command prints from the committed run folders in results/ (or a
+bench.py JSON), and the plots it names are committed. `python report.py --readme=RESULTS.md` regenerates them."""
 import re
 import subprocess
 from pathlib import Path
@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 import report
-from test_report import EXPECTED, sweep  # noqa: F401 (sweep is a fixture)
+from report_runs import EXPECTED, sweep  # noqa: F401 (sweep is a fixture)
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / 'README.md').read_text(encoding='utf-8')
-TABLES = report.generated_tables(README)
+TABLES = report.generated_tables((ROOT / 'RESULTS.md').read_text(encoding='utf-8'), 'RESULTS.md')
 OUTPUTS = ('--plots=', '--csv=', '--markdown=')
 
 
@@ -23,7 +22,7 @@ def tracked(path):
 
 
 @pytest.mark.parametrize('argv', [argv for argv, _ in TABLES], ids=lambda argv: ' '.join(argv))
-def test_readme_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
+def test_results_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     table = dict((tuple(a), t) for a, t in TABLES)[tuple(argv)]
     for arg in argv:  # the files the command writes are committed with the table
@@ -33,7 +32,7 @@ def test_readme_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
     # rebuilt without touching the repository: the outputs go to tmp_path
     rebuilt = report.report([arg if not arg.startswith(OUTPUTS) else f"{arg.split('=')[0]}={tmp_path / str(i)}"
                              for i, arg in enumerate(argv)])
-    assert rebuilt == table, "regenerate with: python report.py --readme=README.md"
+    assert rebuilt == table, "regenerate with: python report.py --readme=RESULTS.md"
 
 
 def test_results_hold_no_checkpoints():
@@ -44,7 +43,7 @@ def test_results_hold_no_checkpoints():
 
 def test_update_readme_rewrites_each_table_and_only_the_tables(sweep, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
-    readme = tmp_path / 'README.md'
+    readme = tmp_path / 'RESULTS.md'
     block = f'<!-- python report.py {sweep.relative_to(tmp_path)} --plots=plots -->\n'
     readme.write_text(f'# results\n\n{block}stale\n<!-- end of generated table -->\n\ntext after\n', encoding='utf-8')
     assert report.update_readme(str(readme)) == 1
@@ -60,3 +59,20 @@ def test_update_readme_without_tables_is_one_line(tmp_path):
         report.update_readme(str(tmp_path / 'README.md'))
     with pytest.raises(ConfigError, match=r"--readme regenerates .*: give it alone"):
         report.main([str(tmp_path), f'--readme={tmp_path / "README.md"}'])
+
+
+def test_update_readme_refuses_a_table_without_its_end_line(sweep, tmp_path):  # noqa: F811
+    """A block left open would run on to the next block's end line, and regenerating it would replace the text and
+    the block in between: it is refused in one line and the file is left as it was."""
+    first = f'<!-- python report.py {sweep} -->\nold\n'
+    second = f'<!-- python report.py {sweep} -->\nold\n<!-- end of generated table -->\n'
+    results = tmp_path / 'RESULTS.md'
+    results.write_text(f'# results\n\n{first}\ntext between\n\n{second}', encoding='utf-8')
+    before = results.read_bytes()
+    with pytest.raises(ConfigError, match=r"RESULTS.md, line 3: this generated table has no '<!-- end of generated "
+                                          r"table -->' line before the next table or the end; add it"):
+        report.update_readme(str(results))
+    assert results.read_bytes() == before
+    results.write_text(f'{second}\ntext after\n{first}', encoding='utf-8')  # the last block open
+    with pytest.raises(ConfigError, match=r"RESULTS.md, line 6: this generated table has no"):
+        report.update_readme(str(results))
