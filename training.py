@@ -308,13 +308,13 @@ def start_run_folder(out_dir, config, start_iter):
 class FolderLock:
     """`with FolderLock(folder, fix):` holds folder for this process alone (a run folder, a prepared data folder);
     a second process gets FolderBusy, whose message ends with `fix` (what to do instead). The claim is an OS lock
-    on folder/.lock (flock on POSIX, msvcrt on Windows), which the OS drops however the process ends, so a crash
+    on folder/<name> (flock on POSIX, msvcrt on Windows; a sweep holds a run by another name than its trainer), which the OS drops however the process ends, so a crash
     never leaves a folder stuck; the file holds the owner's pid, for the message. A folder the claim created is
     removed again on release if nothing else was written to it: a command that fails changes nothing."""
 
-    def __init__(self, folder, fix):
+    def __init__(self, folder, fix, name='.lock'):
         self.folder, self.fix = folder, fix
-        self.path = os.path.join(folder, '.lock')
+        self.path = os.path.join(folder, name)
 
     def __enter__(self):
         self.created = not os.path.isdir(self.folder)
