@@ -29,7 +29,7 @@ import tempfile
 import urllib.request
 import zipfile
 
-from training import ConfigError, FolderLock
+from training import ConfigError, FolderLock, check_out_dir
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_BYTES = 100_000_000
@@ -105,9 +105,13 @@ def holds(meta):
     return "a byte corpus (prepare_enwik8.py)"
 
 
-def refuse_another_dataset(data_dir, meta):
-    """ValueError if data_dir's meta.json says it holds another kind of data than meta describes: a prepare script
-    never writes over another's data (a new source of the same kind replaces the old one, as a re-run should)"""
+def refuse_another_dataset(data_dir, meta, src=None):
+    """ConfigError or ValueError, before anything is read or fetched, if data_dir cannot be a folder, src does not
+    exist, or data_dir's meta.json says it holds another kind of data than meta describes: a prepare script never
+    writes over another's data (a new source of the same kind replaces the old one, as a re-run should)"""
+    check_out_dir(data_dir, "data_dir")
+    if src is not None and not os.path.exists(src):
+        raise ValueError(f"--src={src}: no such file or folder")
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         return
@@ -180,7 +184,7 @@ def main(argv=None):
                              "window and its next-byte target)")
     args = parser.parse_args(argv)
     try:
-        refuse_another_dataset(args.data_dir, dict(tokenizer="bytes"))  # before a download into it
+        refuse_another_dataset(args.data_dir, dict(tokenizer="bytes"), args.src)  # before a download into it
         data, md5 = read_source(args.src or download(URL, os.path.join(args.data_dir, "enwik8.zip")))
         meta = dict(source=args.src or URL, source_md5=md5, tokenizer="bytes", vocab_size=256, dtype="uint8")
         if up_to_date(args.data_dir, meta):

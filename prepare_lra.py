@@ -400,7 +400,7 @@ def main(argv=None):
     try:
         meta = dict(task=args.task, vocab_size=vocab_size, dtype="uint8", seq_len=seq_len, documents=documents,
                     num_classes=num_classes, padded=padded)
-        refuse_another_dataset(data_dir, meta)  # before a download next to it
+        refuse_another_dataset(data_dir, meta, args.src)  # before a download next to it
         listops_options = [f"--{action.dest}" for action in listops._group_actions
                            if getattr(args, action.dest) != action.default]
         if args.task != "listops" and listops_options:

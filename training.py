@@ -570,13 +570,13 @@ def check_run(cfg, dist):
     check_out_dir(cfg.out_dir)
 
 
-def check_out_dir(out_dir):
+def check_out_dir(out_dir, option='out_dir'):
     """out_dir is, or can become, a folder: neither it nor any folder above it is a file."""
     path = os.path.abspath(out_dir)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        raise ConfigError(f"out_dir={out_dir!r}: {path} is a file, not a folder; choose another --out_dir")
+        raise ConfigError(f"{option}={out_dir!r}: {path} is a file, not a folder; choose another --{option}")
 
 
 def check_fresh(out_dir, ckpt_path):

@@ -144,3 +144,14 @@ def test_a_corpus_trainer_refuses_lra_data(tmp_path):
     with pytest.raises(ConfigError, match=r"listops holds LRA listops examples from prepare_lra.py, not a corpus: give "
                                           r"--data_dir a folder from prepare_enwik8.py or prepare_wikitext103.py"):
         training.load_meta(str(tmp_path / 'listops'))
+
+
+@pytest.mark.parametrize('main, args', [(prepare_enwik8.main, []), (prepare_lra.main, ['text'])])
+def test_a_prepare_names_the_option_it_cannot_use(tmp_path, main, args):
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(SystemExit, match=r"data_dir='.*afile/data': .*afile is a file, not a folder; choose another "
+                                         r"--data_dir"):
+        main([*args, f'--data_dir={tmp_path / "afile" / "data"}', f'--src={tmp_path / "afile"}'])
+    with pytest.raises(SystemExit, match=r"--src=.*missing: no such file or folder"):
+        main([*args, f'--data_dir={tmp_path / "data"}', f'--src={tmp_path / "missing"}'])
+    assert sorted(os.listdir(tmp_path)) == ['afile']
