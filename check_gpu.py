@@ -292,6 +292,13 @@ def parse(argv):
     if not all(t.isdigit() and int(t) > 0 for t in lengths):
         raise ConfigError(f"seq_lens={cfg['seq_lens']!r}: expected comma-separated lengths, e.g. 1024,4096")
     cfg['seq_lens'] = [int(t) for t in lengths]
+    if cfg['train_steps'] < 2 or cfg['train_block_size'] < 2:  # a loss to compare the first with; a next token
+        raise ConfigError(f"train_steps={cfg['train_steps']}, train_block_size={cfg['train_block_size']}: both must "
+                          "be at least 2")
+    if cfg['out']:  # checked before minutes of checks, not after
+        folder = os.path.dirname(os.path.abspath(cfg['out']))
+        if os.path.isdir(cfg['out']) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ConfigError(f"out={cfg['out']!r}: give a file in an existing folder you can write to")
     cfg['dtype'] = resolve_dtype(device, cfg['dtype'])
     return cfg
 

@@ -29,6 +29,8 @@ import tempfile
 import urllib.request
 import zipfile
 
+from training import ConfigError, FolderLock, check_out_dir
+
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_BYTES = 100_000_000
 ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"  # of the unzipped file, as Matt Mahoney publishes it
@@ -36,7 +38,7 @@ SPLITS = ("train", "val", "test")
 # some servers (wikitext.smerity.com) refuse Python's default User-Agent
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 # what a bad input, a failed download or a full disk raises: reported in one line, no traceback
-ERRORS = (OSError, ValueError, zipfile.BadZipFile, http.client.HTTPException)
+ERRORS = (OSError, ValueError, zipfile.BadZipFile, http.client.HTTPException, ConfigError)
 
 
 def progress(label, done, total):
@@ -94,23 +96,58 @@ def up_to_date(data_dir, meta):
     return sizes_ok and all(old.get(k) == v for k, v in meta.items())
 
 
+def holds(meta):
+    """what a meta.json says its folder holds, by the script that wrote it"""
+    if "task" in meta:
+        return f"LRA {meta['task']} examples (prepare_lra.py {meta['task']})"
+    if meta.get("tokenizer", "bytes") != "bytes":
+        return f"{meta['tokenizer']} tokens (prepare_wikitext103.py)"
+    return "a byte corpus (prepare_enwik8.py)"
+
+
+def refuse_another_dataset(data_dir, meta, src=None):
+    """ConfigError or ValueError, before anything is read or fetched, if data_dir cannot be a folder, src does not
+    exist, or data_dir's meta.json says it holds another kind of data than meta describes: a prepare script never
+    writes over another's data (a new source of the same kind replaces the old one, as a re-run should)"""
+    check_out_dir(data_dir, "data_dir")
+    if src is not None and not os.path.exists(src):
+        raise ValueError(f"--src={src}: no such file or folder")
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return
+    fix = f"give another --data_dir, or delete {data_dir} first to replace it"
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} is not a meta.json of this project's prepare scripts: {fix}")
+    if holds(old) != holds(meta):
+        raise ValueError(f"{data_dir} holds {holds(old)}, not {holds(meta)}: {fix}")
+
+
 @contextlib.contextmanager
 def staging(data_dir):
-    """a temp dir next to data_dir; when the block succeeds its files move into data_dir, meta.json last"""
+    """a temp dir next to data_dir; when the block succeeds its files move into data_dir, meta.json last. The block
+    holds data_dir alone (a second prepare of it stops with one line), so temp dirs a killed run left are removed."""
     data_dir = os.path.abspath(data_dir)
-    os.makedirs(os.path.dirname(data_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.tmp-", dir=os.path.dirname(data_dir))
-    try:
-        yield tmp
-        os.makedirs(data_dir, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(data_dir, "meta.json"))  # no meta.json = not a complete set, while files move
-        for name in sorted(os.listdir(tmp), key=lambda name: name == "meta.json"):
-            with open(os.path.join(tmp, name), "rb+") as f:  # on disk before it is published
-                os.fsync(f.fileno())
-            os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    prefix = f".{os.path.basename(data_dir)}.tmp-"
+    with FolderLock(data_dir, "wait for it to finish, or give another --data_dir"):
+        for name in os.listdir(os.path.dirname(data_dir)):
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join(os.path.dirname(data_dir), name), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(data_dir))
+        try:
+            yield tmp
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(data_dir, "meta.json"))  # no meta.json = not a complete set, while files move
+            for name in sorted(os.listdir(tmp), key=lambda name: name == "meta.json"):
+                with open(os.path.join(tmp, name), "rb+") as f:  # on disk before it is published
+                    os.fsync(f.fileno())
+                os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_meta(folder, meta):
@@ -147,6 +184,7 @@ def main(argv=None):
                              "window and its next-byte target)")
     args = parser.parse_args(argv)
     try:
+        refuse_another_dataset(args.data_dir, dict(tokenizer="bytes"), args.src)  # before a download into it
         data, md5 = read_source(args.src or download(URL, os.path.join(args.data_dir, "enwik8.zip")))
         meta = dict(source=args.src or URL, source_md5=md5, tokenizer="bytes", vocab_size=256, dtype="uint8")
         if up_to_date(args.data_dir, meta):

@@ -35,7 +35,8 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from prepare_enwik8 import ERRORS, SPLITS, download, open_zip, progress, staging, up_to_date, write_meta
+from prepare_enwik8 import (ERRORS, SPLITS, download, open_zip, progress, refuse_another_dataset, staging,
+                            up_to_date, write_meta)
 from training import load_encoding
 
 URL = "https://wikitext.smerity.com/wikitext-103-raw-v1.zip"
@@ -75,6 +76,7 @@ def main(argv=None):
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
     args = parser.parse_args(argv)
     try:
+        refuse_another_dataset(args.data_dir, dict(tokenizer=args.tokenizer), args.src)  # before a download into it
         src = args.src or download(URL, os.path.join(args.data_dir, os.path.basename(URL)))
         # fingerprint the source first: this also CRC-checks every zip member before anything is written
         md5 = hashlib.md5()

@@ -127,17 +127,39 @@ def read_dict(path, key=None):
     return data
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_run(path):
+    """(config, evaluation or None) of a run folder, each checked for the shape its trainer writes: config.json's
+    'config' maps keys to scalars, eval.json is {'iter': N, split: {metric: number}}."""
+    config = read_dict(os.path.join(path, 'config.json'), 'config')
+    if not all(value is None or isinstance(value, (str, int, float)) for value in config.values()):
+        raise ConfigError(f"{os.path.join(path, 'config.json')} holds a setting that is not a number, bool or string: "
+                          "not a trev run's config; restore it, or move the folder out of the report")
+    eval_path = os.path.join(path, 'eval.json')
+    if not os.path.exists(eval_path):
+        return config, None
+    evaluation = read_dict(eval_path)
+    if type(evaluation.get('iter')) is not int or not all(
+            isinstance(metrics, dict) and all(map(is_number, metrics.values()))
+            for key, metrics in evaluation.items() if key != 'iter'):
+        raise ConfigError(f"{eval_path} is not a trev evaluation ({{'iter': N, 'val': {{metric: number, ...}}, ...}}): "
+                          "evaluate the run again (--init_from=resume --eval_only=True)")
+    return config, evaluation
+
+
 def load_runs(folders):
     """The finished runs of the folders (a note on stderr names those left out)."""
     runs, unevaluated, unfinished = [], [], []
     paths = {os.path.realpath(path): path for folder in folders for path in run_folders(folder)}  # each run once
     for path in paths.values():
-        config = read_dict(os.path.join(path, 'config.json'), 'config')
-        eval_path, log_path = os.path.join(path, 'eval.json'), os.path.join(path, 'log.jsonl')
-        if not os.path.exists(eval_path):
+        config, evaluation = read_run(path)
+        log_path = os.path.join(path, 'log.jsonl')
+        if evaluation is None:
             unevaluated.append(path)
             continue
-        evaluation = read_dict(eval_path)
         if evaluation.get('iter') != config.get('max_iters'):
             unfinished.append(f"{path} (iter {evaluation.get('iter')} of {config.get('max_iters')})")
             continue
@@ -269,17 +291,24 @@ def bench_records(path, causal):
     run, for the causal (or bidirectional) records of a bench.py JSON; one bench run holds each case once."""
     data = training.read_json(path)
     records = {}
-    try:
-        for record in data['results']:
-            if record.get('causal', True) != causal:
-                continue
-            key = (record['variant'], record['mode'], record['seq_len'])
-            if key in records:
-                raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={key[2]}: give one bench run")
-            ok = record['status'] == 'ok'
-            records[key] = (record['time_ms'], record.get('peak_mem_mb')) if ok else (record['status'],) * 2
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records)") from None
+    wrong = ConfigError(f"{path} is not a bench.py JSON file (a 'results' list of records, each with variant, mode, "
+                        "seq_len, status, and time_ms and peak_mem_mb numbers where the status is 'ok'); bench again")
+    if not isinstance(data, dict) or not isinstance(data.get('results'), list):
+        raise wrong
+    for record in data['results']:
+        if not isinstance(record, dict) or not (isinstance(record.get('variant'), str) and isinstance(
+                record.get('mode'), str) and type(record.get('seq_len')) is int and isinstance(record.get('status'), str)):
+            raise wrong
+        ok = record['status'] == 'ok'
+        if ok and not (is_number(record.get('time_ms')) and (record.get('peak_mem_mb') is None or
+                                                              is_number(record['peak_mem_mb']))):
+            raise wrong
+        if record.get('causal', True) != causal:
+            continue
+        key = (record['variant'], record['mode'], record['seq_len'])
+        if key in records:
+            raise ConfigError(f"{path} has two {key[1]} records of {key[0]} at T={key[2]}: give one bench run")
+        records[key] = (record['time_ms'], record.get('peak_mem_mb')) if ok else (record['status'],) * 2
     return records
 
 

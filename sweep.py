@@ -35,6 +35,8 @@ when run again and redoes no work:
     train     no ckpt.pt: from scratch, then the evaluation. A folder with a log but no checkpoint (stopped
               before its first one) starts afresh, its log rewritten; one holding eval.json of another
               iteration but no checkpoint is refused, so finished results are never overwritten.
+A run's folder is held by one process at a time (training.FolderLock): a second sweep on the same file, or the
+same --dry_run line started twice, leaves each run that another process is doing to it, and never writes a run twice.
 Ctrl-C (or SIGTERM) reaches the running trainer (a terminal signals the whole process group, and the sweep passes
 it on too; a trainer ignores the repeat): it saves a checkpoint and exits, and the sweep exits 130 saying how to
 continue. A trainer that fails (non-zero exit) or runs past timeout_hours (it is then stopped the same way) stops
@@ -234,8 +236,9 @@ def stop(process, interrupted):
 
 
 def run_command(command, run, timeout_hours):
-    """Runs one trainer command to its end (its output goes to ours); ConfigError if it fails or runs too long.
-    On Ctrl-C (KeyboardInterrupt) the trainer is stopped and the interrupt goes on."""
+    """Runs one trainer command to its end (its output goes to ours): True, or False if the trainer found the run
+    folder held by another process; ConfigError if it fails or runs too long. On Ctrl-C (KeyboardInterrupt) the
+    trainer is stopped and the interrupt goes on."""
     print(f"+ {shown(command)}", flush=True)
     process = subprocess.Popen(command)  # not subprocess.run: on Ctrl-C it kills the child before it can save
     try:
@@ -248,24 +251,38 @@ def run_command(command, run, timeout_hours):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the trainer's saving short
         stop(process, interrupted=True)
         raise
+    if code == training.EXIT_BUSY:
+        return False
     if code:
         raise ConfigError(f"run {run.name} failed (exit {code}): {shown(command)}; fix it and run the sweep again "
                           "(finished runs are kept)")
 
 
 def execute(runs, sweep, numbers):
-    """Does what each run still needs, one after another; returns how many runs were in each state."""
-    counts = dict.fromkeys(('skip', 'evaluate', 'resume', 'train'), 0)
+    """Does what each run still needs, one after another, holding its folder meanwhile; a run whose folder another
+    process holds (a second sweep on the same file, a trainer started by hand) is left to it. Returns how many runs
+    were in each state."""
+    counts = dict.fromkeys(('skip', 'evaluate', 'resume', 'train', 'busy'), 0)
     for number, run in zip(numbers, runs):
-        state, why = run_state(run)
-        print(f"[{number}] {run.name}: {state} ({why})", flush=True)
+        try:  # the run's folder for this process alone, from reading its state to its evaluation
+            with training.FolderLock(run.out_dir, '', name='.sweep.lock'):
+                state, why = run_state(run)
+                print(f"[{number}] {run.name}: {state} ({why})", flush=True)
+                command = [sys.executable, sweep.trainer, *run.args]
+                commands = []
+                if state in ('train', 'resume'):
+                    commands.append(command + ['--init_from=resume'] * (state == 'resume'))
+                if state != 'skip':
+                    commands.append(command + ['--init_from=resume', '--eval_only=True'])
+                for trainer_command in commands:
+                    if not run_command(trainer_command, run, sweep.timeout_hours):
+                        state = 'busy'
+                        print(f"[{number}] {run.name}: left to the process that holds its folder", flush=True)
+                        break
+        except training.FolderBusy:
+            state = 'busy'
+            print(f"[{number}] {run.name}: busy (another sweep process is doing it)", flush=True)
         counts[state] += 1
-        if state == 'skip':
-            continue
-        command = [sys.executable, sweep.trainer, *run.args]
-        if state in ('train', 'resume'):
-            run_command(command + ['--init_from=resume'] * (state == 'resume'), run, sweep.timeout_hours)
-        run_command(command + ['--init_from=resume', '--eval_only=True'], run, sweep.timeout_hours)
     return counts
 
 
@@ -293,7 +310,8 @@ def main(argv):
     started = time.time()
     counts = execute(runs, sweep, numbers)
     print(f"done in {(time.time() - started) / 60:.1f} min: {counts['skip']} skipped (finished), "
-          f"{counts['evaluate']} evaluated, {counts['resume']} resumed, {counts['train']} trained; "
+          f"{counts['evaluate']} evaluated, {counts['resume']} resumed, {counts['train']} trained, "
+          f"{counts['busy']} left to other processes; "
           f"report with: python report.py {sweep_dir(sweep, path)}")
 
 

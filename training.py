@@ -19,6 +19,7 @@ trainer writes its own model build, optimizer, resume and training loop, top to 
     all_reduce_sum(values, device); peak_memory_mb(device); format_row(row)
     exit_nonfinite(iter_num, what, last_saved, ckpt_path)   # stop on nan/inf, naming the last good checkpoint
     exit_with(config_error)                    # a script's `error: <one line>`, once under torchrun
+    with FolderLock(folder, fix): ...          # one live process per run or data folder, else FolderBusy
     meta = load_meta(data_dir); data = open_split(data_dir, split, dtype); load_encoding(name)  # prepared data
 
 A trainer's main() raises ConfigError for any input the user can fix; its `__main__` block turns that into
@@ -37,7 +38,7 @@ import time
 import traceback
 import types
 from collections import namedtuple
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 
 import numpy as np
 import torch
@@ -48,15 +49,23 @@ class ConfigError(Exception):
     """Bad input the user can fix (config key, type, missing data, wrong checkpoint): one line, exit non-zero."""
 
 
+class FolderBusy(ConfigError):
+    """A folder another live process holds (FolderLock): the script exits EXIT_BUSY, so a sweep can tell it apart."""
+
+
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: try again later
+
+
 def exit_with(error):
-    """A script's end on a ConfigError: `error: <message>` on stderr, exit 1. A ConfigError raised in a DataLoader
+    """A script's end on a ConfigError: `error: <message>` on stderr, exit 1 (EXIT_BUSY for a FolderBusy). A ConfigError raised in a DataLoader
     worker comes back with the worker's traceback in its message; its last line holds ours. Under torchrun every
     rank meets the same bad input: rank 0 says it at once and the others a second later, by when torchrun has
     usually stopped them, so the user reads it once (and a rank with an error of its own still says it)."""
     message = str(error).splitlines()[-1].rpartition('ConfigError: ')[2] if '\n' in str(error) else str(error)
     if int(os.environ.get('RANK', 0)):
         time.sleep(1)
-    sys.exit(f"error: {message}")
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_BUSY if isinstance(error, FolderBusy) else 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +305,67 @@ def start_run_folder(out_dir, config, start_iter):
     return Log(out_dir, keep_before=start_iter)
 
 
+class FolderLock:
+    """`with FolderLock(folder, fix):` holds folder for this process alone (a run folder, a prepared data folder);
+    a second process gets FolderBusy, whose message ends with `fix` (what to do instead). The claim is an OS lock
+    on folder/<name> (flock on POSIX, msvcrt on Windows; a sweep holds a run by another name than its trainer), which the OS drops however the process ends, so a crash
+    never leaves a folder stuck; the file holds the owner's pid, for the message. A folder the claim created is
+    removed again on release if nothing else was written to it: a command that fails changes nothing."""
+
+    def __init__(self, folder, fix, name='.lock'):
+        self.folder, self.fix = folder, fix
+        self.path = os.path.join(folder, name)
+
+    def __enter__(self):
+        self.created = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        while True:
+            self.file = open(self.path, 'a+')
+            if not lock_file(self.file):
+                self.file.seek(0)
+                owner = self.file.read().strip() if os.name != 'nt' else ''  # Windows hides a locked byte
+                self.file.close()
+                raise FolderBusy(f"{self.folder} is in use by another process{f' (pid {owner})' if owner else ''}: "
+                                 f"{self.fix}")
+            try:  # its last owner may have removed the file between our open and our lock: then take the new one
+                if os.path.samestat(os.fstat(self.file.fileno()), os.stat(self.path)):
+                    break
+            except FileNotFoundError:
+                pass
+            self.file.close()
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f'{os.getpid()}\n')
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if os.name != 'nt':  # removed while still held, so no other process can take a file on its way out
+            os.remove(self.path)
+        self.file.close()
+        if os.name == 'nt':
+            with suppress(OSError):  # another process may hold it by now
+                os.remove(self.path)
+        if self.created and not os.listdir(self.folder):
+            with suppress(OSError):
+                os.rmdir(self.folder)
+
+
+def lock_file(file):
+    """True if this process now holds the OS's exclusive lock on an open file; False if another process does."""
+    try:
+        if os.name == 'nt':
+            import msvcrt
+            file.seek(0)
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def read_json(path):
     """A JSON file of a run or data folder; ConfigError naming it when it is unreadable."""
     try:
@@ -314,14 +384,23 @@ class Log:
     def __init__(self, out_dir, keep_before=None):
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, 'log.jsonl')
-        if keep_before is not None:
+        if keep_before is not None or ends_cut(self.path):  # a row appended to a cut line would be lost with it
             rows = read_log_rows(self.path) if os.path.exists(self.path) else []
-            text = ''.join(json.dumps(row) + '\n' for row in rows if row['iter'] < keep_before)
+            text = ''.join(json.dumps(row) + '\n' for row in rows if keep_before is None or row['iter'] < keep_before)
             write_atomic(self.path, lambda f: f.write(text.encode()))
 
     def write(self, row):
         with open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
+
+
+def ends_cut(path):
+    """True if the file exists and its last line lacks its newline (a process killed mid-append)."""
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return False
+    with open(path, 'rb') as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b'\n'
 
 
 def read_log_rows(path):
@@ -491,13 +570,13 @@ def check_run(cfg, dist):
     check_out_dir(cfg.out_dir)
 
 
-def check_out_dir(out_dir):
+def check_out_dir(out_dir, option='out_dir'):
     """out_dir is, or can become, a folder: neither it nor any folder above it is a file."""
     path = os.path.abspath(out_dir)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        raise ConfigError(f"out_dir={out_dir!r}: {path} is a file, not a folder; choose another --out_dir")
+        raise ConfigError(f"{option}={out_dir!r}: {path} is a file, not a folder; choose another --{option}")
 
 
 def check_fresh(out_dir, ckpt_path):
@@ -592,6 +671,10 @@ def load_meta(data_dir, splits=('train', 'val', 'test')):
             raise ConfigError(f"{path} not found: run `{prepare_command(data_dir)}`")
     path = os.path.join(data_dir, 'meta.json')
     meta = read_json(path)
+    if isinstance(meta, dict) and 'task' in meta:  # train_lra.py's data: documents and labels, not a token stream
+        raise ConfigError(f"{data_dir} holds LRA {meta['task']} examples from prepare_lra.py, not a corpus: give "
+                          f"--data_dir a folder from prepare_enwik8.py or prepare_wikitext103.py, e.g. `python "
+                          f"prepare_enwik8.py --src=FILE --data_dir=data/my_corpus`")
     redo = f"run `{prepare_command(data_dir)}` again"
     if not isinstance(meta, dict) or not isinstance(meta.get('vocab_size'), int) or meta['vocab_size'] < 1:
         raise ConfigError(f"{path} has no positive integer vocab_size; {redo}")

@@ -137,6 +137,29 @@ def test_bad_input_is_one_line(sweep, tmp_path):
     assert result.stderr.startswith("error: --colour=red: unknown key 'colour'") and result.stderr.count('\n') == 1
 
 
+@pytest.mark.parametrize('file, text, message', [
+    ('eval.json', '{"iter": 100, "val": {"loss": "low", "bpc": 2.5}}', r"eval.json is not a trev evaluation"),
+    ('eval.json', '{"iter": "100", "val": {"loss": 1.7}}', r"eval.json is not a trev evaluation"),
+    ('eval.json', '{"iter": 100, "val": [1.7]}', r"eval.json is not a trev evaluation"),
+    ('config.json', '{"config": {"attention": "linear", "learning_rate": [0.001]}}', r"config.json holds a setting "
+                                                                                     r"that is not a number"),
+    ('config.json', '{"config": [1]}', r"config.json is not a trev run file"),
+])
+def test_run_files_of_the_wrong_shape_are_one_line(sweep, file, text, message):
+    (sweep / 'attention=linear,seed=1' / file).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        report.main([str(sweep)])
+
+
+@pytest.mark.parametrize('results', [[1, 2], [{'variant': 'softmax', 'mode': 'fwdbwd', 'seq_len': 4096,
+                                              'status': 'ok', 'time_ms': '608'}], 'none', [{'variant': 'softmax'}]])
+def test_a_bench_json_of_the_wrong_shape_is_one_line(sweep, tmp_path, results):
+    (tmp_path / 'bench.json').write_text(json.dumps({'results': results}))
+    for argv in ([f'--bench_table={tmp_path / "bench.json"}'], [str(sweep), f'--bench={tmp_path / "bench.json"}']):
+        with pytest.raises(ConfigError, match=r"bench.json is not a bench.py JSON file"):
+            report.main(argv)
+
+
 # MQAR: attention -> learning rate -> per seed (val accuracy, test accuracy). Chosen so that a wrong choice shows:
 # softmax's best single run (1.00 at 1e-2) is not its best mean (1e-3), linear's best on test (1e-3) is not its best
 # on val (1e-2); local lacks 1e-4 and ties at 1e-3 and 1e-2 (the smaller wins).

@@ -161,6 +161,21 @@ def test_a_run_past_its_time_is_stopped(tmp_path, known_trainers, sigterm_kept):
         sweep.main([path])
 
 
+def test_a_run_another_sweep_process_holds_is_left_to_it(tmp_path, known_trainers, sigterm_kept, capfd):
+    """Two sweep processes on one file (a re-queued --dry_run line) never train one run twice: each leaves the
+    runs the other holds."""
+    path = write_sweep(tmp_path / 'two.py', trainer='train_gpt.py', overrides={'data_dir': str(tmp_path / 'none')},
+                       axes={'attention': ['softmax', 'linear']}, seeds=[1], out_dir=str(tmp_path / 'out'))
+    with training.FolderLock(str(tmp_path / 'out' / 'attention=softmax,seed=1'), '', name='.sweep.lock'), \
+            training.FolderLock(str(tmp_path / 'out' / 'attention=linear,seed=1'), '', name='.sweep.lock'):
+        sweep.main([path])
+    out = capfd.readouterr().out
+    assert '[1/2] attention=softmax,seed=1: busy (another sweep process is doing it)' in out
+    assert '[2/2] attention=linear,seed=1: busy' in out and '+ python' not in out
+    assert '0 trained, 2 left to other processes' in out
+    assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').rglob('*.*'))
+
+
 def fake_run(folder, ckpt_iter=None, eval_iter=None, log=False):
     """A run folder in a given state: a checkpoint at ckpt_iter, eval.json of eval_iter, a log."""
     folder.mkdir()
