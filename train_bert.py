@@ -213,13 +213,13 @@ def build_model(model_args):
         raise ConfigError(str(e)) from None
 
 
-def train(cfg, config, dist):
+def train(cfg, dist):
     """The run: checks, data, model, optimizer, resume, then eval_only or the training loop."""
     device, accumulation = dist.device, cfg.gradient_accumulation_steps
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     training.check_run(cfg, dist)
     dtype = training.resolve_dtype(device, cfg.dtype)
-    config.update(device=device, dtype=dtype)  # config.json records what actually ran
+    cfg.device, cfg.dtype = device, dtype  # config.json records what actually ran
     ctx, scaler = training.mixed_precision(device, dtype)  # autocast, and fp16's loss scaling (a no-op otherwise)
 
     # data: random training windows and their masks drawn from a generator that is the same on every rank
@@ -231,7 +231,7 @@ def train(cfg, config, dist):
     tokens_per_iter = accumulation * cfg.batch_size * cfg.block_size
 
     # model: the same initial weights on every rank and for every variant (see attention.init_weights)
-    model_args = {k: v for k, v in config.items() if k in BERTConfig.__dataclass_fields__}
+    model_args = {k: v for k, v in vars(cfg).items() if k in BERTConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'] + 1, causal=False)  # + 1: the mask token
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
@@ -239,24 +239,16 @@ def train(cfg, config, dist):
     # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
     optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,
                                          (cfg.beta1, cfg.beta2), device)
-    iter_num, elapsed_before, last_saved = 0, 0.0, None
-    if cfg.init_from == 'resume':
-        checkpoint = training.load_checkpoint(ckpt_path)
-        training.check_resume(checkpoint, model_args, optimizer, ckpt_path)
-        model.load_state_dict(checkpoint['model'])
-        optimizer.load_state_dict(checkpoint['optimizer'])
-        scaler.load_state_dict(checkpoint['scaler'])
-        training.restore_rng_states(checkpoint['rng'], [data_generator], dist)
-        iter_num, elapsed_before = checkpoint['iter_num'], checkpoint['elapsed_s']
-        last_saved = iter_num  # the iteration of the checkpoint on disk
-    else:
-        training.check_fresh(cfg.out_dir, ckpt_path)  # never overwrite another run's checkpoint or results
+    # resume: the checkpoint's model, optimizer, loss scale and RNG streams, and the iteration to continue from;
+    # from scratch: never overwrite another run's checkpoint or results
+    iter_num, elapsed_before, last_saved = training.start_or_resume(cfg, ckpt_path, model, optimizer, scaler,
+                                                                    model_args, [data_generator], dist)
     eval_model = torch.compile(model) if cfg.compile else model
     train_model = eval_model  # evaluation skips DDP: ranks may run different numbers of eval batches
     if dist.world_size > 1:
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
-    config.update(n_params=model.num_params(), attention_params=attention_params)  # recorded in config.json
+    cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
     if dist.master:
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, "
@@ -297,11 +289,9 @@ def train(cfg, config, dist):
                 if not training.all_finite(model):  # never overwrite a good checkpoint with a broken model
                     training.exit_nonfinite(iter_num, 'parameters', last_saved, ckpt_path)
                 if dist.master:
-                    training.save_checkpoint(ckpt_path, {
-                        'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'optimizer_class': type(optimizer).__name__, 'scaler': scaler.state_dict(),
-                        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'rng': rng,
-                        'elapsed_s': elapsed_before + time.time() - t_start})
+                    checkpoint = training.make_checkpoint(model, optimizer, scaler, model_args, cfg, iter_num, rng,
+                                                          elapsed_before + time.time() - t_start)
+                    training.save_checkpoint(ckpt_path, checkpoint)
                 last_saved = iter_num
             if stopping:
                 if dist.master:
@@ -345,7 +335,7 @@ def train(cfg, config, dist):
                                peak_mem_mb=training.peak_memory_mb(device))
                     t_last, iters_since_log = now, 0
             if log is None and dist.master:
-                log = training.start_run_folder(cfg.out_dir, config, start_iter)  # config.json, log.jsonl cut
+                log = training.start_run_folder(cfg, start_iter)  # config.json, log.jsonl cut
             if row and dist.master:
                 row = {'iter': iter_num, **row, 'elapsed_s': elapsed_before + time.time() - t_start}
                 log.write(row)
@@ -356,12 +346,11 @@ def train(cfg, config, dist):
 
 
 def main(argv):
-    config = training.apply_overrides(DEFAULTS, argv)
-    if not config['out_dir']:
-        config['out_dir'] = f"out-bert-{os.path.basename(os.path.normpath(config['data_dir']))}-{config['attention']}"
-    cfg = SimpleNamespace(**config)
+    cfg = SimpleNamespace(**training.apply_overrides(DEFAULTS, argv))
+    if not cfg.out_dir:
+        cfg.out_dir = f"out-bert-{os.path.basename(os.path.normpath(cfg.data_dir))}-{cfg.attention}"
     with training.distributed(cfg.device) as dist:
-        train(cfg, config, dist)
+        train(cfg, dist)
 
 
 if __name__ == '__main__':

@@ -1,17 +1,21 @@
 """
-Small stateless plumbing the trainers call (train_gpt.py, train_bert.py, train_vit.py). No loop lives here: each
-trainer writes its own model build, optimizer, resume and training loop, top to bottom, and calls these.
+Small stateless plumbing the trainers call (train_gpt.py, train_bert.py, train_vit.py, train_lra.py,
+train_mqar.py). No loop lives here: each trainer writes its own model build, optimizer and training loop, top to
+bottom, and calls these. A trainer's settings are one object, cfg = SimpleNamespace(**config): the loop reads it,
+and config.json and the checkpoint record vars(cfg), what actually ran (device and dtype resolved, sizes added).
 
     config = apply_overrides(defaults, argv)   # configs/*.py, then --key=value; types and ranges checked
     with distributed(device) as dist: ...      # Dist(rank, local_rank, world_size, master, device); python = 1 process
     dtype = resolve_dtype(device, dtype)       # 'auto' -> bfloat16 / float16 on cuda, float32 on cpu
     ctx, scaler = mixed_precision(device, dtype)  # autocast context (GPU only) and GradScaler (enabled for float16)
-    check_run(cfg, dist); check_fresh(out_dir, ckpt_path)  # batch split and init_from; no run overwritten
+    check_run(cfg, dist)                       # batch split, init_from, out_dir
     optimizer = build_optimizer(name, model, learning_rate, weight_decay, betas, device)  # 'adamw', 'sgd', 'adafactor'
-    check_resume(checkpoint, model_args, optimizer, path)  # ConfigError when a checkpoint is another model or optimizer
-    log = start_run_folder(out_dir, config, start_iter)  # config.json (+ this segment), log.jsonl cut at start_iter
+    iter_num, elapsed_s, last_saved = start_or_resume(cfg, ckpt_path, model, optimizer, scaler, model_args,
+                                                      generators, dist)  # fresh: overwrite no run; resume: restore all
+    log = start_run_folder(cfg, start_iter)    # config.json (vars(cfg) as this segment), log.jsonl cut at start_iter
     write_eval(out_dir, results); write_atomic(path, write); read_json(path)  # run files, atomic and fsync'd
-    save_checkpoint(path, checkpoint); checkpoint = load_checkpoint(path)   # atomic, fsync'd; cpu
+    save_checkpoint(path, make_checkpoint(model, optimizer, scaler, model_args, cfg, iter_num, rng, elapsed_s))
+    checkpoint = load_checkpoint(path)         # save: atomic, fsync'd; load: on cpu, checked to be trev's
     unwrap(model), all_finite(model)           # the raw model under DDP / torch.compile; no nan/inf in parameters
     get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters)  # linear warmup, cosine decay to min_lr
     with StopSignal() as stop: ... stop.requested(device, agree_now)  # Ctrl-C / SIGTERM: finish the step, save, exit
@@ -298,11 +302,12 @@ def write_config(out_dir, config, start_iter=0):
     write_json(path, {**{k: v for k, v in segment.items() if k != 'start_iter'}, 'segments': earlier + [segment]})
 
 
-def start_run_folder(out_dir, config, start_iter):
-    """What a run writes to its folder once it is really running (has evaluated and stepped): config.json with
-    this segment, and log.jsonl cut to the rows before start_iter. Returns the Log to append to."""
-    write_config(out_dir, config, start_iter)
-    return Log(out_dir, keep_before=start_iter)
+def start_run_folder(cfg, start_iter):
+    """What a run writes to cfg.out_dir once it is really running (has evaluated and stepped): config.json with the
+    settings (vars(cfg)) as this segment, and log.jsonl cut to the rows before start_iter. Returns the Log to append
+    to."""
+    write_config(cfg.out_dir, vars(cfg), start_iter)
+    return Log(cfg.out_dir, keep_before=start_iter)
 
 
 class FolderLock:
@@ -429,13 +434,26 @@ def write_eval(out_dir, results):
     Log(out_dir).write(results)
 
 
+# a trev checkpoint: make_checkpoint writes these keys, load_checkpoint requires them, resume reads them
+CHECKPOINT_KEYS = ('model', 'optimizer', 'optimizer_class', 'scaler', 'model_args', 'config', 'iter_num', 'rng',
+                   'elapsed_s')
+
+
+def make_checkpoint(model, optimizer, scaler, model_args, cfg, iter_num, rng, elapsed_s):
+    """The state a run continues from: weights, optimizer and loss-scale state (and the optimizer's class, which a
+    resume must match), the model's arguments and the run's settings (cfg, as config.json records them), the
+    iteration, every RNG state (rng_states) and the training time so far. model is the raw model (no DDP or
+    compile prefixes)."""
+    return {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'optimizer_class': type(optimizer).__name__, 'scaler': scaler.state_dict(), 'model_args': model_args,
+            'config': vars(cfg), 'iter_num': iter_num, 'rng': rng, 'elapsed_s': elapsed_s}
+
+
 def save_checkpoint(path, checkpoint):
     """torch.save through write_atomic: a crash mid-write leaves the old checkpoint."""
     write_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
-CHECKPOINT_KEYS = ('model', 'optimizer', 'optimizer_class', 'scaler', 'model_args', 'config', 'iter_num', 'rng',
-                   'elapsed_s')
 
 
 def load_checkpoint(path):
@@ -618,6 +636,24 @@ def check_resume(checkpoint, model_args, optimizer, path):
     if checkpoint['optimizer_class'] != built:
         raise ConfigError(f"{path} was trained with {checkpoint['optimizer_class']}, this run builds {built}: resume "
                           f"with the same optimizer, or start afresh in another --out_dir")
+
+
+def start_or_resume(cfg, ckpt_path, model, optimizer, scaler, model_args, generators, dist):
+    """Where a run starts: (iter_num, elapsed_s, last_saved). init_from 'scratch': (0, 0.0, None), once ckpt_path is
+    found free (a fresh run never overwrites another run's checkpoint). 'resume': the checkpoint at ckpt_path, checked
+    to hold this model and optimizer class, restored into model, optimizer, scaler and every RNG (generators: the
+    run's own, e.g. the data sampler's); the run continues at its iter_num, and last_saved (the iteration of the
+    checkpoint on disk) is that iter_num."""
+    if cfg.init_from != 'resume':
+        check_fresh(cfg.out_dir, ckpt_path)
+        return 0, 0.0, None
+    checkpoint = load_checkpoint(ckpt_path)
+    check_resume(checkpoint, model_args, optimizer, ckpt_path)
+    model.load_state_dict(checkpoint['model'])
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    restore_rng_states(checkpoint['rng'], generators, dist)
+    return checkpoint['iter_num'], checkpoint['elapsed_s'], checkpoint['iter_num']
 
 
 def all_reduce_sum(values, device):

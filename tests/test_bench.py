@@ -29,6 +29,7 @@ def one_case(config, variant, mode, seq_len=16):
     return dict(variant=variant, mode=mode, seq_len=seq_len, **{k: config[k] for k in bench.CASE_KEYS})
 
 
+@pytest.mark.slow
 def test_end_to_end_json_csv_png(tmp_path):
     # as run from the shell: memory in one subprocess per case, time in the main process with its malloc setting
     out, csv, png = tmp_path / 'r.json', tmp_path / 'r.csv', tmp_path / 'r.png'
@@ -308,6 +309,7 @@ def test_output_paths_are_checked_before_timing(tmp_path):
             bench.resolve(apply_overrides(bench.DEFAULTS, argv))
 
 
+@pytest.mark.slow
 def test_results_are_written_as_each_mode_finishes(tmp_path, monkeypatch):
     """A sweep stopped in its last mode keeps the modes it finished, in the JSON and the CSV."""
     real = bench.time_cases
@@ -326,6 +328,7 @@ def test_results_are_written_as_each_mode_finishes(tmp_path, monkeypatch):
     assert len(csv.read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_compiled_layers_are_timed():
     config = tiny_config('--compile=True')
     call, record = bench.prepare(one_case(config, 'linear', 'fwdbwd'), measure_memory=False)

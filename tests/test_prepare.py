@@ -233,6 +233,7 @@ def test_wikitext_zip_cli(tmp_path, wiki_zip, plugin_env):
     assert meta["vocab_size"] == 260 and meta["dtype"] == "uint16" and "word_perplexity" in meta
 
 
+@pytest.mark.slow
 def test_wikitext_folder_matches_zip_and_rerun_is_skipped(tmp_path, wiki_zip, plugin_env):
     folder = tmp_path / "wikitext-103-raw"
     folder.mkdir()

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import prepare_lra
-from test_train_vit import made_up_cifar, write_cifar10  # noqa: F401 (a fixture)
+from conftest import write_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -340,7 +340,7 @@ def test_a_damaged_aan_line_is_one_line(tmp_path):
 
 # --- image: CIFAR-10 through torchvision ----------------------------------------------------------------------
 
-def test_image_is_lra_grayscale_cifar10(tmp_path, made_up_cifar):  # noqa: F811 (the fixture)
+def test_image_is_lra_grayscale_cifar10(tmp_path, made_up_cifar):
     images, labels = write_cifar10(tmp_path / "cifar", n_train=60, n_test=20)
     prepare_lra.main(["image", f"--src={tmp_path / 'cifar'}", f"--data_dir={tmp_path / 'image'}"])
     meta, splits = read_task(tmp_path / "image")

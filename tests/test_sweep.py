@@ -25,7 +25,7 @@ import train_mqar
 import train_vit
 import training
 from attention import ATTENTION
-from trainer_checks import ENV, ROOT, read_log, run_script, write_byte_corpus
+from conftest import ENV, ROOT, read_log, run_script, write_byte_corpus
 from training import ConfigError
 
 TIMEOUT_S = 240
@@ -84,6 +84,7 @@ def test_registry_shorthands_and_explicit_runs(tmp_path, known_trainers, capsys)
     assert runs[2].max_iters == train_bert.DEFAULTS['max_iters']
 
 
+@pytest.mark.slow
 def test_sweep_stopped_midway_completes_without_redoing_finished_runs(tmp_path, known_trainers, capsys):
     if os.name == 'nt':
         pytest.skip("sends SIGINT to the sweep, as Ctrl-C in a terminal does; Windows has no such signal")
@@ -152,6 +153,7 @@ def test_a_failing_run_stops_the_sweep_naming_it(tmp_path, known_trainers, sigte
     assert '[1/2] attention=softmax,seed=1: train' in out and '[2/2]' not in out  # the second run never started
 
 
+@pytest.mark.slow
 def test_a_run_past_its_time_is_stopped(tmp_path, known_trainers, sigterm_kept):
     data_dir = write_byte_corpus(tmp_path)
     path = write_sweep(tmp_path / 'slow.py', trainer='train_gpt.py', overrides={**TINY, 'max_iters': 100000,

@@ -1,7 +1,7 @@
 """
-train_gpt.py end to end on a tiny byte corpus: every causal variant trains, resume after Ctrl-C equals an
-uninterrupted run bitwise, 2-process DDP equals 1 process, decoding equals the full forward, the full-split
-evaluation counts every token once, and bad input is a one-line error.
+train_gpt.py on a tiny byte corpus: every causal variant learns, other optimizers resume exactly, decoding equals
+the full forward, the full-split evaluation counts every token once, sampling, and bad input is a one-line error.
+(What every trainer does the same way, Ctrl-C and resume among it, is in test_trainers.py.)
 """
 import json
 import math
@@ -19,37 +19,15 @@ import train_gpt
 import training
 from attention import ATTENTION
 from attention import LMConfig
+from conftest import ENV, ROOT, read_log, run_script, write_byte_corpus
 from train_gpt import GPT
-from trainer_checks import (ENV, ROOT, assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log,
-                            run_script, write_byte_corpus)
 from training import ConfigError
 
 CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
-# two layers, 16-token windows; chunk 4 and window 4 so a window crosses several chunks / local windows
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
-        '--gradient_accumulation_steps=1', '--dropout=0.0', '--learning_rate=0.01', '--min_lr=0.001',
-        '--warmup_iters=2', '--lr_decay_iters=20', '--max_iters=20', '--eval_interval=10', '--eval_iters=2',
-        '--log_interval=1', '--chunk_size=4', '--local_window=4', '--performer_features=16', '--device=cpu']
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return write_byte_corpus(tmp_path_factory.mktemp('data'))
-
-
-def train(out_dir, data_dir, *args):
-    train_gpt.main(TINY + [f'--data_dir={data_dir}', f'--out_dir={out_dir}', *args])
-    return read_log(out_dir)
-
-
-def losses(rows):
-    """The deterministic part of the log: no timings."""
-    return [{k: r[k] for k in ('iter', 'train_loss', 'val_loss', 'lr') if k in r} for r in rows]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', CAUSAL)
-def test_every_variant_learns(variant, data_dir, tmp_path):
-    rows = train(tmp_path, data_dir, f'--attention={variant}')
+def test_every_causal_variant_learns(variant, gpt, tmp_path):
+    rows = gpt.train(tmp_path, f'--attention={variant}')
     train_losses = [r['train_loss'] for r in rows if 'train_loss' in r]
     val_losses = [r['val_loss'] for r in rows if 'val_loss' in r]
     assert len(train_losses) == 20 and len(val_losses) == 3  # evals at 0, 10, 20
@@ -63,51 +41,21 @@ def test_every_variant_learns(variant, data_dir, tmp_path):
     assert json.load(open(tmp_path / 'config.json'))['config']['attention'] == variant
 
 
-def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
-    # dropout and gradient accumulation on, so RNG streams and micro-steps must both resume exactly
-    recipe = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=60']
-    stopped = tmp_path / 'stopped'
-    k = interrupt('train_gpt.py', [*TINY, *recipe, f'--data_dir={data_dir}'], stopped)
-    end = f'--max_iters={k + 7}'
-    resumed = train(stopped, data_dir, *recipe, end, '--init_from=resume')
-    uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe, end)
-    assert losses(resumed) == losses(uninterrupted)  # bitwise: same data, schedule, dropout masks
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize('optimizer', ['sgd', 'adafactor'])
-def test_other_optimizers_train_and_resume_exactly(optimizer, data_dir, tmp_path):
+def test_other_optimizers_train_and_resume_exactly(optimizer, gpt, tmp_path):
     recipe = [f'--optimizer={optimizer}', '--learning_rate=0.1', '--eval_interval=3', '--max_iters=6']
-    train(tmp_path / 'stopped', data_dir, *recipe[:-1], '--max_iters=3')
-    resumed = train(tmp_path / 'stopped', data_dir, *recipe, '--init_from=resume')
-    uninterrupted = train(tmp_path / 'uninterrupted', data_dir, *recipe)
-    assert losses(resumed) == losses(uninterrupted)
-    assert losses(uninterrupted)[-1]['val_loss'] < losses(uninterrupted)[0]['val_loss']
+    gpt.train(tmp_path / 'stopped', *recipe[:-1], '--max_iters=3')
+    resumed = gpt.train(tmp_path / 'stopped', *recipe, '--init_from=resume')
+    uninterrupted = gpt.train(tmp_path / 'uninterrupted', *recipe)
+    assert gpt.losses(resumed) == gpt.losses(uninterrupted)
+    assert gpt.losses(uninterrupted)[-1]['val_loss'] < gpt.losses(uninterrupted)[0]['val_loss']
 
 
-def test_performer_redraw_resumes_exactly(data_dir, tmp_path):
-    assert_redraw_resumes_exactly(lambda out_dir, *args: train(out_dir, data_dir, *args), losses, tmp_path)
-
-
-def test_two_processes_match_one(data_dir, tmp_path):
-    recipe = ['--gradient_accumulation_steps=2', '--max_iters=6', '--eval_interval=3']
-    train(tmp_path / 'one', data_dir, *recipe)
-    train_gpt.main(TINY + recipe + [f'--data_dir={data_dir}', f'--out_dir={tmp_path / "one"}', '--init_from=resume',
-                                    '--eval_only=True'])
-    args = [*TINY, *recipe, f'--data_dir={data_dir}', f'--out_dir={tmp_path / "two"}']
-    torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_gpt.py']
-    for extra in ([], ['--init_from=resume', '--eval_only=True']):
-        result = run_script(*torchrun, *args, *extra, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
-    eval_one, eval_two = (json.load(open(tmp_path / run / 'eval.json')) for run in ('one', 'two'))
-    assert eval_one['val']['tokens'] == eval_two['val']['tokens']
-    assert eval_one['test']['loss'] == pytest.approx(eval_two['test']['loss'], rel=1e-5)
-
-
-def test_eval_only_covers_every_token_once(data_dir, tmp_path):
-    train(tmp_path, data_dir, '--max_iters=5')
-    train_gpt.main(TINY + [f'--data_dir={data_dir}', f'--out_dir={tmp_path}', '--init_from=resume', '--eval_only=True',
-                           '--batch_size=3'])
+@pytest.mark.slow
+def test_eval_only_covers_every_token_once(gpt, byte_corpus, tmp_path):
+    gpt.train(tmp_path, '--max_iters=5')
+    gpt.main(f'--out_dir={tmp_path}', '--init_from=resume', '--eval_only=True', '--batch_size=3')
     results = json.load(open(tmp_path / 'eval.json'))
     assert read_log(tmp_path)[-1] == results
     checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
@@ -115,7 +63,7 @@ def test_eval_only_covers_every_token_once(data_dir, tmp_path):
     model.load_state_dict(checkpoint['model'])
     model.eval()
     for split in ('val', 'test'):
-        data = torch.from_numpy(np.fromfile(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint8).astype(np.int64))
+        data = torch.from_numpy(np.fromfile(os.path.join(byte_corpus, f'{split}.bin'), dtype=np.uint8).astype(np.int64))
         nll = 0.0
         for start in range(0, len(data) - 1, 16):  # independent windows of block_size, the last one shorter
             window = data[start:start + 17]
@@ -152,27 +100,19 @@ def test_generate_by_steps_equals_greedy_full_forward(variant):
             start = i + 1 - config.block_size // 2
 
 
-def test_sample_mode_prints_a_continuation(data_dir, tmp_path, capsys):
-    train(tmp_path, data_dir, '--max_iters=3')
+@pytest.mark.slow
+def test_sample_mode_prints_a_continuation(gpt, tmp_path, capsys):
+    gpt.train(tmp_path, '--max_iters=3')
     capsys.readouterr()
     train_gpt.main([f'--out_dir={tmp_path}', '--mode=sample', '--start=the cat', '--max_new_tokens=20'])
     text = capsys.readouterr().out
     assert text.startswith('the cat') and len(text.rstrip('\n')) >= 20
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    train(tmp_path, data_dir, '--max_iters=2')
-    with pytest.raises(SystemExit) as e:  # an infinite learning rate blows the weights up on the next step
-        train(tmp_path, data_dir, '--max_iters=10', '--init_from=resume', '--learning_rate=1e999')
-    assert 'non-finite' in str(e.value.code) and 'last good checkpoint (iter 2)' in str(e.value.code)
-    checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
-    assert checkpoint['iter_num'] == 2
-    assert all(torch.isfinite(t).all() for t in checkpoint['model'].values())
-
-
-def test_bad_input_is_one_line_error(data_dir, tmp_path):
-    train(tmp_path, data_dir, '--max_iters=1')
-    base = ['train_gpt.py', *TINY, f'--data_dir={data_dir}', f'--out_dir={tmp_path}']
+@pytest.mark.slow
+def test_bad_input_is_one_line_error(gpt, tmp_path):
+    gpt.train(tmp_path, '--max_iters=1')
+    base = ['train_gpt.py', *gpt.args, f'--out_dir={tmp_path}']
     cases = [
         (['--n_layr=3'], "unknown key 'n_layr'"),
         (['--n_layer=2.5'], 'expected int'),
@@ -219,23 +159,19 @@ def test_shared_parameters_start_identical_across_variants():
             assert torch.equal(softmax[name], other[name]), name
 
 
-def test_import_has_no_side_effects():
-    result = run_script('-c', 'import train_gpt; print(sorted(train_gpt.DEFAULTS)[0])', timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == 'attention' and not result.stderr
-
-
-def test_a_resume_that_fails_at_its_first_evaluation_changes_nothing(data_dir, tmp_path, monkeypatch):
-    train(tmp_path, data_dir, '--max_iters=4', '--eval_interval=2')
+@pytest.mark.slow
+def test_a_resume_that_fails_at_its_first_evaluation_changes_nothing(gpt, tmp_path, monkeypatch):
+    gpt.train(tmp_path, '--max_iters=4', '--eval_interval=2')
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
 
     def failing(*args):
         raise RuntimeError('the evaluation died')
     monkeypatch.setattr(train_gpt, 'estimate_loss', failing)
     with pytest.raises(RuntimeError):
-        train(tmp_path, data_dir, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
+        gpt.train(tmp_path, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
     assert before == {name: (tmp_path / name).read_bytes() for name in before}
     monkeypatch.undo()
-    train(tmp_path, data_dir, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
+    gpt.train(tmp_path, '--max_iters=8', '--eval_interval=2', '--init_from=resume', '--batch_size=4')
     segments = json.load(open(tmp_path / 'config.json'))['segments']
     assert [(s['start_iter'], s['config']['batch_size']) for s in segments] == [(0, 8), (4, 4)]
 
@@ -246,20 +182,21 @@ def test_a_resume_that_fails_at_its_first_evaluation_changes_nothing(data_dir, t
     (lambda folder: (folder / 'val.bin').write_bytes(b'x' * 900), 'val.bin holds 900 bytes, not the 1001'),
     (lambda folder: (folder / 'meta.json').write_text('{"vocab_size": 100}'), 'beyond vocab_size 100'),
 ])
-def test_a_bad_data_folder_is_one_line(tmp_path, damage, message):
+def test_a_bad_data_folder_is_one_line(gpt, tmp_path, damage, message):
     (tmp_path / 'data').mkdir()
     folder = write_byte_corpus(tmp_path / 'data')
     damage(tmp_path / 'data')
     with pytest.raises(ConfigError, match=re.escape(message)):
-        train(tmp_path / 'out', folder)
+        gpt.train(tmp_path / 'out', f'--data_dir={folder}')
     assert not (tmp_path / 'out').exists()
 
 
-def test_under_torchrun_bad_input_is_said_first_before_torchrun_s_report(data_dir, tmp_path):
+@pytest.mark.slow
+def test_under_torchrun_bad_input_is_said_first_before_torchrun_s_report(gpt, tmp_path):
     """Rank 0 says it at once; the other ranks wait before saying it, so torchrun usually stops them first, but on
     a loaded machine one may still print the same line: the first line is the error, and no rank says another."""
     torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_gpt.py']
-    result = run_script(*torchrun, *TINY, f'--data_dir={data_dir}', f'--out_dir={tmp_path}', '--n_head=3',
+    result = run_script(*torchrun, *gpt.args, f'--out_dir={tmp_path}', '--n_head=3',
                         timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith('*')
              and 'OMP_NUM_THREADS' not in line]  # torchrun's own banner

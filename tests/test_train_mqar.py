@@ -1,8 +1,8 @@
 """
 train_mqar.py: the generator against Zoology's layout (pairs, query slots, answers, filler), its samplers against
-the distributions they promise (checks shown to fail on a wrong sampler), held-out sets fixed by eval_seed alone,
-every causal variant trains, eval_only scores every answer once, resume after Ctrl-C equals an uninterrupted run
-bitwise, 2-process DDP equals 1 process, and bad input is a one-line error.
+the distributions they promise (checks shown to fail on a wrong sampler), held-out sets fixed by eval_seed alone, it
+learns, eval_only scores every answer once, and bad input is a one-line error. (What every trainer does the same way,
+Ctrl-C and resume among it, is in test_trainers.py; every causal variant learns in test_train_gpt.py.)
 """
 import json
 import math
@@ -17,32 +17,14 @@ import torch.nn.functional as F
 
 import train_mqar
 import training
-from attention import ATTENTION, LMConfig
+from attention import LMConfig
+from conftest import ROOT, read_log
 from train_mqar import IGNORE, RecallLM, mqar_examples
-from trainer_checks import ROOT, assert_logs_match, assert_redraw_resumes_exactly, interrupt, read_log, run_script
 from training import ConfigError
-
-CAUSAL = [v for v in ATTENTION if ATTENTION[v].supports_causal]
-# two layers, vocabulary 32, 16-token sequences with 2 pairs; chunk 4 and window 4 so a sequence crosses several
-TINY = ['--vocab_size=32', '--block_size=16', '--num_kv_pairs=2', '--train_examples=512', '--val_examples=64',
-        '--test_examples=48', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16',
-        '--gradient_accumulation_steps=1', '--dropout=0.0', '--learning_rate=0.01', '--min_lr=0.001',
-        '--warmup_iters=2', '--lr_decay_iters=20', '--max_iters=20', '--eval_interval=10', '--log_interval=1',
-        '--chunk_size=4', '--local_window=4', '--performer_features=16', '--device=cpu']
 
 
 def setting(**changes):
     return SimpleNamespace(**{**train_mqar.DEFAULTS, **changes})
-
-
-def train(out_dir, *args):
-    train_mqar.main(TINY + [f'--out_dir={out_dir}', *args])
-    return read_log(out_dir)
-
-
-def losses(rows):
-    """The deterministic part of the log: no timings."""
-    return [{k: r[k] for k in ('iter', 'train_loss', 'val_loss', 'val_acc', 'lr') if k in r} for r in rows]
 
 
 def slots_of_keys(inputs, targets, kv):
@@ -136,9 +118,9 @@ def test_held_out_sets_depend_only_on_eval_seed():
 # the trainer
 
 
-@pytest.mark.parametrize('variant', CAUSAL)
-def test_every_variant_trains(variant, tmp_path):
-    rows = train(tmp_path, f'--attention={variant}')
+@pytest.mark.slow
+def test_it_learns(mqar, tmp_path):
+    rows = mqar.train(tmp_path)
     train_losses = [r['train_loss'] for r in rows if 'train_loss' in r]
     val_losses = [r['val_loss'] for r in rows if 'val_loss' in r]
     assert len(train_losses) == 20 and len(val_losses) == 3  # evals at 0, 10, 20
@@ -146,14 +128,15 @@ def test_every_variant_trains(variant, tmp_path):
     assert val_losses[-1] < val_losses[0] - 0.4  # answers are values: log 32 -> log 16 and below
     assert {'val_acc', 'tokens_per_s', 'peak_mem_mb', 'elapsed_s'} <= set(rows[0])
     checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
-    assert checkpoint['iter_num'] == 20 and checkpoint['model_args']['attention'] == variant
+    assert checkpoint['iter_num'] == 20 and checkpoint['model_args']['attention'] == 'softmax'
     assert checkpoint['model_args']['causal'] is True and checkpoint['model_args']['vocab_size'] == 32
     assert not any(k.startswith(('module.', '_orig_mod.')) for k in checkpoint['model'])
 
 
-def test_eval_only_scores_every_answer_once(tmp_path):
-    train(tmp_path, '--max_iters=3')
-    train_mqar.main(TINY + [f'--out_dir={tmp_path}', '--init_from=resume', '--eval_only=True', '--batch_size=7'])
+@pytest.mark.slow
+def test_eval_only_scores_every_answer_once(mqar, tmp_path):
+    mqar.train(tmp_path, '--max_iters=3')
+    mqar.main(f'--out_dir={tmp_path}', '--init_from=resume', '--eval_only=True', '--batch_size=7')
     results = json.load(open(tmp_path / 'eval.json'))
     assert read_log(tmp_path)[-1] == results and results['iter'] == 3
     checkpoint = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
@@ -175,44 +158,12 @@ def test_eval_only_scores_every_answer_once(tmp_path):
         assert metrics['accuracy'] == pytest.approx(correct / (2 * n))
 
 
-def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_run(tmp_path):
-    # dropout and gradient accumulation on, so RNG streams and micro-steps must both resume exactly
-    recipe = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--eval_interval=4', '--lr_decay_iters=60']
-    stopped = tmp_path / 'stopped'
-    k = interrupt('train_mqar.py', [*TINY, *recipe], stopped)
-    end = f'--max_iters={k + 7}'
-    resumed = train(stopped, *recipe, end, '--init_from=resume')
-    uninterrupted = train(tmp_path / 'uninterrupted', *recipe, end)
-    assert losses(resumed) == losses(uninterrupted)  # bitwise: same examples, schedule, dropout masks
-
-
-def test_performer_redraw_resumes_exactly(tmp_path):
-    assert_redraw_resumes_exactly(train, losses, tmp_path)
-
-
-def test_two_processes_match_one(tmp_path):
-    recipe = ['--gradient_accumulation_steps=2', '--max_iters=4', '--eval_interval=2']
-    train(tmp_path / 'one', *recipe)
-    train_mqar.main(TINY + recipe + [f'--out_dir={tmp_path / "one"}', '--init_from=resume', '--eval_only=True'])
-    args = [*TINY, *recipe, f'--out_dir={tmp_path / "two"}']
-    torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_mqar.py']
-    for extra in ([], ['--init_from=resume', '--eval_only=True']):
-        result = run_script(*torchrun, *args, *extra, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert_logs_match(losses(read_log(tmp_path / 'one')), losses(read_log(tmp_path / 'two')))
-    eval_one, eval_two = (json.load(open(tmp_path / run / 'eval.json')) for run in ('one', 'two'))
-    assert eval_one['test']['queries'] == eval_two['test']['queries'] == 96
-    assert eval_one['test']['loss'] == pytest.approx(eval_two['test']['loss'], rel=1e-5)
-    assert eval_one['val']['accuracy'] == pytest.approx(eval_two['val']['accuracy'])
-
-
-def test_each_setting_and_variant_gets_its_own_run_folder(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_each_setting_gets_its_own_run_folder(mqar, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for variant in ('softmax', 'linear'):
-        train_mqar.main(TINY + [f'--attention={variant}', '--max_iters=1'])
-    train_mqar.main(TINY + ['--block_size=20', '--num_kv_pairs=3', '--max_iters=1'])
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
-        'out-mqar-t16-kv2-linear', 'out-mqar-t16-kv2-softmax', 'out-mqar-t20-kv3-softmax']
+    mqar.main('--max_iters=1')
+    mqar.main('--block_size=20', '--num_kv_pairs=3', '--max_iters=1')
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['out-mqar-t16-kv2-softmax', 'out-mqar-t20-kv3-softmax']
 
 
 def test_configs():
@@ -226,17 +177,9 @@ def test_configs():
                                                                  'local_window', 'max_iters', 'lr_decay_iters'}
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train(tmp_path, '--max_iters=2')
-    with pytest.raises(SystemExit) as e:  # an infinite learning rate blows the weights up on the next step
-        train(tmp_path, '--max_iters=10', '--init_from=resume', '--learning_rate=1e999')
-    assert 'non-finite' in str(e.value.code) and 'last good checkpoint (iter 2)' in str(e.value.code)
-    assert torch.load(tmp_path / 'ckpt.pt', weights_only=False)['iter_num'] == 2
-
-
-def test_bad_input_is_one_line_error(tmp_path):
-    train(tmp_path, '--max_iters=1')
-    base = TINY + [f'--out_dir={tmp_path}']
+def test_bad_input_is_one_line_error(mqar, tmp_path):
+    mqar.train(tmp_path, '--max_iters=1')
+    base = [f'--out_dir={tmp_path}']
     cases = [
         (['--num_kv_pairs=5'], 'block_size=16 has no room for 5 pairs and their queries; set block_size to 4 x '
                                'num_kv_pairs = 20 or more'),
@@ -253,10 +196,5 @@ def test_bad_input_is_one_line_error(tmp_path):
     before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
     for args, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)):
-            train_mqar.main(base + args)
+            mqar.main(*base, *args)
     assert before == {name: (tmp_path / name).read_bytes() for name in before}  # the run there is untouched
-    # the script turns them into one line on stderr, and importing it runs nothing
-    result = run_script('train_mqar.py', *base, '--num_kv_pairs=5', timeout=120)
-    assert result.returncode == 1 and result.stderr.count('\n') == 1 and result.stderr.startswith('error: block_size')
-    result = run_script('-c', 'import train_mqar', timeout=120)
-    assert result.returncode == 0 and not result.stdout and not result.stderr
