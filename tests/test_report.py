@@ -12,7 +12,7 @@ import pytest
 
 import report
 from report_runs import EXPECTED, gpt_config, sweep, write_run  # noqa: F401 (sweep is a fixture)
-from trainer_checks import run_script
+from conftest import run_script
 from training import ConfigError
 
 BENCH = {'env': {'device': 'cpu'}, 'results': [
