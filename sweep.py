@@ -216,13 +216,15 @@ def shown(command):
 
 def stop(process, interrupted):
     """Asks a running trainer to save and exit, as Ctrl-C does, and waits (killing it after STOP_WAIT_S). The
-    signal is sent again every few seconds: one that arrives while the trainer is still starting can be lost (a
-    process started in the background ignores SIGINT until the trainer's loop takes it over), and a trainer
-    ignores repeats, so one that Ctrl-C reached already is unharmed. Windows cannot send Ctrl-C to one process:
-    there a console Ctrl-C reached the trainer already, and a timed-out trainer is ended unsaved."""
+    signal is sent again every few seconds: a trainer ignores SIGINT until its loop takes it over (run_command starts
+    it so), and ignores repeats, so one that Ctrl-C reached already is unharmed. An evaluation has nothing to save
+    and is ended at once. Windows cannot send Ctrl-C to one process: there a console Ctrl-C reached the trainer
+    already, and a timed-out trainer is ended unsaved."""
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:
-        if os.name != 'nt':
+        if '--eval_only=True' in process.args:  # nothing to save: ended at once
+            process.terminate()
+        elif os.name != 'nt':
             process.send_signal(signal.SIGINT)
         elif not interrupted:
             process.terminate()
@@ -235,12 +237,18 @@ def stop(process, interrupted):
     process.wait(timeout=STOP_WAIT_S)
 
 
+def ignore_ctrl_c():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_command(command, run, timeout_hours):
     """Runs one trainer command to its end (its output goes to ours): True, or False if the trainer found the run
     folder held by another process; ConfigError if it fails or runs too long. On Ctrl-C (KeyboardInterrupt) the
     trainer is stopped and the interrupt goes on."""
     print(f"+ {shown(command)}", flush=True)
-    process = subprocess.Popen(command)  # not subprocess.run: on Ctrl-C it kills the child before it can save
+    # not subprocess.run: on Ctrl-C it kills the child before it can save. The trainer starts with Ctrl-C ignored, so
+    # one that lands while it imports prints no traceback; its loop takes Ctrl-C over, and stop() repeats the signal
+    process = subprocess.Popen(command, preexec_fn=ignore_ctrl_c if os.name != 'nt' else None)
     try:
         code = process.wait(timeout=timeout_hours * 3600)
     except subprocess.TimeoutExpired:
@@ -256,6 +264,7 @@ def run_command(command, run, timeout_hours):
     if code:
         raise ConfigError(f"run {run.name} failed (exit {code}): {shown(command)}; fix it and run the sweep again "
                           "(finished runs are kept)")
+    return True
 
 
 def execute(runs, sweep, numbers):

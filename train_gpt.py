@@ -234,6 +234,7 @@ def build_model(model_args):
 def sample(cfg):
     """mode='sample': the model and data_dir come from out_dir/ckpt.pt; the sampling keys from the command line."""
     checkpoint = training.load_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'))
+    training.check_trainer(checkpoint, DEFAULTS, os.path.join(cfg.out_dir, 'ckpt.pt'), 'train_gpt.py')
     device = training.resolve_device(cfg.device)
     ctx, _ = training.mixed_precision(device, training.resolve_dtype(device, cfg.dtype))
     torch.manual_seed(cfg.seed)
@@ -392,7 +393,7 @@ def main(argv):
     if cfg.mode == 'sample':
         sample(cfg)
     elif cfg.mode == 'train':
-        with training.distributed(cfg.device) as dist:
+        with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
             train(cfg, dist)
     else:
         raise ConfigError(f"mode={cfg.mode!r}; choose 'train' or 'sample'")

@@ -381,7 +381,7 @@ def main(argv):
     cfg = SimpleNamespace(**training.apply_overrides(DEFAULTS, argv))
     if not cfg.out_dir:
         cfg.out_dir = f"out-mqar-t{cfg.block_size}-kv{cfg.num_kv_pairs}-{cfg.attention}"
-    with training.distributed(cfg.device) as dist:
+    with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
         train(cfg, dist)
 
 

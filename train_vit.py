@@ -467,7 +467,7 @@ def main(argv):
         if data != 'cifar10':
             data = os.path.basename(os.path.normpath(cfg.data_dir))
         cfg.out_dir = f"out-vit-{data}-{cfg.attention}"
-    with training.distributed(cfg.device) as dist:
+    with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
         train(cfg, dist)
 
 

@@ -135,18 +135,21 @@ def error_line(error, path):
 
 
 # the ranges of the keys the scripts share, checked by name in whatever config holds them
-AT_LEAST_ONE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'gradient_accumulation_steps',
+AT_LEAST_ONE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'gradient_accumulation_steps', 'max_iters',
                 'eval_interval', 'eval_iters', 'log_interval', 'chunk_size', 'local_window', 'performer_features',
                 'mlp_ratio', 'patch_size', 'image_size', 'head_dim', 'vocab_size', 'repeats')
-AT_LEAST_ZERO = ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+AT_LEAST_ZERO = ('warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
                  'grad_clip', 'num_workers', 'max_new_tokens', 'top_k', 'warmup', 'min_time', 'threads',
                  'peak_tflops', 'fit_from', 'performer_redraw_interval')
+MIN_TEMPERATURE = 1e-3
 FRACTIONS = ('dropout', 'beta1', 'beta2', 'label_smoothing')  # in [0, 1)
 
 
 def check_ranges(config):
     """ConfigError for the first value outside its range, naming the key and what it must be."""
     for key, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a finite number; set --{key} to one")
         if key in AT_LEAST_ONE and value < 1:
             raise ConfigError(f"{key}={value!r}: must be at least 1; set --{key} to a positive value")
         if key in AT_LEAST_ZERO and (value < 0 or value != value):
@@ -155,9 +158,9 @@ def check_ranges(config):
             raise ConfigError(f"{key}={value!r}: must be in [0, 1); set --{key} to a value in that range")
     if not 0 < config.get('mask_prob', 0.5) < 1:
         raise ConfigError(f"mask_prob={config['mask_prob']!r}: must be between 0 and 1 (exclusive); RoBERTa's is 0.15")
-    if not config.get('temperature', 1.0) > 0:
-        raise ConfigError(f"temperature={config['temperature']!r}: must be positive (small = near-greedy; top_k=1 is "
-                          "greedy)")
+    if not config.get('temperature', 1.0) >= MIN_TEMPERATURE:  # logits / temperature must stay finite
+        raise ConfigError(f"temperature={config['temperature']!r}: must be at least {MIN_TEMPERATURE} (small = "
+                          "near-greedy; top_k=1 is greedy)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,6 +639,25 @@ def check_resume(checkpoint, model_args, optimizer, path):
     if checkpoint['optimizer_class'] != built:
         raise ConfigError(f"{path} was trained with {checkpoint['optimizer_class']}, this run builds {built}: resume "
                           f"with the same optimizer, or start afresh in another --out_dir")
+
+
+def hold_run_folder(out_dir, dist):
+    """The run folder for this run alone (a FolderLock held by rank 0) while it trains or evaluates: a second trainer
+    or sweep on it stops in one line rather than writing the same files."""
+    check_out_dir(out_dir)
+    return FolderLock(out_dir, "wait for it to finish, or give another --out_dir") if dist.master else nullcontext()
+
+
+RUN_KEYS = ('device', 'dtype', 'n_params', 'attention_params')  # what train() adds to the settings it records
+
+
+def check_trainer(checkpoint, defaults, path, script):
+    """ConfigError when a checkpoint was written by another trainer: its settings hold keys this one does not have
+    (a trainer's keys only grow, so its own older checkpoints pass)."""
+    foreign = sorted(set(checkpoint['config']) - set(defaults) - set(RUN_KEYS))
+    if foreign:
+        raise ConfigError(f"{path} is another trainer's run (its settings include {', '.join(foreign[:3])}): "
+                          f"{script} reads only its own; give the --out_dir of a {script} run")
 
 
 def start_or_resume(cfg, ckpt_path, model, optimizer, scaler, model_args, generators, dist):

@@ -109,6 +109,13 @@ def test_sample_mode_prints_a_continuation(gpt, tmp_path, capsys):
     assert text.startswith('the cat') and len(text.rstrip('\n')) >= 20
 
 
+def test_sampling_from_another_trainer_s_run_is_one_line(bert, tmp_path):
+    bert.train(tmp_path, '--max_iters=1')
+    with pytest.raises(ConfigError, match=r"ckpt.pt is another trainer's run \(its settings include eval_seed, mask_prob\): "
+                                          r"train_gpt.py reads only its own; give the --out_dir of a train_gpt.py run"):
+        train_gpt.main([f'--out_dir={tmp_path}', '--mode=sample'])
+
+
 @pytest.mark.slow
 def test_bad_input_is_one_line_error(gpt, tmp_path):
     gpt.train(tmp_path, '--max_iters=1')

@@ -309,10 +309,14 @@ def test_out_dir_must_be_able_to_be_a_folder(tmp_path, make, message):
     (['--learning_rate=-0.1'], 'learning_rate=-0.1: must not be negative'),
     (['--beta2=1.5'], 'beta2=1.5: must be in [0, 1)'),
     (['--mask_prob=0'], 'mask_prob=0.0: must be between 0 and 1'),
-    (['--temperature=0'], 'temperature=0.0: must be positive'),
+    (['--temperature=0'], 'temperature=0.0: must be at least 0.001'),
+    (['--temperature=1e-300'], 'temperature=1e-300: must be at least 0.001'),  # logits / 1e-300 overflow
+    (['--learning_rate=1e999'], 'learning_rate=inf: must be a finite number'),
+    (['--max_iters=0'], 'max_iters=0: must be at least 1'),  # a run that can never be evaluated or resumed
 ])
 def test_values_out_of_range_are_refused(argv, message):
-    defaults = {'n_layer': 2, 'learning_rate': 0.1, 'beta2': 0.99, 'mask_prob': 0.15, 'temperature': 0.8}
+    defaults = {'n_layer': 2, 'learning_rate': 0.1, 'beta2': 0.99, 'mask_prob': 0.15, 'temperature': 0.8,
+                'max_iters': 10}
     with pytest.raises(ConfigError, match=re.escape(message)):
         training.apply_overrides(defaults, argv)
 
