@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import report
-from report_runs import EXPECTED, sweep  # noqa: F401 (sweep is a fixture)
+from report_runs import EXPECTED, FRONTIER, sweep  # noqa: F401 (sweep is a fixture)
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def test_results_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
     table = dict((tuple(a), t) for a, t in TABLES)[tuple(argv)]
     for arg in argv:  # the files the command writes are committed with the table
         if arg.startswith('--plots='):
-            for name in ('val_loss.png', 'quality_vs_throughput.png'):
+            for name in report.PLOTS:
                 assert tracked(str(Path(arg.split('=', 1)[1]) / name)), f"{arg}: {name} is not committed"
     # rebuilt without touching the repository: the outputs go to tmp_path
     rebuilt = report.report([arg if not arg.startswith(OUTPUTS) else f"{arg.split('=')[0]}={tmp_path / str(i)}"
@@ -48,8 +48,8 @@ def test_update_readme_rewrites_each_table_and_only_the_tables(sweep, tmp_path, 
     readme.write_text(f'# results\n\n{block}stale\n<!-- end of generated table -->\n\ntext after\n', encoding='utf-8')
     assert report.update_readme(str(readme)) == 1
     assert readme.read_text(encoding='utf-8') == \
-        f'# results\n\n{block}{EXPECTED}<!-- end of generated table -->\n\ntext after\n'
-    assert (tmp_path / 'plots' / 'val_loss.png').is_file()
+        f'# results\n\n{block}{EXPECTED}{FRONTIER}<!-- end of generated table -->\n\ntext after\n'
+    assert all((tmp_path / 'plots' / name).is_file() for name in report.PLOTS)
     assert report.update_readme(str(readme)) == 0  # regenerating changes nothing
 
 
