@@ -6,6 +6,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
     python report.py results/mqar --where=block_size=128,num_kv_pairs=8 --best_over=learning_rate   # those runs only
+    python report.py results/mqar --best_over=learning_rate --solved=90 --baseline=linear   # solved k/n, vs linear
     python report.py --bench_table=bench_results/cpu.json         # the benchmark table of a bench.py JSON
     python report.py --readme=RESULTS.md      # regenerate every table of RESULTS.md from the command above it
 
@@ -32,9 +33,19 @@ A run is reported once it is finished: eval.json there and at its max_iters. The
 so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
 give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
 order of the runs), so a test can regenerate a table and compare. Notes go to stderr, the table to stdout.
---plots=FOLDER writes val_loss.png (each group's periodic validation loss against iteration: the mean over seeds,
-and a band from the minimum to the maximum) and quality_vs_throughput.png (the main metric against throughput, one
-labelled point per group, with the std as an error bar).
+--baseline=NAME (default softmax where the table has it; '' for none) pairs each row with a baseline row by seed: one
+seed is the same initial weights of every shared parameter and the same batches for every variant. NAME is a variant
+or KEY=VALUE[,...] of the table's columns (--baseline=n_head=4), and a row's baseline row has those values and the
+row's own values of the other columns (the --best_over key aside: each row at its own best). Columns: the difference
+of the main metric on each split, mean over the seeds both ran with its 95% Student t interval (n - 1 dof; none for one
+pair), the number of pairs, and better / worse / not separated at the first split's interval; a line under the table
+lists the rows of each verdict.
+--solved=K (accuracy tasks, e.g. 90 for MQAR) adds the number of a row's runs whose first-split accuracy (%) reaches K.
+--plots=FOLDER writes val_loss.png (each row's periodic validation loss: the mean over seeds, shaded from the minimum
+to the maximum; colour by the variant's family, then line style and marker, so no two rows look alike; the legend in
+the table's order) and quality_vs_cost.png (the main metric, mean with its 95% interval over seeds, against the
+attention layer's forward+backward time from --bench, or the runs' throughput without it; softmax a star), and adds
+a line under the table listing the frontier drawn there: the rows no other row beats on both axes.
 --bench_table=FILE alone prints the table of a bench.py JSON: per causal variant, in the file's order, forward+backward
 time and peak memory at each T, each against softmax's (time at bench_seq_len, memory at the longest T), and decoding
 time per token at each T.
@@ -64,7 +75,7 @@ DEFAULTS = dict(
     bench_seq_len=4096,        # the sequence length of those times
     markdown='',               # also write the table (with its heading) to this file
     csv='',                    # also write one row per group, every number unrounded, to this CSV file
-    plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
+    plots='',                  # write the PLOTS (val_loss.png, quality_vs_cost.png) into this folder
     readme='',                 # alone: regenerate every generated table in this markdown file from its command
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
     where='',                  # KEY=VALUE[,KEY=VALUE...]: only the runs whose config has these values
@@ -500,9 +511,9 @@ def markdown(rows, differ, task, splits, options, grid=None, baseline=None):
         lines[0] += f" solved: the runs whose {splits[0]} {main.label} reaches {options['solved']:g}."
     if baseline:
         same = f" at the row's {', '.join(baseline.matched)}" if baseline.matched else ''
-        lines[0] += (f" Δ: the row's {main.label} minus {baseline.name}'s{same}, the mean over the pairs (seeds both "
-                     f"ran) [its {COVERAGE:.0%} Student t interval]; `vs {baseline.name}` reads the {splits[0]} "
-                     "interval.")
+        lines[0] += (f" Δ: the row's {main.label} minus its baseline row's ({baseline.name}{same}), the mean over the "
+                     f"pairs (seeds both ran) [its {COVERAGE:.0%} Student t interval]; `vs {baseline.name}` reads the "
+                     f"{splits[0]} interval.")
     if options['bench']:
         lines[0] += f" Attention layer alone at T={options['bench_seq_len']}: {options['bench']}."
     lines.append('')
@@ -541,15 +552,15 @@ def markdown(rows, differ, task, splits, options, grid=None, baseline=None):
             cells.append(cell(row['decode_ms'], 2))
         lines.append('| ' + ' | '.join(cells) + ' |')
     if baseline:
-        columns = [key for key in differ if key != best_key]
-        lines += ['', separation_line(rows, columns, baseline, f'{splits[0]} {main.label}')]
+        lines += ['', separation_line(rows, [key for key in differ if key != best_key], baseline,
+                                      f'{splits[0]} {main.label}')]
     return '\n'.join(lines) + '\n'
 
 
 def difference_cell(row, key, metric):
     """A paired difference, signed, with its interval where there is one: '-0.101 [-0.150, -0.052]'."""
     def signed(value):
-        return f'{value * metric.scale:+.{metric.decimals}f}'
+        return f'{round(value * metric.scale, metric.decimals) + 0.0:+.{metric.decimals}f}'  # + 0.0: no -0.000
     if row[key] is None:
         return '-'
     low, high = row[f'{key}_low'], row[f'{key}_high']
@@ -559,13 +570,16 @@ def difference_cell(row, key, metric):
 VERDICTS = ('better', 'worse', 'not separated', 'n=1, no interval', 'no common seed', 'no baseline row')
 
 
+def row_label(row, columns):
+    """A row's name in the lines under a table: its values of the columns, e.g. softmax or softmax/rmsnorm/post."""
+    return '/'.join(str(row[column]) for column in columns)
+
+
 def separation_line(rows, columns, baseline, metric_label):
     """The sentence under a table: which rows differ from their baseline row at 95%, in which direction, and which do
-    not. A row is named by its attention, or KEY=VALUE of each column where there are several."""
-    def label(row):
-        return str(row['attention']) if columns == ['attention'] else ', '.join(f'{k}={row[k]}' for k in columns)
-    parts = [f"{name}: {', '.join(label(row) for row in rows if row['verdict'] == name)}" for name in VERDICTS
-             if any(row['verdict'] == name for row in rows)]
+    not."""
+    parts = [f"{name}: {', '.join(row_label(row, columns) for row in rows if row['verdict'] == name)}"
+             for name in VERDICTS if any(row['verdict'] == name for row in rows)]
     return (f"Against {baseline.name} at {COVERAGE:.0%} on {metric_label}, paired by seed: "
             f"{'; '.join(parts) if parts else 'no other row'}.")
 
@@ -646,9 +660,10 @@ def frontier(points):
             if not any(other != point and other[0] >= point[0] and other[1] >= point[1] for other in points)]
 
 
-def cost_figure(groups, rows, task, splits, options, name):
-    """The main metric (mean over seeds, 95% interval as an error bar) against cost (cost_axis), one labelled point
-    per group that has a cost, softmax as a star, the frontier drawn; returns (figure, the frontier's groups)."""
+def cost_figure(groups, rows, columns, task, splits, options, name):
+    """The main metric (mean over seeds, 95% interval as an error bar) against cost (cost_axis), one point per group
+    that has a cost, labelled by row_label, softmax as a star, the frontier drawn; returns (figure, the frontier's
+    rows). The y range is the means': an interval wider than that (two seeds on both sides of a plateau) runs off it."""
     from matplotlib.figure import Figure
     main = task.metrics[0]
     cost_key, cost_label, cheaper_is_lower = cost_axis(task, options)
@@ -666,19 +681,23 @@ def cost_figure(groups, rows, task, splits, options, name):
         softmax = group.values['attention'] == 'softmax'
         ax.errorbar(row[cost_key], y, yerr=error, color=style['color'], marker='*' if softmax else style['marker'],
                     markersize=14 if softmax else 6, capsize=3)
-        ax.annotate(group.label, (row[cost_key], y), textcoords='offset points', xytext=(5, 4), fontsize=8,
-                    weight='bold' if softmax else 'normal')
+        ax.annotate(row_label(row, columns), (row[cost_key], y), textcoords='offset points', xytext=(5, 4),
+                    fontsize=8, weight='bold' if softmax else 'normal')
     if on_frontier:
         line = sorted((row[cost_key], row[f'{splits[0]}_{main.key}'] * main.scale) for _, row, _ in on_frontier)
         ax.plot(*zip(*line), color='grey', linestyle='--', linewidth=1, label='frontier: no row better on both axes')
         ax.legend(fontsize=8)
-    ax.margins(x=0.15, y=0.1)  # room for the labels
+    means = [row[f'{splits[0]}_{main.key}'] * main.scale for _, row, _ in shown]
+    if means:
+        pad = (max(means) - min(means)) * 0.1 or 0.1 * main.scale
+        ax.set_ylim(min(means) - pad, max(means) + pad)
+    ax.margins(x=0.15)  # room for the labels
     ax.set(xlabel=cost_label, ylabel=f'{splits[0]} {main.label}',
            title=f"{name}: quality against cost (mean, {COVERAGE:.0%} interval over seeds; softmax a star)")
-    return fig, [group for group, _, _ in on_frontier]
+    return fig, [row for _, row, _ in on_frontier]
 
 
-def plot(groups, rows, task, splits, options, name):
+def plot(groups, rows, columns, task, splits, options, name):
     """The PLOTS of --plots in its folder; returns the line under the table that lists the cost plot's frontier."""
     try:
         import matplotlib  # noqa: F401 (only plots need it; a Figure needs no pyplot and no display)
@@ -687,11 +706,12 @@ def plot(groups, rows, task, splits, options, name):
     folder = options['plots']
     os.makedirs(folder, exist_ok=True)
     save(curves_figure(groups, splits, name), os.path.join(folder, PLOTS[0]))
-    fig, on_frontier = cost_figure(groups, rows, task, splits, options, name)
+    fig, on_frontier = cost_figure(groups, rows, columns, task, splits, options, name)
     save(fig, os.path.join(folder, PLOTS[1]))
     cost_label = cost_axis(task, options)[1]
-    return (f"Quality against cost ({splits[0]} {task.metrics[0].label} against {cost_label}): on the frontier, "
-            f"no other row both better and cheaper: {', '.join(group.label for group in on_frontier) or 'none'}.\n")
+    names = ', '.join(row_label(row, columns) for row in on_frontier) or 'none'
+    return (f"\nQuality against cost ({splits[0]} {task.metrics[0].label} against {cost_label}): on the frontier, "
+            f"no other row both better and cheaper: {names}.\n")
 
 
 def save(fig, path):
@@ -716,7 +736,8 @@ def report(argv):
         return bench_markdown(options['bench_table'], options['bench_seq_len'])
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
-                          "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...], or python report.py "
+                          "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...] [--baseline=NAME] [--solved=K], "
+                          "or python report.py "
                           "--readme=RESULTS.md, or python report.py --bench_table=FILE.json")
     if options['readme']:
         raise ConfigError("--readme regenerates a markdown file's tables from the commands in it: give it alone")
@@ -745,12 +766,13 @@ def report(argv):
     order = sorted(range(len(rows)), key=lambda i: ((-1 if task.higher_is_better else 1) * rows[i][main_key],
                                                     groups[i].label))
     groups, rows = [groups[i] for i in order], [rows[i] for i in order]
-    baseline = baseline_of(options['baseline'], groups, [key for key in differ if key != options['best_over']])
+    columns = [key for key in differ if key != options['best_over']]  # what tells rows apart
+    baseline = baseline_of(options['baseline'], groups, columns)
     if baseline:
         compare(groups, rows, baseline, task, splits)
     table = markdown(rows, differ, task, splits, options, grid, baseline)
     if options['plots']:
-        table += plot(groups, rows, task, splits, options, table_name(folders, options))
+        table += plot(groups, rows, columns, task, splits, options, table_name(folders, options))
     if options['markdown']:
         training.write_atomic(options['markdown'], lambda f: f.write(table.encode()))
     if options['csv']:

@@ -17,19 +17,19 @@ RUNS = {
 }
 EXPECTED = """\
 causal LM on bytes: bits per byte. Best first by val bpc (lower is better); mean ± sample std over n seeds. Δ: the \
-row's bpc minus softmax's, the mean over the pairs (seeds both ran) [its 95% Student t interval]; `vs softmax` reads \
-the val interval.
+row's bpc minus its baseline row's (softmax), the mean over the pairs (seeds both ran) [its 95% Student t interval]; \
+`vs softmax` reads the val interval.
 
-| attention | params | attn params | n | val bpc | test bpc | Δ val bpc | Δ test bpc | pairs | vs softmax | tokens/s | \
-peak MB | wall min |
+| attention | params | attn params | n | val bpc | test bpc | Δ val bpc | Δ test bpc | pairs | vs softmax \
+| tokens/s | peak MB | wall min |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 | softmax | 836,736 | 262,144 | 3 | 2.520 ± 0.020 | 2.610 ± 0.010 | - | - | - | baseline | 3,000 | 750 | 2.0 |
-| linear | 836,736 | 262,144 | 3 | 2.650 ± 0.050 | 2.750 ± 0.050 | +0.130 [+0.022, +0.238] | +0.140 [+0.041, +0.239] | 3 | \
-worse | 1,500 | 830 | 1.5 |
+| linear | 836,736 | 262,144 | 3 | 2.650 ± 0.050 | 2.750 ± 0.050 | +0.130 [+0.022, +0.238] \
+| +0.140 [+0.041, +0.239] | 3 | worse | 1,500 | 830 | 1.5 |
 
 Against softmax at 95% on val bpc, paired by seed: worse: linear.
 """
-FRONTIER = ("Quality against cost (val bpc against tokens/s of these runs): on the frontier, no other row both better "
+FRONTIER = ("\nQuality against cost (val bpc against tokens/s of these runs): on the frontier, no other row both better "
             "and cheaper: softmax.\n")  # under EXPECTED with --plots: softmax is better and faster
 
 

@@ -1,6 +1,7 @@
 """RESULTS.md is generated, not typed: every table between `<!-- python report.py ARGS -->` and
 `<!-- end of generated table -->` is what that command prints from the committed run folders in results/ (or a
-bench.py JSON), and the plots it names are committed. `python report.py --readme=RESULTS.md` regenerates them."""
+bench.py JSON), and the plots it names are committed and linked. `python report.py --readme=RESULTS.md` regenerates
+them."""
 import re
 import subprocess
 from pathlib import Path
@@ -12,7 +13,8 @@ from report_runs import EXPECTED, FRONTIER, sweep  # noqa: F401 (sweep is a fixt
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = report.generated_tables((ROOT / 'RESULTS.md').read_text(encoding='utf-8'), 'RESULTS.md')
+RESULTS = (ROOT / 'RESULTS.md').read_text(encoding='utf-8')
+TABLES = report.generated_tables(RESULTS, 'RESULTS.md')
 OUTPUTS = ('--plots=', '--csv=', '--markdown=')
 
 
@@ -25,10 +27,12 @@ def tracked(path):
 def test_results_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     table = dict((tuple(a), t) for a, t in TABLES)[tuple(argv)]
-    for arg in argv:  # the files the command writes are committed with the table
+    for arg in argv:  # the plots the command writes are committed with the table, and shown in RESULTS.md
         if arg.startswith('--plots='):
             for name in report.PLOTS:
-                assert tracked(str(Path(arg.split('=', 1)[1]) / name)), f"{arg}: {name} is not committed"
+                path = f"{arg.split('=', 1)[1]}/{name}"
+                assert tracked(path), f"{arg}: {name} is not committed"
+                assert f']({path})' in RESULTS, f"RESULTS.md shows no {path}: link it under its table"
     # rebuilt without touching the repository: the outputs go to tmp_path
     rebuilt = report.report([arg if not arg.startswith(OUTPUTS) else f"{arg.split('=')[0]}={tmp_path / str(i)}"
                              for i, arg in enumerate(argv)])
