@@ -5,6 +5,7 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py --variants=softmax,linear --seq_lens=1024,4096 --modes=fwdbwd --out=bench_results/a.json
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
     python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # training steps of train_gpt.py's model
+    python bench.py --replot=bench_results/cpu.json --plot=bench_results/cpu.png   # redraw a JSON's figure
 
 Layer benchmark (default): one attention layer from build_attention, its qkv and output projections
 included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and input cast to it).
@@ -105,6 +106,7 @@ DEFAULTS = dict(
     csv='',                    # CSV file: the same records
     plot='',                   # PNG file: time and memory against T, log-log, with fitted exponents
     fit_from=0,                # fit exponents over T >= fit_from only
+    replot='',                 # a bench.py JSON: draw its --plot again from the file, without benchmarking
     check_floors=False,        # print the floors below with PASS / FAIL
     compile=False,             # torch.compile the layer's forward (or the model); decode steps stay eager
 )
@@ -474,8 +476,12 @@ def check_floors(records):
     return lines
 
 
+CPU_MEMORY_RESOLUTION_MB = 1.0  # CPU peaks count resident pages (see the docstring); GPU peaks count tensor bytes
+
+
 def plot(records, path, fit_from):
-    """Time per mode (top row) and peak memory per mode (bottom row) against T, log-log, one line per variant."""
+    """Time per mode (top row) and peak memory per mode (bottom row) against T, log-log, one line per variant. CPU
+    memory under CPU_MEMORY_RESOLUTION_MB is not drawn, and its panel says so."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -484,21 +490,42 @@ def plot(records, path, fit_from):
     for column, mode in enumerate(modes):
         for row, (key, label) in enumerate((('time_ms', 'time (ms)'), ('peak_mem_mb', 'peak memory (MB)'))):
             ax = axes[row, column]
+            floor = CPU_MEMORY_RESOLUTION_MB if key == 'peak_mem_mb' else 0
+            hidden = False
             for index, variant in enumerate(dict.fromkeys(r['variant'] for r in records)):
                 style = dict(color=f'C{index % 10}', linestyle=('-', '--', ':')[index // 10 % 3])  # 10 colours
-                points = [(r['seq_len'], r[key]) for r in records if r['variant'] == variant and r['mode'] == mode
-                          and r['status'] == 'ok' and r[key] and r[key] > 0]
-                if points:
-                    exponent = fit_exponent(records, variant, mode, key, fit_from)
+                ok = [r for r in records if r['variant'] == variant and r['mode'] == mode and r['status'] == 'ok'
+                      and r[key] is not None]
+                resolved = [r for r in ok if r[key] > 0 and (r['device'] != 'cpu' or r[key] >= floor)]
+                hidden |= any(r['device'] == 'cpu' and r[key] < floor for r in ok)
+                if resolved:
+                    exponent = fit_exponent(resolved, variant, mode, key, fit_from)
                     slope = '' if exponent is None else f' (T^{exponent:.2f})'
-                    ax.plot(*zip(*points), marker='o', label=variant + slope, **style)
+                    ax.plot([r['seq_len'] for r in resolved], [r[key] for r in resolved], marker='o',
+                            label=variant + slope, **style)
             ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=label, title=f'{mode}: {label}')
             ax.grid(True, which='both', alpha=0.3)
+            if hidden:
+                ax.text(0.5, 0.5, f"{'values' if ax.lines else 'every value'} under {floor:g} MB not drawn:\nbelow "
+                        "the resolution of counting resident pages", transform=ax.transAxes, ha='center',
+                        va='center', fontsize=9, color='dimgrey')
             if ax.lines:
                 ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(config):
+    """--replot=FILE.json with --plot=FILE.png: the figure of a bench JSON already written, without timing again."""
+    if not config['plot']:
+        raise ConfigError(f"--replot={config['replot']} redraws the figure of a bench JSON: give --plot=FILE.png too")
+    check_output_paths(config)
+    from training import read_json  # here, not at the top: only replotting reads a JSON back
+    data = read_json(config['replot'])
+    if not isinstance(data, dict) or not isinstance(data.get('results'), list):
+        raise ConfigError(f"{config['replot']} is not a bench.py JSON (an object with a 'results' list)")
+    plot(data['results'], config['plot'], config['fit_from'])
 
 
 def environment(config):
@@ -539,7 +566,10 @@ def main(argv):
     if argv and argv[0].startswith('--_case='):  # a subprocess measuring one case's memory (memory_in_subprocess)
         print(json.dumps(prepare(json.loads(argv[0].partition('=')[2]), measure_memory=True)[1]))
         return
-    config = resolve(apply_overrides(DEFAULTS, argv))
+    config = apply_overrides(DEFAULTS, argv)
+    if config['replot']:
+        return replot(config)
+    config = resolve(config)
     if config['threads']:
         torch.set_num_threads(config['threads'])
     env = environment(config)  # before the sweep: the code and machine state it starts with

@@ -6,6 +6,7 @@ The table of a set of runs: quality, size, speed and memory of each configuratio
     python report.py results/ablation_norm --markdown=t.md --csv=t.csv --plots=plots/ablation_norm
     python report.py results/mqar --best_over=learning_rate       # each group at its best learning rate
     python report.py results/mqar --where=block_size=128,num_kv_pairs=8 --best_over=learning_rate   # those runs only
+    python report.py results/mqar --best_over=learning_rate --solved=90 --baseline=linear   # solved k/n, vs linear
     python report.py --bench_table=bench_results/cpu.json         # the benchmark table of a bench.py JSON
     python report.py --readme=RESULTS.md      # regenerate every table of RESULTS.md from the command above it
 
@@ -32,9 +33,19 @@ A run is reported once it is finished: eval.json there and at its max_iters. The
 so a sweep in progress can be reported. Runs of different tasks (or evaluated splits) are refused. The same inputs
 give byte-identical markdown and CSV (the statistics module computes means and deviations exactly, whatever the
 order of the runs), so a test can regenerate a table and compare. Notes go to stderr, the table to stdout.
---plots=FOLDER writes val_loss.png (each group's periodic validation loss against iteration: the mean over seeds,
-and a band from the minimum to the maximum) and quality_vs_throughput.png (the main metric against throughput, one
-labelled point per group, with the std as an error bar).
+--baseline=NAME (default softmax where the table has it; '' for none) pairs each row with a baseline row by seed: one
+seed is the same initial weights of every shared parameter and the same batches for every variant. NAME is a variant
+or KEY=VALUE[,...] of the table's columns (--baseline=n_head=4), and a row's baseline row has those values and the
+row's own values of the other columns (the --best_over key aside: each row at its own best). Columns: the difference
+of the main metric on each split, mean over the seeds both ran with its 95% Student t interval (n - 1 dof; none for one
+pair), the number of pairs, and better / worse / not separated at the first split's interval; a line under the table
+lists the rows of each verdict.
+--solved=K (accuracy tasks, e.g. 90 for MQAR) adds the number of a row's runs whose first-split accuracy (%) reaches K.
+--plots=FOLDER writes val_loss.png (each row's periodic validation loss: the mean over seeds, shaded from the minimum
+to the maximum; colour by the variant's family, then line style and marker, so no two rows look alike; the legend in
+the table's order) and quality_vs_cost.png (the main metric, mean with its 95% interval over seeds, against the
+attention layer's forward+backward time from --bench, or the runs' throughput without it; softmax a star), and adds
+a line under the table listing the frontier drawn there: the rows no other row beats on both axes.
 --bench_table=FILE alone prints the table of a bench.py JSON: per causal variant, in the file's order, forward+backward
 time and peak memory at each T, each against softmax's (time at bench_seq_len, memory at the longest T), and decoding
 time per token at each T.
@@ -47,6 +58,7 @@ RESULTS.md is what its command prints from the committed run folders.
 import ast
 import csv
 import io
+import math
 import os
 import re
 import shlex
@@ -54,6 +66,7 @@ import statistics
 import sys
 from collections import namedtuple
 
+import attention
 import training
 from training import ConfigError
 
@@ -62,11 +75,14 @@ DEFAULTS = dict(
     bench_seq_len=4096,        # the sequence length of those times
     markdown='',               # also write the table (with its heading) to this file
     csv='',                    # also write one row per group, every number unrounded, to this CSV file
-    plots='',                  # write val_loss.png and quality_vs_throughput.png into this folder
+    plots='',                  # write the PLOTS (val_loss.png, quality_vs_cost.png) into this folder
     readme='',                 # alone: regenerate every generated table in this markdown file from its command
     best_over='',              # a config key (e.g. learning_rate): each group at its value with the best mean metric
     where='',                  # KEY=VALUE[,KEY=VALUE...]: only the runs whose config has these values
     bench_table='',            # alone (with bench_seq_len): the benchmark table of this bench.py JSON file
+    baseline='auto',           # the rows each row is compared with: a variant, or KEY=VALUE[,...] of the table's
+                               # columns; 'auto' = softmax where the table has it, '' = no comparison
+    solved=0.0,                # accuracy tasks: a column counting the runs whose val accuracy (%) reaches this
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 GENERATED_START = re.compile(r'^<!-- python report\.py ', re.M)
@@ -91,6 +107,10 @@ TASKS = {  # by what eval.json holds; the first metric is the main one
 SPLITS = ('val', 'test')
 Run = namedtuple('Run', 'path config evaluation rows')
 Group = namedtuple('Group', 'label values runs')
+Baseline = namedtuple('Baseline', 'values name matched')  # {key: value}, as written, the columns a pair agrees on
+Interval = namedtuple('Interval', 'mean low high n')  # a mean and its 95% interval (None, None for n = 1)
+COVERAGE = 0.95
+PLOTS = ('val_loss.png', 'quality_vs_cost.png')
 
 
 def run_folders(folder):
@@ -174,13 +194,14 @@ def load_runs(folders):
     return runs
 
 
-def parse_where(text):
-    """--where's KEY=VALUE[,KEY=VALUE...] -> {key: value}, each value a Python literal where it is one."""
+def parse_where(text, option='where'):
+    """--where's (or --baseline's) KEY=VALUE[,KEY=VALUE...] -> {key: value}, each value a Python literal where it is
+    one."""
     conditions = {}
     for item in text.split(','):
         key, eq, value = item.partition('=')
         if not eq or not key:
-            raise ConfigError(f"--where={text}: expected KEY=VALUE[,KEY=VALUE...], e.g. --where=block_size=128")
+            raise ConfigError(f"--{option}={text}: expected KEY=VALUE[,KEY=VALUE...], e.g. --{option}=block_size=128")
         try:
             conditions[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -263,7 +284,42 @@ def mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(group, task, splits, bench):
+def t_coverage(t, dof):
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom, in closed form (Abramowitz and
+    Stegun 26.7.3 and 26.7.4: a finite series in cos(theta), theta = atan(t / sqrt(dof)))."""
+    theta = math.atan(t / math.sqrt(dof))
+    cos2, term, total = math.cos(theta) ** 2, 1.0, 0.0
+    if dof % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)), dof // 2 terms
+        for k in range(1, dof // 2 + 1):
+            total, term = total + term, term * cos2 * 2 * k / (2 * k + 1)
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    for k in range(1, dof // 2 + 1):  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), dof / 2 terms
+        total, term = total + term, term * cos2 * (2 * k - 1) / (2 * k)
+    return math.sin(theta) * total
+
+
+def t_critical(dof, coverage=COVERAGE):
+    """The t with P(|T| <= t) = coverage (4.303 for 2 dof at 95%), by bisection on t_coverage: exact to double
+    precision with the standard library alone."""
+    low, high = 0.0, 1.0
+    while t_coverage(high, dof) < coverage:
+        low, high = high, 2 * high
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_coverage(middle, dof) < coverage else (low, middle)
+    return (low + high) / 2
+
+
+def mean_interval(values):
+    """The mean of values with its 95% Student t interval (n - 1 degrees of freedom); no interval for one value."""
+    mean, std = mean_std(values)
+    if std is None:
+        return Interval(mean, None, None, len(values))
+    half = t_critical(len(values) - 1) * std / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, len(values))
+
+
+def summarise(group, task, splits, bench, solved):
     """A group's numbers, unrounded: column name -> value (None where there is none)."""
     runs = group.runs
     row = dict(group.values, n_params=runs[0].config.get('n_params'),
@@ -272,6 +328,9 @@ def summarise(group, task, splits, bench):
         for metric in task.metrics:
             row[f'{split}_{metric.key}'], row[f'{split}_{metric.key}_std'] = mean_std(
                 [run.evaluation[split][metric.key] for run in runs])
+    if solved:
+        main = task.metrics[0]
+        row[f'{splits[0]}_solved'] = sum(run.evaluation[splits[0]][main.key] * main.scale >= solved for run in runs)
     rates = [[r[task.rate] for r in run.rows if r.get(task.rate) is not None] for run in runs]
     row[task.rate] = statistics.mean(statistics.median(r) for r in rates) if all(rates) else None
     peaks = [r['peak_mem_mb'] for run in runs for r in run.rows if r.get('peak_mem_mb') is not None]
@@ -284,6 +343,77 @@ def summarise(group, task, splits, bench):
             row['decode_ms'] = bench.get((group.values['attention'], 'decode'))
     row['runs'] = ' '.join(os.path.basename(os.path.normpath(run.path)) for run in runs)
     return row
+
+
+def baseline_of(text, groups, columns):
+    """--baseline as a Baseline: a bare name is a variant ({'attention': name}), 'auto' softmax where a row has it;
+    None where there is no comparison ('', or 'auto' without softmax). columns: the keys a baseline may name; a row
+    is paired with the baseline row that has the row's own values of the other columns (Baseline.matched)."""
+    if text == 'auto':
+        text = 'softmax' if any(group.values['attention'] == 'softmax' for group in groups) else ''
+    if not text:
+        return None
+    wanted = parse_where(text, 'baseline') if '=' in text else {'attention': text}
+    for key in wanted:
+        if key not in columns:
+            raise ConfigError(f"--baseline={text}: {key} is not a column of this table ({', '.join(columns)})")
+    if not any(all(group.values[key] == value for key, value in wanted.items()) for group in groups):
+        raise ConfigError(f"--baseline={text}: no row of the table has it; name a row's attention (or KEY=VALUE of "
+                          "its columns), or --baseline='' for no comparison")
+    return Baseline(wanted, text, [column for column in columns if column not in wanted])
+
+
+def by_seed(group):
+    """A group's runs by seed; a seed twice in one row cannot be paired and is refused."""
+    runs = {}
+    for run in group.runs:
+        seed = run.config.get('seed')
+        if seed in runs:
+            raise ConfigError(f"{runs[seed].path} and {run.path} are runs of one row with the same seed {seed}: "
+                              "move one out of the report")
+        runs[seed] = run
+    return runs
+
+
+def paired_difference(group, baseline, split, key):
+    """mean_interval of the group's metric minus the baseline's over the seeds both ran, None where they share none.
+    Paired because one seed is the same initial weights of every shared parameter and the same batches in both."""
+    mine, theirs = by_seed(group), by_seed(baseline)
+    differences = [mine[seed].evaluation[split][key] - theirs[seed].evaluation[split][key]
+                   for seed in sorted(mine.keys() & theirs.keys(), key=repr)]
+    return mean_interval(differences) if differences else None
+
+
+def verdict(difference, higher_is_better):
+    """better / worse / not separated at the interval of a paired_difference, or why there is no interval."""
+    if difference is None:
+        return 'no common seed'
+    if difference.low is None:
+        return 'n=1, no interval'
+    if difference.low <= 0 <= difference.high:
+        return 'not separated'
+    return 'better' if (difference.mean > 0) == higher_is_better else 'worse'
+
+
+def compare(groups, rows, baseline, task, splits):
+    """Adds to each row its paired difference from its baseline row on the main metric of every split (mean, 95%
+    interval), the number of pairs and the verdict on the first split. A row's baseline row has the baseline's
+    values and the row's own values of every other column (the best_over key aside: each row at its own best)."""
+    key = task.metrics[0].key
+    for group, row in zip(groups, rows):
+        baseline_group = next((other for other in groups if
+                               all(other.values[k] == v for k, v in baseline.values.items()) and
+                               all(other.values[k] == group.values[k] for k in baseline.matched)), None)
+        paired = baseline_group is not None and baseline_group is not group
+        differences = {split: paired_difference(group, baseline_group, split, key) if paired else None
+                       for split in splits}
+        for split, difference in differences.items():
+            row[f'{split}_{key}_diff'], row[f'{split}_{key}_diff_low'], row[f'{split}_{key}_diff_high'] = \
+                difference[:3] if difference else (None,) * 3
+        first = differences[splits[0]]
+        row['pairs'] = (first.n if first else 0) if paired else None
+        row['verdict'] = ('baseline' if baseline_group is group else 'no baseline row' if baseline_group is None
+                          else verdict(first, task.higher_is_better))
 
 
 def bench_records(path, causal):
@@ -367,7 +497,7 @@ def cell(value, decimals, scale=1, std=None):
     return text if std is None else f'{text} ± {std * scale:.{decimals}f}'
 
 
-def markdown(rows, differ, task, splits, options, grid=None):
+def markdown(rows, differ, task, splits, options, grid=None, baseline=None):
     main = task.metrics[0]
     direction = 'higher' if task.higher_is_better else 'lower'
     lines = [f"{task.title}. Best first by {splits[0]} {main.label} ({direction} is better); mean ± sample std "
@@ -377,12 +507,24 @@ def markdown(rows, differ, task, splits, options, grid=None):
     if options['best_over']:
         lines[0] += (f" Each row at the best {options['best_over']} of the grid {', '.join(map(str, grid))} by mean "
                      f"{splits[0]} {main.label} over seeds.")
+    if options['solved']:
+        lines[0] += f" solved: the runs whose {splits[0]} {main.label} reaches {options['solved']:g}."
+    if baseline:
+        same = f" at the row's {', '.join(baseline.matched)}" if baseline.matched else ''
+        lines[0] += (f" Δ: the row's {main.label} minus its baseline row's ({baseline.name}{same}), the mean over the "
+                     f"pairs (seeds both ran) [its {COVERAGE:.0%} Student t interval]; `vs {baseline.name}` reads the "
+                     f"{splits[0]} interval.")
     if options['bench']:
         lines[0] += f" Attention layer alone at T={options['bench_seq_len']}: {options['bench']}."
     lines.append('')
+    metric_columns = [f'{split} {metric.label}' for split in splits for metric in task.metrics]
+    if options['solved']:
+        metric_columns.insert(1, 'solved')
     header = [*(f'best {key}' if key == options['best_over'] else key for key in differ), 'params', 'attn params',
-              'n', *(f'{split} {metric.label}' for split in splits for metric in task.metrics),
-              task.rate.replace('_per_s', '/s'), 'peak MB', 'wall min']
+              'n', *metric_columns]
+    if baseline:
+        header += [*(f'Δ {split} {main.label}' for split in splits), 'pairs', f'vs {baseline.name}']
+    header += [task.rate.replace('_per_s', '/s'), 'peak MB', 'wall min']
     if options['bench']:
         header.append(f"fwd+bwd ms T={options['bench_seq_len']}")
         if task.causal:
@@ -394,8 +536,14 @@ def markdown(rows, differ, task, splits, options, grid=None):
         if best_key and row[f'{best_key}_values_tried'] < len(grid):
             cells[differ.index(best_key)] += f" ({row[f'{best_key}_values_tried']} of {len(grid)})"
         cells += [cell(row['n_params'], 0), cell(row['attention_params'], 0), str(row['n'])]
-        cells += [cell(row[f'{split}_{m.key}'], m.decimals, m.scale, row[f'{split}_{m.key}_std'])
-                  for split in splits for m in task.metrics]
+        metric_cells = [cell(row[f'{split}_{m.key}'], m.decimals, m.scale, row[f'{split}_{m.key}_std'])
+                        for split in splits for m in task.metrics]
+        if options['solved']:
+            metric_cells.insert(1, f"{row[f'{splits[0]}_solved']}/{row['n']}")
+        cells += metric_cells
+        if baseline:
+            cells += [difference_cell(row, f'{split}_{main.key}_diff', main) for split in splits]
+            cells += [cell(row['pairs'], 0), row['verdict']]
         cells += [cell(row[task.rate], 0), cell(row['peak_mem_mb'], 0),
                   cell(None if row['wall_s'] is None else row['wall_s'] / 60, 1)]
         if 'fwdbwd_ms' in row:
@@ -403,7 +551,37 @@ def markdown(rows, differ, task, splits, options, grid=None):
         if 'decode_ms' in row:
             cells.append(cell(row['decode_ms'], 2))
         lines.append('| ' + ' | '.join(cells) + ' |')
+    if baseline:
+        lines += ['', separation_line(rows, [key for key in differ if key != best_key], baseline,
+                                      f'{splits[0]} {main.label}')]
     return '\n'.join(lines) + '\n'
+
+
+def difference_cell(row, key, metric):
+    """A paired difference, signed, with its interval where there is one: '-0.101 [-0.150, -0.052]'."""
+    def signed(value):
+        return f'{round(value * metric.scale, metric.decimals) + 0.0:+.{metric.decimals}f}'  # + 0.0: no -0.000
+    if row[key] is None:
+        return '-'
+    low, high = row[f'{key}_low'], row[f'{key}_high']
+    return signed(row[key]) if low is None else f'{signed(row[key])} [{signed(low)}, {signed(high)}]'
+
+
+VERDICTS = ('better', 'worse', 'not separated', 'n=1, no interval', 'no common seed', 'no baseline row')
+
+
+def row_label(row, columns):
+    """A row's name in the lines under a table: its values of the columns, e.g. softmax or softmax/rmsnorm/post."""
+    return '/'.join(str(row[column]) for column in columns)
+
+
+def separation_line(rows, columns, baseline, metric_label):
+    """The sentence under a table: which rows differ from their baseline row at 95%, in which direction, and which do
+    not."""
+    parts = [f"{name}: {', '.join(row_label(row, columns) for row in rows if row['verdict'] == name)}"
+             for name in VERDICTS if any(row['verdict'] == name for row in rows)]
+    return (f"Against {baseline.name} at {COVERAGE:.0%} on {metric_label}, paired by seed: "
+            f"{'; '.join(parts) if parts else 'no other row'}.")
 
 
 def csv_text(rows):
@@ -414,45 +592,130 @@ def csv_text(rows):
     return text.getvalue()
 
 
-def plot(groups, rows, task, splits, folder):
-    """val_loss.png and quality_vs_throughput.png in folder."""
-    try:
-        from matplotlib.figure import Figure  # only plots need it; a Figure needs no pyplot and no display
-    except ImportError:
-        raise ConfigError("--plots needs matplotlib: pip install -r requirements.txt") from None
-    os.makedirs(folder, exist_ok=True)
-    loss_key = f'{splits[0]}_loss'  # the periodic estimate in log.jsonl: val_loss, or test_loss for CIFAR-10
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
+# Curve colours by family, derived from the registry class (the first base class that matches): shades of one hue
+# per family, then line styles, then markers, so no two rows share all three.
+FAMILIES = ((attention.DeltaNet, ('#54278f', '#c51b8a', '#9e9ac8')),                  # delta rule: purples
+            (attention.GatedGroupNormOutput, ('#006d2c', '#41ab5d', '#a1d99b')),      # gated / decay: greens
+            (attention.KernelAttention, ('#08306b', '#2b8cbe', '#7fcdbb')),           # kernel / feature map: blues
+            (attention.Attention, ('#b2182b', '#f16913', '#8c510a')))                 # softmax-like: reds
+OTHER_COLOURS = ('#252525', '#737373', '#bdbdbd')  # a variant not in the registry
+LINE_STYLES = ('-', '--', ':', '-.')
+MARKERS = ('o', 's', '^', 'D', 'v', 'P')
+
+
+def family_colours(variant):
+    cls = attention.ATTENTION.get(variant)
+    return next((colours for base, colours in FAMILIES if cls and issubclass(cls, base)), OTHER_COLOURS)
+
+
+def curve_styles(groups):
+    """A (color, linestyle, marker) per group, in order: the i-th group of a family gets shade i % 3, line style
+    i // 3 and marker i // 12 (unique up to 72 rows a family)."""
+    seen = {}
+    styles = []
     for group in groups:
+        colours = family_colours(group.values['attention'])
+        i = seen[colours] = seen.get(colours, -1) + 1
+        styles.append(dict(color=colours[i % 3], linestyle=LINE_STYLES[i // 3 % len(LINE_STYLES)],
+                           marker=MARKERS[i // 12 % len(MARKERS)]))
+    return styles
+
+
+def curves_figure(groups, splits, name):
+    """Each group's periodic validation loss against iteration: the mean over seeds, a min-to-max band, the legend in
+    the table's order; the y range leaves out the first evaluation (the loss at initialisation) so the bands show."""
+    from matplotlib.figure import Figure
+    loss_key = f'{splits[0]}_loss'  # the periodic estimate in log.jsonl: val_loss, or test_loss for CIFAR-10
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    later = []
+    for group, style in zip(groups, curve_styles(groups)):
         curves = [{r['iter']: r[loss_key] for r in run.rows if loss_key in r} for run in group.runs]
         iters = sorted(set.intersection(*(set(curve) for curve in curves)))
         values = [[curve[i] for curve in curves] for i in iters]
-        line, = ax.plot(iters, [statistics.mean(v) for v in values], label=group.label)
-        ax.fill_between(iters, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
-                        alpha=0.2)
-    ax.set(xlabel='iteration', ylabel=f'{loss_key} (nats)', title='validation loss: mean over seeds, min-max band')
-    ax.legend(fontsize=8)
-    save(fig, os.path.join(folder, 'val_loss.png'))
+        ax.plot(iters, [statistics.mean(v) for v in values], label=group.label, markersize=4, **style)
+        ax.fill_between(iters, [min(v) for v in values], [max(v) for v in values], color=style['color'], alpha=0.2)
+        later += [x for v in values[1:] for x in v]
+    if later:
+        pad = (max(later) - min(later)) * 0.05 or 0.05
+        ax.set_ylim(min(later) - pad, max(later) + pad)
+    ax.set(xlabel='iteration', ylabel=f'{loss_key} (nats)',
+           title=f'{name}: {loss_key}, mean over seeds, shaded from min to max')
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1), ncols=1 + len(groups) // 21)
+    return fig
+
+
+def cost_axis(task, options):
+    """(row key, axis label, lower is better) of the cost axis: the attention layer's forward+backward time from
+    --bench, else the runs' own throughput."""
+    if options['bench']:
+        return 'fwdbwd_ms', f"attention layer fwd+bwd ms at T={options['bench_seq_len']}", True
+    return task.rate, f"{task.rate.replace('_per_s', '/s')} of these runs", False
+
+
+def frontier(points):
+    """Indices of the points (quality, cost), both oriented so that higher is better, that no other point beats on
+    both axes (at least as good on each and better on one), in the given order."""
+    return [i for i, point in enumerate(points)
+            if not any(other != point and other[0] >= point[0] and other[1] >= point[1] for other in points)]
+
+
+def cost_figure(groups, rows, columns, task, splits, options, name):
+    """The main metric (mean over seeds, 95% interval as an error bar) against cost (cost_axis), one point per group
+    that has a cost, labelled by row_label, softmax as a star, the frontier drawn; returns (figure, the frontier's
+    rows). The y range is the means': an interval wider than that (two seeds on both sides of a plateau) runs off it."""
+    from matplotlib.figure import Figure
     main = task.metrics[0]
-    key = f'{splits[0]}_{main.key}'
-    fig = Figure(figsize=(7, 4.5))
+    cost_key, cost_label, cheaper_is_lower = cost_axis(task, options)
+    shown = [(group, row, style) for group, row, style in zip(groups, rows, curve_styles(groups))
+             if is_number(row.get(cost_key))]
+    points = [((1 if task.higher_is_better else -1) * row[f'{splits[0]}_{main.key}'],
+               (-1 if cheaper_is_lower else 1) * row[cost_key]) for _, row, _ in shown]
+    on_frontier = [shown[i] for i in frontier(points)]
+    fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
-    for row, group in zip(rows, groups):
-        if row[task.rate] is None:
-            continue
-        ax.errorbar(row[task.rate], row[key] * main.scale, yerr=(row[f'{key}_std'] or 0) * main.scale, fmt='o')
-        ax.annotate(group.label, (row[task.rate], row[key] * main.scale), textcoords='offset points',
-                    xytext=(4, 4), fontsize=8)
-    ax.margins(x=0.15, y=0.1)  # room for the labels
-    ax.set(xlabel=task.rate.replace('_per_s', ' / s'), ylabel=f'{splits[0]} {main.label}',
-           title=f"{task.title} against throughput")
-    save(fig, os.path.join(folder, 'quality_vs_throughput.png'))
+    for group, row, style in shown:
+        interval = mean_interval([run.evaluation[splits[0]][main.key] for run in group.runs])
+        y = interval.mean * main.scale
+        error = None if interval.low is None else [[y - interval.low * main.scale], [interval.high * main.scale - y]]
+        softmax = group.values['attention'] == 'softmax'
+        ax.errorbar(row[cost_key], y, yerr=error, color=style['color'], marker='*' if softmax else style['marker'],
+                    markersize=14 if softmax else 6, capsize=3)
+        ax.annotate(row_label(row, columns), (row[cost_key], y), textcoords='offset points', xytext=(5, 4),
+                    fontsize=8, weight='bold' if softmax else 'normal')
+    if on_frontier:
+        line = sorted((row[cost_key], row[f'{splits[0]}_{main.key}'] * main.scale) for _, row, _ in on_frontier)
+        ax.plot(*zip(*line), color='grey', linestyle='--', linewidth=1, label='frontier: no row better on both axes')
+        ax.legend(fontsize=8)
+    means = [row[f'{splits[0]}_{main.key}'] * main.scale for _, row, _ in shown]
+    if means:
+        pad = (max(means) - min(means)) * 0.1 or 0.1 * main.scale
+        ax.set_ylim(min(means) - pad, max(means) + pad)
+    ax.margins(x=0.15)  # room for the labels
+    ax.set(xlabel=cost_label, ylabel=f'{splits[0]} {main.label}',
+           title=f"{name}: quality against cost (mean, {COVERAGE:.0%} interval over seeds; softmax a star)")
+    return fig, [row for _, row, _ in on_frontier]
+
+
+def plot(groups, rows, columns, task, splits, options, name):
+    """The PLOTS of --plots in its folder; returns the line under the table that lists the cost plot's frontier."""
+    try:
+        import matplotlib  # noqa: F401 (only plots need it; a Figure needs no pyplot and no display)
+    except ImportError:
+        raise ConfigError("--plots needs matplotlib: pip install -r requirements.txt") from None
+    folder = options['plots']
+    os.makedirs(folder, exist_ok=True)
+    save(curves_figure(groups, splits, name), os.path.join(folder, PLOTS[0]))
+    fig, on_frontier = cost_figure(groups, rows, columns, task, splits, options, name)
+    save(fig, os.path.join(folder, PLOTS[1]))
+    cost_label = cost_axis(task, options)[1]
+    names = ', '.join(row_label(row, columns) for row in on_frontier) or 'none'
+    return (f"\nQuality against cost ({splits[0]} {task.metrics[0].label} against {cost_label}): on the frontier, "
+            f"no other row both better and cheaper: {names}.\n")
 
 
 def save(fig, path):
-    fig.tight_layout()
-    training.write_atomic(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    training.write_atomic(path, lambda f: fig.savefig(f, format='png', dpi=120, bbox_inches='tight'))
 
 
 def check_output(path):
@@ -473,7 +736,8 @@ def report(argv):
         return bench_markdown(options['bench_table'], options['bench_seq_len'])
     if not folders:
         raise ConfigError("usage: python report.py FOLDER... [--bench=FILE.json] [--csv=FILE] [--markdown=FILE] "
-                          "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...], or python report.py "
+                          "[--plots=FOLDER] [--best_over=KEY] [--where=KEY=VALUE,...] [--baseline=NAME] [--solved=K], "
+                          "or python report.py "
                           "--readme=RESULTS.md, or python report.py --bench_table=FILE.json")
     if options['readme']:
         raise ConfigError("--readme regenerates a markdown file's tables from the commands in it: give it alone")
@@ -489,24 +753,37 @@ def report(argv):
     if options['where']:
         runs = select_runs(runs, options['where'])
     task, splits = check_one_task(runs)
+    if options['solved'] and not task.higher_is_better:
+        raise ConfigError(f"--solved={options['solved']:g} counts the runs whose accuracy reaches it; this table's "
+                          f"{splits[0]} {task.metrics[0].label} is not an accuracy")
     bench = load_bench(options['bench'], options['bench_seq_len'], task.causal) if options['bench'] else None
     groups, differ = group_runs(runs, IGNORED + (options['best_over'],) if options['best_over'] else IGNORED)
     grid = None
     if options['best_over']:
         groups, differ, grid = best_over(groups, differ, options['best_over'], task, splits[0])
-    rows = [summarise(group, task, splits, bench) for group in groups]
+    rows = [summarise(group, task, splits, bench, options['solved']) for group in groups]
     main_key = f'{splits[0]}_{task.metrics[0].key}'
     order = sorted(range(len(rows)), key=lambda i: ((-1 if task.higher_is_better else 1) * rows[i][main_key],
                                                     groups[i].label))
     groups, rows = [groups[i] for i in order], [rows[i] for i in order]
-    table = markdown(rows, differ, task, splits, options, grid)
+    columns = [key for key in differ if key != options['best_over']]  # what tells rows apart
+    baseline = baseline_of(options['baseline'], groups, columns)
+    if baseline:
+        compare(groups, rows, baseline, task, splits)
+    table = markdown(rows, differ, task, splits, options, grid, baseline)
+    if options['plots']:
+        table += plot(groups, rows, columns, task, splits, options, table_name(folders, options))
     if options['markdown']:
         training.write_atomic(options['markdown'], lambda f: f.write(table.encode()))
     if options['csv']:
         training.write_atomic(options['csv'], lambda f: f.write(csv_text(rows).encode()))
-    if options['plots']:
-        plot(groups, rows, task, splits, options['plots'])
     return table
+
+
+def table_name(folders, options):
+    """The name a table's figures carry: its run folders, and its --where."""
+    name = ', '.join(os.path.basename(os.path.normpath(folder)) for folder in folders)
+    return f"{name} ({options['where']})" if options['where'] else name
 
 
 def generated_tables(text, name):

@@ -1,5 +1,6 @@
 """Run folders written by hand for the report.py tests (config.json, log.jsonl, eval.json with chosen numbers, no
-training): RUNS as a sweep of 2 variants x 3 seeds, and EXPECTED, the table report.py prints for it."""
+training): RUNS as a sweep of 2 variants x 3 seeds, EXPECTED, the table report.py prints for it, and FRONTIER, the line
+under it with --plots."""
 import json
 import math
 
@@ -15,13 +16,21 @@ RUNS = {
                (2.65, 2.80, [1500, 1500, 1500], [800, 830], 90)],
 }
 EXPECTED = """\
-causal LM on bytes: bits per byte. Best first by val bpc (lower is better); mean ± sample std over n seeds.
+causal LM on bytes: bits per byte. Best first by val bpc (lower is better); mean ± sample std over n seeds. Δ: the \
+row's bpc minus its baseline row's (softmax), the mean over the pairs (seeds both ran) [its 95% Student t interval]; \
+`vs softmax` reads the val interval.
 
-| attention | params | attn params | n | val bpc | test bpc | tokens/s | peak MB | wall min |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| softmax | 836,736 | 262,144 | 3 | 2.520 ± 0.020 | 2.610 ± 0.010 | 3,000 | 750 | 2.0 |
-| linear | 836,736 | 262,144 | 3 | 2.650 ± 0.050 | 2.750 ± 0.050 | 1,500 | 830 | 1.5 |
+| attention | params | attn params | n | val bpc | test bpc | Δ val bpc | Δ test bpc | pairs | vs softmax \
+| tokens/s | peak MB | wall min |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| softmax | 836,736 | 262,144 | 3 | 2.520 ± 0.020 | 2.610 ± 0.010 | - | - | - | baseline | 3,000 | 750 | 2.0 |
+| linear | 836,736 | 262,144 | 3 | 2.650 ± 0.050 | 2.750 ± 0.050 | +0.130 [+0.022, +0.238] \
+| +0.140 [+0.041, +0.239] | 3 | worse | 1,500 | 830 | 1.5 |
+
+Against softmax at 95% on val bpc, paired by seed: worse: linear.
 """
+FRONTIER = ("\nQuality against cost (val bpc against tokens/s of these runs): on the frontier, no other row both better "
+            "and cheaper: softmax.\n")  # under EXPECTED with --plots: softmax is better and faster
 
 
 def write_run(folder, config, evaluation, rows):

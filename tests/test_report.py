@@ -11,8 +11,9 @@ import re
 import pytest
 
 import report
-from report_runs import EXPECTED, gpt_config, sweep, write_run  # noqa: F401 (sweep is a fixture)
+from attention import ATTENTION
 from conftest import run_script
+from report_runs import EXPECTED, FRONTIER, gpt_config, split, sweep, write_run  # noqa: F401 (sweep is a fixture)
 from training import ConfigError
 
 BENCH = {'env': {'device': 'cpu'}, 'results': [
@@ -30,17 +31,19 @@ def test_table_means_stds_and_order(sweep, capsys):
 def test_csv_markdown_and_plots(sweep, tmp_path, capsys):
     report.main([str(sweep), f'--csv={tmp_path / "t.csv"}', f'--markdown={tmp_path / "t.md"}',
                  f'--plots={tmp_path / "plots"}'])
-    assert (tmp_path / 't.md').read_text() == EXPECTED == capsys.readouterr().out
+    assert (tmp_path / 't.md').read_text() == EXPECTED + FRONTIER == capsys.readouterr().out
     text = (tmp_path / 't.csv').read_text()
     assert text.splitlines()[0] == ('attention,n_params,attention_params,n,val_bpc,val_bpc_std,test_bpc,'
-                                    'test_bpc_std,tokens_per_s,peak_mem_mb,wall_s,runs')
+                                    'test_bpc_std,tokens_per_s,peak_mem_mb,wall_s,runs,val_bpc_diff,val_bpc_diff_low,'
+                                    'val_bpc_diff_high,test_bpc_diff,test_bpc_diff_low,test_bpc_diff_high,pairs,'
+                                    'verdict')
     cells = next(csv.DictReader(io.StringIO(text)))
     assert cells['attention'] == 'softmax' and cells['n'] == '3'
     assert float(cells['val_bpc']) == pytest.approx(2.52, abs=1e-12)
     assert float(cells['val_bpc_std']) == pytest.approx(0.02, abs=1e-12)
     assert float(cells['tokens_per_s']) == 3000 and float(cells['wall_s']) == 120
     assert cells['runs'] == 'attention=softmax,seed=1 attention=softmax,seed=2 attention=softmax,seed=3'
-    for name in ('val_loss.png', 'quality_vs_throughput.png'):
+    for name in report.PLOTS:
         data = (tmp_path / 'plots' / name).read_bytes()
         assert data.startswith(b'\x89PNG') and len(data) > 1000
     first = (tmp_path / 't.csv').read_bytes()
@@ -71,7 +74,7 @@ def test_groups_by_what_differs_besides_the_seed(sweep, capsys):
     run records 'resume') and out_dir do not split groups."""
     for run in sweep.iterdir():
         edit_config(run, n_head=1 if run.name == 'attention=softmax,seed=3' else 4)
-    report.main([str(sweep)])
+    report.main([str(sweep), '--baseline='])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith('| attention | n_head | params |')
     assert [line.split(' | ')[:4] for line in lines[4:]] == [
@@ -88,7 +91,7 @@ def test_a_knob_newer_than_some_runs_splits_only_where_set_differently(sweep, ca
     report.main([str(sweep)])
     assert capsys.readouterr().out == EXPECTED
     edit_config(sweep / 'attention=linear,seed=2', short_conv=True)
-    report.main([str(sweep)])
+    report.main([str(sweep), '--baseline='])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith('| attention | short_conv | params |')
     assert [line.split(' | ')[:3] for line in lines[4:]] == [['| softmax', '-', '836,736'],  # best first
@@ -203,7 +206,7 @@ def test_mqar_best_learning_rate_per_group(mqar_sweep, tmp_path, capsys):
     """The best mean val accuracy over seeds picks each variant's learning rate (a tie goes to the smaller one),
     and test accuracy is reported at that learning rate; a group without part of the grid says so in its row and
     in a note."""
-    report.main([str(mqar_sweep), '--best_over=learning_rate', f'--csv={tmp_path / "t.csv"}'])
+    report.main([str(mqar_sweep), '--best_over=learning_rate', f'--csv={tmp_path / "t.csv"}', '--baseline='])
     out, err = capsys.readouterr()
     assert out == MQAR_BEST
     assert err == ('note: local has learning_rate = 0.001, 0.01 of the grid 0.0001, 0.001, 0.01: its best is over '
@@ -217,7 +220,7 @@ def test_mqar_best_learning_rate_per_group(mqar_sweep, tmp_path, capsys):
 
 
 def test_mqar_without_best_over_shows_every_learning_rate(mqar_sweep, capsys):
-    report.main([str(mqar_sweep)])
+    report.main([str(mqar_sweep), '--baseline='])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith('| attention | learning_rate | params | attn params | n | val acc % | test acc % |')
     assert len(lines) == 4 + 8 and lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 |')
@@ -232,10 +235,10 @@ def test_where_reports_one_setting_of_a_sweep(mqar_sweep, tmp_path, capsys):
         evaluation = {'iter': 10, **{split: {'loss': 0.9, 'accuracy': 0.1, 'queries': 8000} for split in ('val', 'test')}}
         write_run(mqar_sweep / f'block_size=128,attention={attention},seed=1', config, evaluation,
                   [{'iter': 10, 'val_loss': 0.9, 'elapsed_s': 60}])
-    report.main([str(mqar_sweep), '--where=block_size=64,num_kv_pairs=4', '--best_over=learning_rate'])
+    report.main([str(mqar_sweep), '--where=block_size=64,num_kv_pairs=4', '--best_over=learning_rate', '--baseline='])
     out = capsys.readouterr().out
     assert out == MQAR_BEST.replace(' Each row', ' Runs with block_size=64, num_kv_pairs=4. Each row')
-    report.main([str(mqar_sweep), '--where=block_size=128,learning_rate=1e-3'])
+    report.main([str(mqar_sweep), '--where=block_size=128,learning_rate=1e-3', '--baseline='])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(' | ')[0] for line in lines[4:]] == ['| linear', '| softmax']
 
@@ -285,3 +288,132 @@ def test_bench_table_compares_each_variant_with_softmax(tmp_path, capsys):
     path.write_text(json.dumps({'env': {}, 'results': records}))
     with pytest.raises(ConfigError, match=r"--bench_seq_len=2048: .* has fwdbwd records at T = 1024, 4096; pick one"):
         report.main([f'--bench_table={path}', '--bench_seq_len=2048'])
+
+
+def test_t_critical_matches_the_printed_tables():
+    for dof, t in ((1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (100, 1.984)):
+        assert report.t_critical(dof) == pytest.approx(t, abs=5e-4)
+
+
+def interval_by_hand(differences, t):
+    n = len(differences)
+    mean = sum(differences) / n
+    std = (sum((d - mean) ** 2 for d in differences) / (n - 1)) ** 0.5
+    return mean, mean - t * std / n ** 0.5, mean + t * std / n ** 0.5
+
+
+def test_paired_difference_over_the_common_seeds(sweep, tmp_path):
+    """linear minus softmax, seed by seed: three pairs (t = 4.303 for 2 dof); linear's seed 4 has no softmax run to
+    pair with and is left out of the difference (but counts in linear's n)."""
+    write_run(sweep / 'attention=linear,seed=4', gpt_config('linear', 4),
+              {'iter': 100, 'val': {'loss': 1.0, 'tokens': 1, 'bpc': 1.0}, 'test': {'loss': 1.0, 'tokens': 1,
+                                                                                   'bpc': 1.0}}, [])
+    report.main([str(sweep), f'--csv={tmp_path / "t.csv"}'])
+    cells = {row['attention']: row for row in csv.DictReader(open(tmp_path / 't.csv'))}
+    linear, softmax = cells['linear'], cells['softmax']
+    for split, differences in (('val', [0.10, 0.18, 0.11]), ('test', [0.10, 0.14, 0.18])):
+        mean, low, high = interval_by_hand(differences, 4.303)
+        assert float(linear[f'{split}_bpc_diff']) == pytest.approx(mean, abs=1e-9)
+        assert float(linear[f'{split}_bpc_diff_low']) == pytest.approx(low, abs=1e-4)
+        assert float(linear[f'{split}_bpc_diff_high']) == pytest.approx(high, abs=1e-4)
+    assert (linear['n'], linear['pairs'], linear['verdict']) == ('4', '3', 'worse')  # lower bpc is better
+    assert (softmax['pairs'], softmax['verdict'], softmax['val_bpc_diff']) == ('', 'baseline', '')
+
+
+def test_one_pair_has_no_interval(sweep, capsys):
+    for seed in (2, 3):
+        (sweep / f'attention=softmax,seed={seed}' / 'eval.json').unlink()
+    report.main([str(sweep)])
+    out = capsys.readouterr().out
+    assert '| 2.650 ± 0.050 | 2.750 ± 0.050 | +0.100 | +0.100 | 1 | n=1, no interval |' in out
+    assert out.endswith('Against softmax at 95% on val bpc, paired by seed: n=1, no interval: linear.\n')
+
+
+def test_accuracy_pairs_on_the_chosen_learning_rates_and_higher_is_better(mqar_sweep, tmp_path, capsys):
+    """With --best_over each row is paired with the baseline's runs at the baseline's own best learning rate: softmax
+    (1e-3) against linear (1e-2) is +0.53 and +0.57, better, as accuracy is higher-is-better; local (1e-3) is +0.04
+    and +0.10, not separated at 2 pairs (t = 12.706 for 1 dof). --solved counts the runs at or above it."""
+    report.main([str(mqar_sweep), '--best_over=learning_rate', '--baseline=linear', '--solved=90',
+                 f'--csv={tmp_path / "t.csv"}'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith('| attention | best learning_rate | params | attn params | n | val acc % | solved | '
+                               'test acc % | Δ val acc % | Δ test acc % | pairs | vs linear |')
+    cells = {row['attention']: row for row in csv.DictReader(open(tmp_path / 't.csv'))}
+    for attention, differences, verdict in (('softmax', [0.53, 0.57], 'better'),
+                                            ('local', [0.04, 0.10], 'not separated')):
+        mean, low, high = interval_by_hand(differences, 12.706)
+        assert float(cells[attention]['val_accuracy_diff']) == pytest.approx(mean, abs=1e-9)
+        assert float(cells[attention]['val_accuracy_diff_low']) == pytest.approx(low, abs=1e-4)
+        assert float(cells[attention]['val_accuracy_diff_high']) == pytest.approx(high, abs=1e-4)
+        assert cells[attention]['verdict'] == verdict
+    assert lines[4].startswith('| softmax | 0.001 | 1,000 | 100 | 2 | 98.00 ± 1.41 | 2/2 | 97.00 ± 1.41 | '
+                               '+55.00 [+29.59, +80.41] |')
+    assert lines[-1] == 'Against linear at 95% on val acc %, paired by seed: better: softmax; not separated: local.'
+
+
+def test_a_baseline_names_settings_and_is_paired_at_the_other_columns(sweep, capsys):
+    """--baseline=n_head=4 compares each row with the n_head=4 row of its own attention."""
+    for run in sweep.iterdir():
+        edit_config(run, n_head=1 if run.name.startswith('attention=linear') else 4)
+    for seed in (1, 2, 3):
+        write_run(sweep / f'attention=linear,n_head=4,seed={seed}', gpt_config('linear', seed, n_head=4),
+                  {'iter': 100, 'val': split(2.6), 'test': split(2.7)}, [])
+    report.main([str(sweep), '--baseline=n_head=4'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("Δ: the row's bpc minus its baseline row's (n_head=4 at the row's attention), the mean "
+                             "over the pairs (seeds both ran) [its 95% Student t interval]; `vs n_head=4` reads the "
+                             "val interval.")
+    assert [line.split(' | ')[-4:-3] for line in lines[4:7]] == [['baseline'], ['baseline'], ['not separated']]
+    assert lines[-1] == 'Against n_head=4 at 95% on val bpc, paired by seed: not separated: linear/1.'
+
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--baseline=gla'], "--baseline=gla: no row of the table has it; name a row's attention"),
+    (['--baseline=n_head=4'], "--baseline=n_head=4: n_head is not a column of this table (attention)"),
+    (['--baseline=n_head'], "--baseline=n_head: no row of the table has it"),
+    (['--solved=90'], "--solved=90 counts the runs whose accuracy reaches it; this table's val bpc is not an accuracy"),
+])
+def test_a_baseline_or_threshold_the_table_cannot_use_is_one_line(sweep, argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        report.main([str(sweep), *argv])
+
+
+def test_without_a_baseline_there_are_no_comparison_columns(sweep, capsys):
+    report.main([str(sweep), '--baseline='])
+    out = capsys.readouterr().out
+    assert 'Δ' not in out and 'paired' not in out and '| softmax | 836,736 | 262,144 | 3 | 2.520 ± 0.020 | ' \
+                                                       '2.610 ± 0.010 | 3,000 |' in out
+
+
+def test_frontier_keeps_the_points_no_other_beats_on_both_axes():
+    # (quality, cost), higher better on both: (3, 1) and (1, 3) trade off; (2, 2) too; (1, 1) loses to all; the
+    # second (3, 1) ties the first and is kept; (2, 1) loses to (3, 1) on quality at the same cost
+    points = [(3, 1), (1, 3), (2, 2), (1, 1), (3, 1), (2, 1)]
+    assert report.frontier(points) == [0, 1, 2, 4]
+
+
+def test_every_registered_variant_has_a_family_colour():
+    colours = {name: report.family_colours(name) for name in ATTENTION}
+    assert report.OTHER_COLOURS not in colours.values()
+    assert colours['softmax'] == colours['local'] != colours['linear'] == colours['performer']
+    assert colours['deltanet'] == colours['gated_deltanet'] != colours['gla'] == colours['retention']
+    assert report.family_colours('not_registered') == report.OTHER_COLOURS
+
+
+def legend_styles(fig):
+    handles = fig.axes[0].get_legend().legend_handles
+    return [(handle.get_color(), handle.get_linestyle(), handle.get_marker()) for handle in handles]
+
+
+def test_curves_of_30_rows_are_told_apart_and_listed_in_table_order(sweep):
+    """30 rows, 20 of them one family: no two legend entries share colour, line style and marker, and the legend
+    lists the rows in the table's order."""
+    runs = report.load_runs([str(sweep)])
+    names = list(ATTENTION) + [f'kernel_{i}' for i in range(30 - len(ATTENTION))]
+    groups = [report.Group(name, {'attention': name}, runs[:3]) for name in names]
+    fig = report.curves_figure(groups, ('val',), 'x')
+    assert len(set(legend_styles(fig))) == 30
+    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == names
+    same_family = [report.Group(f'linear {i}', {'attention': 'linear'}, runs[:3]) for i in range(20)]
+    assert len(set(legend_styles(report.curves_figure(same_family, ('val',), 'x')))) == 20

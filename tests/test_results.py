@@ -1,6 +1,7 @@
 """RESULTS.md is generated, not typed: every table between `<!-- python report.py ARGS -->` and
 `<!-- end of generated table -->` is what that command prints from the committed run folders in results/ (or a
-bench.py JSON), and the plots it names are committed. `python report.py --readme=RESULTS.md` regenerates them."""
+bench.py JSON), and the plots it names are committed and linked. `python report.py --readme=RESULTS.md` regenerates
+them."""
 import re
 import subprocess
 from pathlib import Path
@@ -8,11 +9,12 @@ from pathlib import Path
 import pytest
 
 import report
-from report_runs import EXPECTED, sweep  # noqa: F401 (sweep is a fixture)
+from report_runs import EXPECTED, FRONTIER, sweep  # noqa: F401 (sweep is a fixture)
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = report.generated_tables((ROOT / 'RESULTS.md').read_text(encoding='utf-8'), 'RESULTS.md')
+RESULTS = (ROOT / 'RESULTS.md').read_text(encoding='utf-8')
+TABLES = report.generated_tables(RESULTS, 'RESULTS.md')
 OUTPUTS = ('--plots=', '--csv=', '--markdown=')
 
 
@@ -25,10 +27,12 @@ def tracked(path):
 def test_results_table_is_what_its_command_prints(argv, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     table = dict((tuple(a), t) for a, t in TABLES)[tuple(argv)]
-    for arg in argv:  # the files the command writes are committed with the table
+    for arg in argv:  # the plots the command writes are committed with the table, and shown in RESULTS.md
         if arg.startswith('--plots='):
-            for name in ('val_loss.png', 'quality_vs_throughput.png'):
-                assert tracked(str(Path(arg.split('=', 1)[1]) / name)), f"{arg}: {name} is not committed"
+            for name in report.PLOTS:
+                path = f"{arg.split('=', 1)[1]}/{name}"
+                assert tracked(path), f"{arg}: {name} is not committed"
+                assert f']({path})' in RESULTS, f"RESULTS.md shows no {path}: link it under its table"
     # rebuilt without touching the repository: the outputs go to tmp_path
     rebuilt = report.report([arg if not arg.startswith(OUTPUTS) else f"{arg.split('=')[0]}={tmp_path / str(i)}"
                              for i, arg in enumerate(argv)])
@@ -48,8 +52,8 @@ def test_update_readme_rewrites_each_table_and_only_the_tables(sweep, tmp_path, 
     readme.write_text(f'# results\n\n{block}stale\n<!-- end of generated table -->\n\ntext after\n', encoding='utf-8')
     assert report.update_readme(str(readme)) == 1
     assert readme.read_text(encoding='utf-8') == \
-        f'# results\n\n{block}{EXPECTED}<!-- end of generated table -->\n\ntext after\n'
-    assert (tmp_path / 'plots' / 'val_loss.png').is_file()
+        f'# results\n\n{block}{EXPECTED}{FRONTIER}<!-- end of generated table -->\n\ntext after\n'
+    assert all((tmp_path / 'plots' / name).is_file() for name in report.PLOTS)
     assert report.update_readme(str(readme)) == 0  # regenerating changes nothing
 
 
