@@ -1,5 +1,5 @@
 """
-Every attention variant in trev, behind one interface, plus the transformer block they all share.
+Every attention variant in trev, behind one interface, and the transformer block they all share.
 
 Interface:
     attn = build_attention(config)            # config.attention names a class in ATTENTION
@@ -16,23 +16,22 @@ and causal variants also have
 A variant whose gates or step sizes depend on the input (gla, deltanet, gated_deltanet, gated rfa) computes them
 from the layer input x in gates(x) -> dict, which forward and step pass to these three methods as keyword arguments
 (attend(q, k, v, pad_mask, **gates)): one extension of the interface for every such variant, none for the others.
-LayerConfig.short_conv puts a depthwise causal convolution (ShortConvolution) on q, k and v of any variant.
-The linear-attention family (KernelAttention) computes its causal forward and its decoding with one
-chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state): attend runs it from state None and
-attend_step delegates to it. In training, a causal sequence longer than LayerConfig.recompute_segment goes through
-it segment by segment, each recomputed in backward (SegmentedRecompute): only q, k, v and the gates are kept.
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
-Under autocast (bfloat16 or float16) the linear family computes its positions, angles, feature exponents, decays,
-chunk states and normalisers in float32 (KernelAttention); the projections, softmax attention and, in bfloat16, the
-matmuls within a chunk run in the autocast dtype.
+
+All variants share the q/k/v projection (`qkv`), the optional short convolution on q, k, v (LayerConfig.short_conv)
+and the output path (Attention.output): an output norm and gate where a variant has them (set_output), the output
+projection (`proj`) and dropout on the attention output (no variant drops attention weights), so regularisation is
+the same whatever the attention. Parameters a variant adds (retention's gate and group norm, norm_linear's output
+norm, ...) are its own and show up in the parameter count.
+The linear family (RecurrentAttention; KernelAttention for those built on a feature map) computes its causal forward
+and its decoding with one chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state), which calls the
+kernels of kernels.py (every numeric the variants share); a causal training sequence longer than
+LayerConfig.recompute_segment goes through it in segments, each recomputed in backward. Under autocast the family
+computes its positions, angles, feature exponents, decays, chunk states and normalisers in float32; the
+projections, softmax attention and, in bfloat16, the matmuls within a chunk run in the autocast dtype.
 tests/test_attention.py checks every registered class against its reference, decoding against the parallel
 forward, causality, padding and determinism; tests/test_precision.py checks it under bfloat16 and float16 autocast
 against float64, and under torch.compile against eager.
-
-All variants share the q/k/v projection (`qkv`) and the output projection (`proj`); dropout is applied
-to the attention output in every variant (no variant drops attention weights), so regularisation is the
-same whatever the attention. Parameters a variant adds (retention's gate and group norm, norm_linear's
-output norm) are its own and show up in the parameter count.
 """
 import math
 import weakref
@@ -69,87 +68,16 @@ class LayerConfig:
     rfa_normaliser_floor: float = 0.1  # rfa: the normaliser is clamped to at least this (its estimate can be <= 0)
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
     recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
-                                  # this many tokens, each recomputed (SegmentedRecompute); 0 = never
-
-
-# ----------------------------------------------------------------------------------------------
-# shared kernels
-
-
-def masked_softmax_attention(q, k, v, allowed):
-    """softmax(q k^T / sqrt(D)) v over the keys where `allowed` is True (broadcast to (..., Tq, Tk)).
-    A row with no allowed key averages over all keys instead of producing NaN (only padding rows)."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (..., Tq, Tk)
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1) @ v
-
-
-def append_ones(v):
-    """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
-    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
-
-
-def exp_stabilised(log_x, dims):
-    """exp(log_x - max over dims): the common factor cancels wherever a ratio is taken."""
-    return (log_x - log_x.amax(dims, keepdim=True).detach()).exp()
-
-
-def reference_mask(T, causal, pad_mask, device):
-    """(B|1, 1, T, T) bool: which key j each query i may use (causal: j <= i), for the quadratic references."""
-    position = torch.arange(T, device=device)
-    allowed = position[None, :] <= position[:, None] if causal else torch.ones(T, T, dtype=torch.bool, device=device)
-    allowed = allowed[None, None]
-    if pad_mask is not None:
-        allowed = allowed & ~pad_mask[:, None, None, :]
-    return allowed
-
-
-def rotary(x, offset):
-    """Rotary position embedding (Su et al. 2021) on pairs (x_2i, x_2i+1); an odd last channel is left as is.
-    x: (B, H, T, D), token t at absolute position offset + t. Positions and angles are float32 at least (in
-    bfloat16 no integer above 256 is exact), and so is the result."""
-    x = cast(x, wide_dtype(x))
-    half = x.size(-1) // 2
-    freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / max(half, 1))
-    angle = (torch.arange(x.size(2), device=x.device, dtype=x.dtype) + offset)[:, None] * freq  # (T, half)
-    cos, sin = angle.cos(), angle.sin()
-    even, odd = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
-    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
-    return rotated if 2 * half == x.size(-1) else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+                                  # this many tokens, each recomputed (kernels.SegmentedRecompute); 0 = never
 
 
 # ----------------------------------------------------------------------------------------------
 # the interface
 
 
-class ShortConvolution(nn.Module):
-    """The short convolution of DeltaNet (Yang et al. 2024, arXiv:2406.06484) and Zoology (Arora et al. 2023,
-    arXiv:2312.04927): depthwise and causal over time, y_t = sum_{s<K} w_s * h_{t-s} (+ b) per channel, h_t = 0
-    before the sequence. On the q, k, v projections of any variant (LayerConfig.short_conv = K), before its own
-    feature map; off by default. nn.Conv1d's default initialisation (init_weights leaves convolutions as they are).
-    Time O(T K C), memory O(T C); decoding keeps the last K - 1 inputs."""
-
-    def __init__(self, channels, kernel_size, bias):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
-
-    def forward(self, h, pad_mask=None, history=None):
-        """h: (B, T, channels); pad_mask: (B, T), True at padding (zeroed first, so that padding before a token
-        reads as the start of the sequence); history: None or (B, K - 1, channels), the inputs before h.
-        Returns y (B, T, channels) and the new history."""
-        B, T, channels = h.shape
-        if pad_mask is not None:
-            h = h.masked_fill(pad_mask[..., None], 0)
-        if history is None:
-            history = h.new_zeros(B, self.kernel_size - 1, channels)
-        h = torch.cat([cast(history, h.dtype), h], dim=1)  # (B, K - 1 + T, channels)
-        y = self.conv(h.transpose(1, 2)).transpose(1, 2)   # (B, T, channels)
-        return y, h[:, h.size(1) - (self.kernel_size - 1):]
-
-
 class Attention(nn.Module):
-    """Base class: projections, head split/merge, mode checks. Subclasses implement the attend methods."""
+    """Base class: projections, head split/merge, mode checks, the output path. Subclasses implement the attend
+    methods, and set an output norm and gate where they have them (set_output)."""
     supports_causal = True
     supports_bidirectional = True
 
@@ -176,6 +104,7 @@ class Attention(nn.Module):
                            else None)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.set_output()
 
     def forward(self, x, pad_mask=None, reference=False):
         """x: (B, T, C); pad_mask: (B, T) bool, True at padding (bidirectional only).
@@ -214,11 +143,240 @@ class Attention(nn.Module):
         arguments, so that the fast path, the reference and decoding see the same values. None here."""
         return {}
 
+    def set_output(self, norm=None, gate=None):
+        """output()'s optional parts, nn.Identity and Ungated where None: norm on the heads' outputs, (B, H, T, D) ->
+        (B, H, T, D), and gate(y, x) on the merged heads y (B, T, C), from the layer input x. A variant registers each
+        under its own name, the one its checkpoints hold ('group_norm', 'gate', ...), and passes it here: output()
+        refers to it without registering it a second time, which would save its parameters twice."""
+        object.__setattr__(self, 'output_norm', nn.Identity() if norm is None else norm)
+        object.__setattr__(self, 'output_gate', Ungated() if gate is None else gate)
+
     def output(self, y, x):
-        """(B, H, T, D) attention output -> (B, T, C). x is the layer input (used by gated variants)."""
+        """(B, H, T, D) attention output -> (B, T, C): the output norm, the heads merged, the output gate from the
+        layer input x (B, T, C), the projection, dropout."""
         B, H, T, D = y.shape
-        y = y.transpose(1, 2).reshape(B, T, H * D)
-        return self.dropout(self.proj(y))
+        y = self.output_norm(y).transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        return self.dropout(self.proj(self.output_gate(y, x)))
+
+
+class RecurrentAttention(Attention):
+    """The linear family's machinery: a fixed-size state, and one chunkwise method for the causal forward and for
+    decoding. A subclass defines
+        features(q, k, offset)                     # (B, H, T, D) -> (B, H, T, F), tokens at positions offset, ...
+        attend_chunkwise(q, k, v, state, **gates)  # the T >= 1 tokens after state (None: the start) -> (y, new state)
+        attend_bidirectional(q, k, v, pad_mask)    # where it has a bidirectional form
+    Causal: attend runs attend_chunkwise from state None and attend_step continues it, so decoding keeps a fixed
+    (F, D) state per head: O(F D) per token whatever the position. Training on T > recompute_segment = S tokens goes
+    segment by segment (kernels.SegmentedRecompute): memory kept for backward O(T D) (q, k, v) + O((T / S) F D),
+    temporaries O(S C + S F), time one more forward of the attention core.
+    Precision: features (positions, angles, exponents) are computed in float32 at least with autocast off
+    (wide_features), as are the kernels' sums over the sequence; the output returns to the input's dtype.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.chunk_size = config.chunk_size
+        self.recompute_segment = config.recompute_segment
+
+    def features(self, q, k, offset):
+        """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
+        raise NotImplementedError
+
+    def wide_features(self, q, k, offset):
+        """features(q, k, offset) in float32 at least and with autocast off, whatever q's dtype or the autocast."""
+        with full_precision(q):
+            return self.features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), offset)
+
+    def attend(self, q, k, v, pad_mask, **gates):
+        if not self.causal:
+            return self.attend_bidirectional(q, k, v, pad_mask)
+        if torch.is_grad_enabled() and 0 < self.recompute_segment < q.size(2):
+            return attend_in_segments(self.attend_chunkwise, q, k, v, gates, self.recompute_segment, self.parameters())
+        return self.attend_chunkwise(q, k, v, None, **gates)[0]
+
+    def attend_step(self, q, k, v, state, **gates):
+        return self.attend_chunkwise(q, k, v, state, **gates)
+
+
+class KernelAttention(RecurrentAttention):
+    """The feature-map template of the linear family: y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)], s_ij =
+    phi(q_i) . phi(k_j) a_ij, where a_ij is 1 or a decay gamma^|i-j|. Subclasses choose the feature map (`features`),
+    whether to normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay, and
+    write s_ij once more, straight from the paper, in `reference_scores` (or in `allowed_scores`, where s_ij
+    depends on which keys query i may use) for attend_reference.
+
+    Causal: chunked_linear_attention, time O(T C (F + D) + T F D), memory O(T C + (T / C) F D), as RecurrentAttention
+    runs it (decoding, segments).
+    Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
+    pass plus an anti-causal pass.
+    Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
+    """
+    normalise = True
+    eps = 1e-6
+
+    def log_decay(self, like):
+        """None (no decay) or (1, H, 1) log gamma_h <= 0, in like's dtype and on its device."""
+        return None
+
+    def reference_scores(self, q, k):
+        """(B, H, T, D) queries/keys -> (B, H, T, T) s_ij for every pair i, j (unmasked), from the paper's
+        formula, sharing nothing with `features`."""
+        raise NotImplementedError
+
+    def values(self, v):
+        return append_ones(v) if self.normalise else v
+
+    def divide(self, numerator, normaliser):
+        """The normalised output from its two sums, sum_j s_ij v_j and sum_j s_ij: numerator / (normaliser + eps)."""
+        return numerator / (normaliser + self.eps)
+
+    def finish(self, y, dtype):
+        """y = [numerator, normaliser] (values' extra column) -> divide(numerator, normaliser) when normalising, in
+        y's precision, then back to dtype (the input's)."""
+        return cast(self.divide(y[..., :-1], y[..., -1:]) if self.normalise else y, dtype)
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        return self.bidirectional(*self.wide_features(q, k, 0), v, pad_mask)
+
+    def bidirectional(self, fq, fk, v, pad_mask):
+        dtype = v.dtype
+        if pad_mask is not None:
+            fk = fk.masked_fill(pad_mask[:, None, :, None], 0)  # a zero key adds nothing to any sum
+        v = self.values(v)
+        log_decay = self.log_decay(fq)
+        if log_decay is None:
+            with full_precision(fq):  # the (F, E) sum and the normaliser run over all T tokens
+                v = cast(v, wide_dtype(fq))
+                return self.finish(fq @ (fk.transpose(-2, -1) @ v), dtype)
+        log_decay = log_decay.expand(1, -1, fq.size(2))
+        forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)  # j <= i
+        backward, _ = chunked_linear_attention(fq.flip(2), fk.flip(2), v.flip(2), log_decay, chunk_size=self.chunk_size)
+        diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
+        return self.finish(forward + backward.flip(2) - diagonal, dtype)
+
+    def attend_chunkwise(self, q, k, v, state):
+        offset = 0 if state is None else state['offset']
+        fq, fk = self.wide_features(q, k, offset)
+        log_decay = self.log_decay(fq)
+        if log_decay is not None:
+            log_decay = log_decay.expand(1, -1, q.size(2))
+        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
+                                         None if state is None else state['kv'], self.chunk_size)
+        return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)] over the allowed j, on the (T, T) matrix."""
+        scores = self.allowed_scores(q, k, reference_mask(q.size(2), self.causal, pad_mask, q.device))
+        y = scores @ v
+        return self.divide(y, scores.sum(-1, keepdim=True)) if self.normalise else y
+
+    def allowed_scores(self, q, k, allowed):
+        """(B, H, T, T) s_ij where query i may use key j (`allowed`, (B|1, 1, T, T) bool), 0 elsewhere."""
+        return self.reference_scores(q, k).masked_fill(~allowed, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the parts variants share
+
+
+class ShortConvolution(nn.Module):
+    """The short convolution of DeltaNet (Yang et al. 2024, arXiv:2406.06484) and Zoology (Arora et al. 2023,
+    arXiv:2312.04927): depthwise and causal over time, y_t = sum_{s<K} w_s * h_{t-s} (+ b) per channel, h_t = 0
+    before the sequence. On the q, k, v projections of any variant (LayerConfig.short_conv = K), before its own
+    feature map; off by default. nn.Conv1d's default initialisation (init_weights leaves convolutions as they are).
+    Time O(T K C), memory O(T C); decoding keeps the last K - 1 inputs."""
+
+    def __init__(self, channels, kernel_size, bias):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
+
+    def forward(self, h, pad_mask=None, history=None):
+        """h: (B, T, channels); pad_mask: (B, T), True at padding (zeroed first, so that padding before a token
+        reads as the start of the sequence); history: None or (B, K - 1, channels), the inputs before h.
+        Returns y (B, T, channels) and the new history."""
+        B, T, channels = h.shape
+        if pad_mask is not None:
+            h = h.masked_fill(pad_mask[..., None], 0)
+        if history is None:
+            history = h.new_zeros(B, self.kernel_size - 1, channels)
+        h = torch.cat([cast(history, h.dtype), h], dim=1)  # (B, K - 1 + T, channels)
+        y = self.conv(h.transpose(1, 2)).transpose(1, 2)   # (B, T, channels)
+        return y, h[:, h.size(1) - (self.kernel_size - 1):]
+
+
+class Ungated(nn.Module):
+    """The output gate of a variant without one: y as it is."""
+
+    def forward(self, y, x):
+        return y
+
+
+class SwishGate(nn.Linear):
+    """The output gate of RetNet, GLA and Gated DeltaNet: swish(x W_g) * y, from the layer input x (B, T, C), on the
+    merged heads y (B, T, C). x W_g is this nn.Linear's forward, C -> C, initialised as any nn.Linear."""
+
+    def forward(self, y, x):
+        return F.silu(super().forward(x)) * y
+
+
+class HeadGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm(n_head, C) with a group per head (LayerNorm over each head's D channels, then a per-channel
+    affine), on the heads' outputs in their (B, H, T, D) layout: the same arithmetic, about twice as fast on CPU."""
+
+    def forward(self, y):
+        H, D = y.size(1), y.size(3)
+        return F.layer_norm(y, (D,), eps=self.eps) * self.weight.view(H, 1, D) + self.bias.view(H, 1, D)
+
+
+class AllHeadsRMSNorm(nn.RMSNorm):
+    """nn.RMSNorm(C) over all heads' channels of a token, on the heads' outputs: (B, H, T, D) -> (B, H, T, D)."""
+
+    def forward(self, y):
+        B, H, T, D = y.shape
+        return super().forward(y.transpose(1, 2).reshape(B, T, H * D)).view(B, T, H, D).transpose(1, 2)
+
+
+def masked_softmax_attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(D)) v over the keys where `allowed` is True (broadcast to (..., Tq, Tk)).
+    A row with no allowed key averages over all keys instead of producing NaN (only padding rows)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (..., Tq, Tk)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def reference_mask(T, causal, pad_mask, device):
+    """(B|1, 1, T, T) bool: which key j each query i may use (causal: j <= i), for the quadratic references."""
+    position = torch.arange(T, device=device)
+    allowed = position[None, :] <= position[:, None] if causal else torch.ones(T, T, dtype=torch.bool, device=device)
+    allowed = allowed[None, None]
+    if pad_mask is not None:
+        allowed = allowed & ~pad_mask[:, None, None, :]
+    return allowed
+
+
+def rotary(x, offset):
+    """Rotary position embedding (Su et al. 2021) on pairs (x_2i, x_2i+1); an odd last channel is left as is.
+    x: (B, H, T, D), token t at absolute position offset + t. Positions and angles are float32 at least (in
+    bfloat16 no integer above 256 is exact), and so is the result."""
+    x = cast(x, wide_dtype(x))
+    half = x.size(-1) // 2
+    freq = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / max(half, 1))
+    angle = (torch.arange(x.size(2), device=x.device, dtype=x.dtype) + offset)[:, None] * freq  # (T, half)
+    cos, sin = angle.cos(), angle.sin()
+    even, odd = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+    return rotated if 2 * half == x.size(-1) else torch.cat([rotated, x[..., 2 * half:]], dim=-1)
+
+
+def append_ones(v):
+    """[v, 1]: one matmul then yields both the numerator sum(s_ij v_j) and the normaliser sum(s_ij)."""
+    return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
+
+
+def exp_stabilised(log_x, dims):
+    """exp(log_x - max over dims): the common factor cancels wherever a ratio is taken."""
+    return (log_x - log_x.amax(dims, keepdim=True).detach()).exp()
 
 
 class KVCache:
@@ -262,6 +420,10 @@ class KVState:
     def __init__(self, cache, length):
         self.cache, self.length = cache, length
         cache.readers.add(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# the variants, in registry order
 
 
 class SoftmaxAttention(Attention):
@@ -309,6 +471,195 @@ class SoftmaxAttention(Attention):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, end, q.device, offset=start))
         return y, KVState(cache, end)
+
+
+class LinearAttention(KernelAttention):
+    """Linear transformer. Katharopoulos et al. 2020, "Transformers are RNNs", arXiv:2006.16236.
+
+    phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
+    z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
+    """
+
+    def features(self, q, k, offset):
+        return F.elu(q) + 1, F.elu(k) + 1
+
+    def reference_scores(self, q, k):
+        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)  # s_ij = phi(q_i) . phi(k_j)
+
+
+class PerformerAttention(KernelAttention):
+    """Performer, FAVOR+. Choromanski et al. 2021, "Rethinking Attention with Performers", arXiv:2009.14794.
+
+    exp(q . k / sqrt(D)) ~= phi(q) . phi(k) with positive random features
+    phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x = q / D^(1/4), W: (m, D) orthogonal Gaussian rows (blocks
+    of a QR factor, rows rescaled to chi-distributed norms). Normalised like softmax. F = m.
+    W is drawn at construction from torch's RNG and kept as a buffer (saved in checkpoints); in training it is
+    redrawn every `performer_redraw_interval` steps, as the paper trains (redraw_random_features, called by each
+    trainer), and `redraw_projection()` draws a new one on request: nothing else changes it.
+    Stabiliser, as in the authors' code (google-research/performer, softmax_kernel_transformation): each feature
+    vector is divided by a common factor, then `feature_floor` (their numerical_stabilizer, 1e-6) is added to
+    every feature. Queries use their own max. Keys use the running max M_t over keys 0..t (so no future token
+    leaks in): a larger max arriving at step t rescales the state by exp(M_{t-1} - M_t), which is exactly a
+    data-dependent decay <= 1 and goes through the same chunked kernel (attend_chunkwise, for the causal forward
+    and decoding alike). The factors alone would cancel between numerator and normaliser, but in float32 every
+    product phi(q)_f phi(k)_f can underflow when q and k are long and point apart (|W x| ~ 30 spans e^60), and
+    the normaliser with it: 0 / 0 forward, 1 / normaliser^2 backward. The floor keeps the normaliser >= 1e-6,
+    at the price of a bias the size of the floor; attend_reference writes the same floored features out.
+    Complexity as KernelAttention with F = m.
+    """
+    eps = 0.0  # the floor keeps the normaliser >= feature_floor
+    feature_floor = 1e-6
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.n_features = config.performer_features
+        self.redraw_interval = config.performer_redraw_interval
+        self.register_buffer('projection', torch.empty(self.n_features, self.head_dim))
+        self.redraw_projection()
+
+    @torch.no_grad()
+    def redraw_projection(self, generator=None):
+        """A new W from generator (None: torch's global RNG)."""
+        D, m = self.head_dim, self.n_features
+        blocks = [torch.linalg.qr(torch.randn(D, D, generator=generator))[0].T for _ in range(-(-m // D))]
+        rows = torch.cat(blocks)[:m]                                             # orthogonal within each block
+        norms = torch.randn(m, D, generator=generator).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
+        self.projection.copy_(rows * norms)
+
+    def project(self, x):
+        """(W x, |x|^2 / 2) with x scaled by D^(-1/4): (B, H, T, m) and (B, H, T, 1). log(phi(x) sqrt(m)) = W x - |x|^2 / 2.
+        In float32 at least, autocast off: these are exponents, and a bfloat16 W x (|W x| ~ 5) errs by ~1% in exp."""
+        with full_precision(x):
+            x = cast(x, wide_dtype(x)) * self.head_dim ** -0.25
+            return x @ cast(self.projection, x.dtype).T, (x * x).sum(-1, keepdim=True) / 2
+
+    def query_features(self, q):
+        # |q|^2 / 2 and 1 / sqrt(m) are common to a query's features: the stabiliser's factor absorbs them
+        return exp_stabilised(self.project(q)[0], -1) + self.feature_floor
+
+    def allowed_scores(self, q, k, allowed):
+        """s_ij for the allowed pairs, the stabilised features written out on (T, T, m), nothing from the fast path:
+        x = q_i / D^(1/4), y = k_j / D^(1/4), b_j = W y - |y|^2 / 2 = log(phi(y) sqrt(m)) (the paper's phi), a_i = W x
+        (log(phi(x) sqrt(m)) but for -|x|^2 / 2, common to the row), M_i = max of b_j' over the keys j' query i may use;
+        s_ij = sum_f (exp(a_if - max_f a_i) + floor) (exp(b_jf - M_i) + floor exp(M_j - M_i)); the maxima are
+        constants to the gradient, as in the fast path."""
+        x, y = q / self.head_dim ** 0.25, k / self.head_dim ** 0.25
+        a = x @ self.projection.T                                       # (B, H, T, m)
+        b = y @ self.projection.T - (y * y).sum(-1, keepdim=True) / 2   # (B, H, T, m)
+        fq = torch.exp(a - a.amax(-1, keepdim=True).detach()) + self.feature_floor
+        M = b.detach().amax(-1)[..., None, :].masked_fill(~allowed, float('-inf')).amax(-1)  # (B, H, T): row i's
+        fk = torch.exp(b[..., None, :, :] - M[..., :, None, None])      # (B, H, T_i, T_j, m)
+        fk = fk + self.feature_floor * torch.exp(M[..., None, :] - M[..., :, None])[..., None]
+        return (fq[..., :, None, :] * fk).sum(-1).masked_fill(~allowed, 0)
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        wk, half_norm = self.project(k)
+        log_k = wk - half_norm
+        if pad_mask is not None:  # padded keys must not set the stabiliser
+            log_k = log_k.masked_fill(pad_mask[:, None, :, None], float('-inf'))
+        fk = exp_stabilised(log_k, (-2, -1)) + self.feature_floor  # bidirectional: one max over all keys
+        return self.bidirectional(self.query_features(q), fk, v, pad_mask)
+
+    def attend_chunkwise(self, q, k, v, state):
+        wk, half_norm = self.project(k)
+        key_max = (wk.amax(-1, keepdim=True) - half_norm).squeeze(-1).detach()  # largest log-feature, (B, H, T)
+        previous = key_max[..., :1] if state is None else state['key_max']
+        running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
+        log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
+        # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
+        fk = (wk + -(half_norm + running[..., None])).exp() + self.feature_floor
+        y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
+                                         None if state is None else state['kv'], self.chunk_size)
+        return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}
+
+
+class CosformerAttention(KernelAttention):
+    """cosFormer. Qin et al. 2022, "cosFormer: Rethinking Softmax in Attention", arXiv:2202.08791.
+
+    s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), normalised by sum_j s_ij. The cosine splits,
+    cos(a - b) = cos a cos b + sin a sin b, so s_ij is a dot product of 2D features
+    [relu(x_t) cos(pi t / 2M), relu(x_t) sin(pi t / 2M)] and stays linear. M = block_size (not T), so a
+    token's output does not depend on the sequence length and decoding matches the parallel form.
+    F = 2D. Complexity as KernelAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.max_len = config.block_size
+
+    def features(self, q, k, offset):
+        position = torch.arange(q.size(2), device=q.device, dtype=wide_dtype(q)) + offset  # exact up to 2^24
+        angle = (math.pi / 2 * position / self.max_len)[:, None]  # (T, 1)
+        cos, sin = angle.cos(), angle.sin()
+        q, k = F.relu(q), F.relu(k)
+        return torch.cat([q * cos, q * sin], dim=-1), torch.cat([k * cos, k * sin], dim=-1)
+
+    def reference_scores(self, q, k):
+        """s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), the cosine taken of i - j whole."""
+        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype)
+        reweighting = torch.cos(math.pi / 2 * (position[:, None] - position[None, :]) / self.max_len)  # (T, T)
+        return (F.relu(q) @ F.relu(k).transpose(-2, -1)) * reweighting
+
+
+class Retention(KernelAttention):
+    """RetNet multi-scale retention. Sun et al. 2023, "Retentive Network", arXiv:2307.08621.
+
+    Retention(X) = (Q K^T / sqrt(D) * Dm) V with rotary (xPos-style) positions on Q and K and the decay
+    mask Dm_ij = gamma_h^(i-j) for j <= i (bidirectional: gamma_h^|i-j|), gamma_h = 1 - 2^(-5-h) per head.
+    MSR(X) = (swish(X W_G) * GroupNorm_h(heads)) W_O; the gate W_G and the group norm are this variant's
+    extra parameters. No normaliser: the group norm makes each head's output scale-free.
+    Complexity as KernelAttention (F = D), the decay folded into the chunks.
+    """
+    normalise = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
+        self.group_norm = HeadGroupNorm(config.n_head, config.n_embd)
+        self.set_output(norm=self.group_norm, gate=self.gate)
+
+    def features(self, q, k, offset):
+        return rotary(q, offset), rotary(k, offset) / math.sqrt(q.size(-1))
+
+    def log_gamma(self, dtype, device):
+        """(H,) log gamma_h, gamma_h = 1 - 2^(-5-h), made in dtype each call: no buffer that module.bfloat16() could
+        round (bfloat16 puts log gamma_2 0.4% off, and gamma_2^330 = 0.075 1% off)."""
+        h = torch.arange(self.n_head, device=device, dtype=dtype)
+        return torch.log1p(-torch.exp2(-5 - h))
+
+    def log_decay(self, like):
+        return self.log_gamma(like.dtype, like.device)[None, :, None]
+
+    def reference_scores(self, q, k):
+        """The paper's complex form: channel pairs (x_2i, x_2i+1) are complex numbers, Q_n = q_n e^{i n theta},
+        K_m = k_m e^{i m theta}, theta_i = 10000^(-i / half); s_nm = Re(Q_n conj(K_m)) / sqrt(D) gamma^|n - m|
+        = Re(q_n conj(k_m) e^{i (n - m) theta}) / sqrt(D) gamma^|n - m|. An odd last channel adds q . k."""
+        B, H, T, D = q.shape
+        half = D // 2
+        as_complex = lambda x: torch.view_as_complex(x[..., :2 * half].reshape(B, H, T, half, 2).contiguous())
+        theta = 10000.0 ** (-torch.arange(half, device=q.device, dtype=q.dtype) / max(half, 1))
+        position = torch.arange(T, device=q.device, dtype=q.dtype)
+        relative = position[:, None] - position[None, :]  # n - m, (T, T)
+        phase = torch.exp(1j * relative[..., None] * theta)  # e^{i (n - m) theta}, (T, T, half)
+        rotated = torch.einsum('bhni,bhmi,nmi->bhnm', as_complex(q), as_complex(k).conj(), phase).real
+        unrotated = q[..., 2 * half:] @ k[..., 2 * half:].transpose(-2, -1)  # (B, H, T, T), zero if D is even
+        decay = (self.log_gamma(q.dtype, q.device)[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
+        return (rotated + unrotated) / math.sqrt(D) * decay
+
+
+class NormLinearAttention(LinearAttention):
+    """TransNormer's NormAttention. Qin et al. 2022, "The Devil in Linear Transformer", arXiv:2210.10340.
+
+    O = RMSNorm(phi(Q) (phi(K)^T V)) with phi(x) = elu(x) + 1: linear attention without the denominator
+    (whose unbounded gradients the paper blames for instability), the output normalised instead.
+    The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
+    """
+    normalise = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.out_norm = AllHeadsRMSNorm(config.n_embd)
+        self.set_output(norm=self.out_norm)
 
 
 class LocalAttention(Attention):
@@ -405,328 +756,7 @@ class LocalAttention(Attention):
         return y, KVState(cache, end)
 
 
-class KernelAttention(Attention):
-    """The linear-attention family: y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)], s_ij = phi(q_i) . phi(k_j) a_ij,
-    where a_ij is 1 or a decay gamma^|i-j|. Subclasses choose the feature map (`features`), whether to
-    normalise (`normalise`, with `eps` added to the normaliser) and an optional per-head log-decay, and
-    write s_ij once more, straight from the paper, in `reference_scores` (or in `allowed_scores`, where s_ij
-    depends on which keys query i may use) for attend_reference.
-
-    Causal: attend_chunkwise (chunked_linear_attention) for training and decoding alike, time
-    O(T C (F + D) + T F D), memory O(T C + (T / C) F D); decoding keeps a fixed (F, D) state per head:
-    O(F D) per token whatever the position. Training on T > recompute_segment = S tokens goes segment by segment
-    (SegmentedRecompute): memory kept for backward O(T D) (q, k, v) + O((T / S) F D), temporaries O(S C + S F),
-    time one more forward of the attention core.
-    Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
-    pass plus an anti-causal pass.
-    Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
-    Precision: features (positions, angles, exponents) are computed from q and k in float32 (float64 stays
-    float64) with autocast off, and every sum over the sequence stays there (chunked_linear_attention); the output
-    returns to the input's dtype.
-    """
-    normalise = True
-    eps = 1e-6
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.chunk_size = config.chunk_size
-        self.recompute_segment = config.recompute_segment
-
-    def features(self, q, k, offset):
-        """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
-        raise NotImplementedError
-
-    def log_decay(self, like):
-        """None (no decay) or (1, H, 1) log gamma_h <= 0, in like's dtype and on its device."""
-        return None
-
-    def reference_scores(self, q, k):
-        """(B, H, T, D) queries/keys -> (B, H, T, T) s_ij for every pair i, j (unmasked), from the paper's
-        formula, sharing nothing with `features`."""
-        raise NotImplementedError
-
-    def values(self, v):
-        return append_ones(v) if self.normalise else v
-
-    def divide(self, numerator, normaliser):
-        """The normalised output from its two sums, sum_j s_ij v_j and sum_j s_ij: numerator / (normaliser + eps)."""
-        return numerator / (normaliser + self.eps)
-
-    def finish(self, y, dtype):
-        """y = [numerator, normaliser] (values' extra column) -> divide(numerator, normaliser) when normalising, in
-        y's precision, then back to dtype (the input's)."""
-        return cast(self.divide(y[..., :-1], y[..., -1:]) if self.normalise else y, dtype)
-
-    def wide_features(self, q, k, offset):
-        """features(q, k, offset) in float32 at least and with autocast off, whatever q's dtype or the autocast."""
-        with full_precision(q):
-            return self.features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), offset)
-
-    def attend(self, q, k, v, pad_mask, **gates):
-        if self.causal:
-            if torch.is_grad_enabled() and 0 < self.recompute_segment < q.size(2):
-                return attend_in_segments(self.attend_chunkwise, q, k, v, gates, self.recompute_segment,
-                                          self.parameters())
-            return self.attend_chunkwise(q, k, v, None, **gates)[0]
-        return self.bidirectional(*self.wide_features(q, k, 0), v, pad_mask)
-
-    def bidirectional(self, fq, fk, v, pad_mask):
-        dtype = v.dtype
-        if pad_mask is not None:
-            fk = fk.masked_fill(pad_mask[:, None, :, None], 0)  # a zero key adds nothing to any sum
-        v = self.values(v)
-        log_decay = self.log_decay(fq)
-        if log_decay is None:
-            with full_precision(fq):  # the (F, E) sum and the normaliser run over all T tokens
-                v = cast(v, wide_dtype(fq))
-                return self.finish(fq @ (fk.transpose(-2, -1) @ v), dtype)
-        log_decay = log_decay.expand(1, -1, fq.size(2))
-        forward, _ = chunked_linear_attention(fq, fk, v, log_decay, chunk_size=self.chunk_size)  # j <= i
-        backward, _ = chunked_linear_attention(fq.flip(2), fk.flip(2), v.flip(2), log_decay, chunk_size=self.chunk_size)
-        diagonal = (fq * fk).sum(-1, keepdim=True) * v  # j = i, counted by both passes
-        return self.finish(forward + backward.flip(2) - diagonal, dtype)
-
-    def attend_chunkwise(self, q, k, v, state):
-        """Causal, chunkwise-parallel: the T >= 1 tokens after `state` (None = the start) -> (y, new state).
-        The causal forward is this from state None; decoding continues from any state."""
-        offset = 0 if state is None else state['offset']
-        fq, fk = self.wide_features(q, k, offset)
-        log_decay = self.log_decay(fq)
-        if log_decay is not None:
-            log_decay = log_decay.expand(1, -1, q.size(2))
-        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
-        return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
-
-    def attend_step(self, q, k, v, state, **gates):
-        return self.attend_chunkwise(q, k, v, state, **gates)
-
-    def attend_reference(self, q, k, v, pad_mask):
-        """y_i = sum_j s_ij v_j [/ (sum_j s_ij + eps)] over the allowed j, on the (T, T) matrix."""
-        scores = self.allowed_scores(q, k, reference_mask(q.size(2), self.causal, pad_mask, q.device))
-        y = scores @ v
-        return self.divide(y, scores.sum(-1, keepdim=True)) if self.normalise else y
-
-    def allowed_scores(self, q, k, allowed):
-        """(B, H, T, T) s_ij where query i may use key j (`allowed`, (B|1, 1, T, T) bool), 0 elsewhere."""
-        return self.reference_scores(q, k).masked_fill(~allowed, 0)
-
-
-class LinearAttention(KernelAttention):
-    """Linear transformer. Katharopoulos et al. 2020, "Transformers are RNNs", arXiv:2006.16236.
-
-    phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
-    z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
-    """
-
-    def features(self, q, k, offset):
-        return F.elu(q) + 1, F.elu(k) + 1
-
-    def reference_scores(self, q, k):
-        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)  # s_ij = phi(q_i) . phi(k_j)
-
-
-class NormLinearAttention(KernelAttention):
-    """TransNormer's NormAttention. Qin et al. 2022, "The Devil in Linear Transformer", arXiv:2210.10340.
-
-    O = RMSNorm(phi(Q) (phi(K)^T V)) with phi(x) = elu(x) + 1: linear attention without the denominator
-    (whose unbounded gradients the paper blames for instability), the output normalised instead.
-    The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
-    """
-    normalise = False
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.out_norm = nn.RMSNorm(config.n_embd)
-
-    def features(self, q, k, offset):
-        return F.elu(q) + 1, F.elu(k) + 1
-
-    def reference_scores(self, q, k):
-        return (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)  # s_ij = phi(q_i) . phi(k_j)
-
-    def output(self, y, x):
-        B, H, T, D = y.shape
-        y = self.out_norm(y.transpose(1, 2).reshape(B, T, H * D))
-        return self.dropout(self.proj(y))
-
-
-class CosformerAttention(KernelAttention):
-    """cosFormer. Qin et al. 2022, "cosFormer: Rethinking Softmax in Attention", arXiv:2202.08791.
-
-    s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), normalised by sum_j s_ij. The cosine splits,
-    cos(a - b) = cos a cos b + sin a sin b, so s_ij is a dot product of 2D features
-    [relu(x_t) cos(pi t / 2M), relu(x_t) sin(pi t / 2M)] and stays linear. M = block_size (not T), so a
-    token's output does not depend on the sequence length and decoding matches the parallel form.
-    F = 2D. Complexity as KernelAttention.
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.max_len = config.block_size
-
-    def features(self, q, k, offset):
-        position = torch.arange(q.size(2), device=q.device, dtype=wide_dtype(q)) + offset  # exact up to 2^24
-        angle = (math.pi / 2 * position / self.max_len)[:, None]  # (T, 1)
-        cos, sin = angle.cos(), angle.sin()
-        q, k = F.relu(q), F.relu(k)
-        return torch.cat([q * cos, q * sin], dim=-1), torch.cat([k * cos, k * sin], dim=-1)
-
-    def reference_scores(self, q, k):
-        """s_ij = relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M), the cosine taken of i - j whole."""
-        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype)
-        reweighting = torch.cos(math.pi / 2 * (position[:, None] - position[None, :]) / self.max_len)  # (T, T)
-        return (F.relu(q) @ F.relu(k).transpose(-2, -1)) * reweighting
-
-
-class GatedGroupNormOutput(KernelAttention):
-    """The output of RetNet and GLA: proj(swish(x W_G) * GroupNorm_h(heads)), a group (LayerNorm with a per-channel
-    affine) per head. The gate W_G (C x C) and the group norm (2C) are the subclass's extra parameters."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.group_norm = nn.GroupNorm(config.n_head, config.n_embd)
-
-    def output(self, y, x):
-        B, H, T, D = y.shape
-        # GroupNorm with a group per head = LayerNorm over each head's D channels + per-channel affine;
-        # layer_norm in the (B, H, T, D) layout is the same arithmetic, about twice as fast on CPU
-        norm = self.group_norm
-        y = F.layer_norm(y, (D,), eps=norm.eps) * norm.weight.view(H, 1, D) + norm.bias.view(H, 1, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)
-        return self.dropout(self.proj(F.silu(self.gate(x)) * y))
-
-
-class Retention(GatedGroupNormOutput):
-    """RetNet multi-scale retention. Sun et al. 2023, "Retentive Network", arXiv:2307.08621.
-
-    Retention(X) = (Q K^T / sqrt(D) * Dm) V with rotary (xPos-style) positions on Q and K and the decay
-    mask Dm_ij = gamma_h^(i-j) for j <= i (bidirectional: gamma_h^|i-j|), gamma_h = 1 - 2^(-5-h) per head.
-    MSR(X) = (swish(X W_G) * GroupNorm_h(heads)) W_O; the gate W_G and the group norm are this variant's
-    extra parameters. No normaliser: the group norm makes each head's output scale-free.
-    Complexity as KernelAttention (F = D), the decay folded into the chunks.
-    """
-    normalise = False
-
-    def features(self, q, k, offset):
-        return rotary(q, offset), rotary(k, offset) / math.sqrt(q.size(-1))
-
-    def log_gamma(self, dtype, device):
-        """(H,) log gamma_h, gamma_h = 1 - 2^(-5-h), made in dtype each call: no buffer that module.bfloat16() could
-        round (bfloat16 puts log gamma_2 0.4% off, and gamma_2^330 = 0.075 1% off)."""
-        h = torch.arange(self.n_head, device=device, dtype=dtype)
-        return torch.log1p(-torch.exp2(-5 - h))
-
-    def log_decay(self, like):
-        return self.log_gamma(like.dtype, like.device)[None, :, None]
-
-    def reference_scores(self, q, k):
-        """The paper's complex form: channel pairs (x_2i, x_2i+1) are complex numbers, Q_n = q_n e^{i n theta},
-        K_m = k_m e^{i m theta}, theta_i = 10000^(-i / half); s_nm = Re(Q_n conj(K_m)) / sqrt(D) gamma^|n - m|
-        = Re(q_n conj(k_m) e^{i (n - m) theta}) / sqrt(D) gamma^|n - m|. An odd last channel adds q . k."""
-        B, H, T, D = q.shape
-        half = D // 2
-        as_complex = lambda x: torch.view_as_complex(x[..., :2 * half].reshape(B, H, T, half, 2).contiguous())
-        theta = 10000.0 ** (-torch.arange(half, device=q.device, dtype=q.dtype) / max(half, 1))
-        position = torch.arange(T, device=q.device, dtype=q.dtype)
-        relative = position[:, None] - position[None, :]  # n - m, (T, T)
-        phase = torch.exp(1j * relative[..., None] * theta)  # e^{i (n - m) theta}, (T, T, half)
-        rotated = torch.einsum('bhni,bhmi,nmi->bhnm', as_complex(q), as_complex(k).conj(), phase).real
-        unrotated = q[..., 2 * half:] @ k[..., 2 * half:].transpose(-2, -1)  # (B, H, T, T), zero if D is even
-        decay = (self.log_gamma(q.dtype, q.device)[:, None, None] * relative.abs()).exp()  # gamma_h^|n - m|, (H, T, T)
-        return (rotated + unrotated) / math.sqrt(D) * decay
-
-
-class PerformerAttention(KernelAttention):
-    """Performer, FAVOR+. Choromanski et al. 2021, "Rethinking Attention with Performers", arXiv:2009.14794.
-
-    exp(q . k / sqrt(D)) ~= phi(q) . phi(k) with positive random features
-    phi(x) = exp(W x - |x|^2 / 2) / sqrt(m), x = q / D^(1/4), W: (m, D) orthogonal Gaussian rows (blocks
-    of a QR factor, rows rescaled to chi-distributed norms). Normalised like softmax. F = m.
-    W is drawn at construction from torch's RNG and kept as a buffer (saved in checkpoints); in training it is
-    redrawn every `performer_redraw_interval` steps, as the paper trains (redraw_random_features, called by each
-    trainer), and `redraw_projection()` draws a new one on request: nothing else changes it.
-    Stabiliser, as in the authors' code (google-research/performer, softmax_kernel_transformation): each feature
-    vector is divided by a common factor, then `feature_floor` (their numerical_stabilizer, 1e-6) is added to
-    every feature. Queries use their own max. Keys use the running max M_t over keys 0..t (so no future token
-    leaks in): a larger max arriving at step t rescales the state by exp(M_{t-1} - M_t), which is exactly a
-    data-dependent decay <= 1 and goes through the same chunked kernel (attend_chunkwise, for the causal forward
-    and decoding alike). The factors alone would cancel between numerator and normaliser, but in float32 every
-    product phi(q)_f phi(k)_f can underflow when q and k are long and point apart (|W x| ~ 30 spans e^60), and
-    the normaliser with it: 0 / 0 forward, 1 / normaliser^2 backward. The floor keeps the normaliser >= 1e-6,
-    at the price of a bias the size of the floor; attend_reference writes the same floored features out.
-    Complexity as KernelAttention with F = m.
-    """
-    eps = 0.0  # the floor keeps the normaliser >= feature_floor
-    feature_floor = 1e-6
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.n_features = config.performer_features
-        self.redraw_interval = config.performer_redraw_interval
-        self.register_buffer('projection', torch.empty(self.n_features, self.head_dim))
-        self.redraw_projection()
-
-    @torch.no_grad()
-    def redraw_projection(self, generator=None):
-        """A new W from generator (None: torch's global RNG)."""
-        D, m = self.head_dim, self.n_features
-        blocks = [torch.linalg.qr(torch.randn(D, D, generator=generator))[0].T for _ in range(-(-m // D))]
-        rows = torch.cat(blocks)[:m]                                             # orthogonal within each block
-        norms = torch.randn(m, D, generator=generator).norm(dim=1, keepdim=True)  # chi(D), as for Gaussian rows
-        self.projection.copy_(rows * norms)
-
-    def project(self, x):
-        """(W x, |x|^2 / 2) with x scaled by D^(-1/4): (B, H, T, m) and (B, H, T, 1). log(phi(x) sqrt(m)) = W x - |x|^2 / 2.
-        In float32 at least, autocast off: these are exponents, and a bfloat16 W x (|W x| ~ 5) errs by ~1% in exp."""
-        with full_precision(x):
-            x = cast(x, wide_dtype(x)) * self.head_dim ** -0.25
-            return x @ cast(self.projection, x.dtype).T, (x * x).sum(-1, keepdim=True) / 2
-
-    def query_features(self, q):
-        # |q|^2 / 2 and 1 / sqrt(m) are common to a query's features: the stabiliser's factor absorbs them
-        return exp_stabilised(self.project(q)[0], -1) + self.feature_floor
-
-    def allowed_scores(self, q, k, allowed):
-        """s_ij for the allowed pairs, the stabilised features written out on (T, T, m), nothing from the fast path:
-        x = q_i / D^(1/4), y = k_j / D^(1/4), b_j = W y - |y|^2 / 2 = log(phi(y) sqrt(m)) (the paper's phi), a_i = W x
-        (log(phi(x) sqrt(m)) but for -|x|^2 / 2, common to the row), M_i = max of b_j' over the keys j' query i may use;
-        s_ij = sum_f (exp(a_if - max_f a_i) + floor) (exp(b_jf - M_i) + floor exp(M_j - M_i)); the maxima are
-        constants to the gradient, as in the fast path."""
-        x, y = q / self.head_dim ** 0.25, k / self.head_dim ** 0.25
-        a = x @ self.projection.T                                       # (B, H, T, m)
-        b = y @ self.projection.T - (y * y).sum(-1, keepdim=True) / 2   # (B, H, T, m)
-        fq = torch.exp(a - a.amax(-1, keepdim=True).detach()) + self.feature_floor
-        M = b.detach().amax(-1)[..., None, :].masked_fill(~allowed, float('-inf')).amax(-1)  # (B, H, T): row i's
-        fk = torch.exp(b[..., None, :, :] - M[..., :, None, None])      # (B, H, T_i, T_j, m)
-        fk = fk + self.feature_floor * torch.exp(M[..., None, :] - M[..., :, None])[..., None]
-        return (fq[..., :, None, :] * fk).sum(-1).masked_fill(~allowed, 0)
-
-    def attend(self, q, k, v, pad_mask):
-        if self.causal:
-            return super().attend(q, k, v, pad_mask)
-        wk, half_norm = self.project(k)
-        log_k = wk - half_norm
-        if pad_mask is not None:  # padded keys must not set the stabiliser
-            log_k = log_k.masked_fill(pad_mask[:, None, :, None], float('-inf'))
-        fk = exp_stabilised(log_k, (-2, -1)) + self.feature_floor  # bidirectional: one max over all keys
-        return self.bidirectional(self.query_features(q), fk, v, pad_mask)
-
-    def attend_chunkwise(self, q, k, v, state):
-        wk, half_norm = self.project(k)
-        key_max = (wk.amax(-1, keepdim=True) - half_norm).squeeze(-1).detach()  # largest log-feature, (B, H, T)
-        previous = key_max[..., :1] if state is None else state['key_max']
-        running = torch.maximum(key_max.cummax(-1).values, previous)      # max over keys 0..t
-        log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
-        # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
-        fk = (wk + -(half_norm + running[..., None])).exp() + self.feature_floor
-        y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
-        return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}
-
-
-class GatedLinearAttention(GatedGroupNormOutput):
+class GatedLinearAttention(RecurrentAttention):
     """GLA. Yang et al. 2023, "Gated Linear Attention Transformers with Hardware-Efficient Training",
     arXiv:2312.06635.
 
@@ -736,18 +766,20 @@ class GatedLinearAttention(GatedGroupNormOutput):
     The paper halves the key dimension; here q, k, v keep the shared projections (F = D). Extra parameters: the
     gate (C x 16, 16 x C, C), the output gate (C x C) and the group norm (2C). Causal only (the paper defines no
     bidirectional form). One addition: log alpha_t >= -8 (MIN_CHANNEL_LOG_DECAY; alpha_t >= 3.4e-4, a gate logit
-    below -128), which keeps the chunked kernel's factors within float32 (chunk_decays).
+    below -128), which keeps the chunked kernel's factors within float32 (kernels.chunk_decays).
     Causal: chunked_linear_attention with a decay per key channel, in chunks of 16: time O(T 16 D + T D^2),
     memory O(T 16 + (T / 16) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a
     time.
     """
     supports_bidirectional = False
-    normalise = False
     gate_rank = 16
     gate_temperature = 16
 
     def __init__(self, config):
         super().__init__(config)
+        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
+        self.group_norm = HeadGroupNorm(config.n_head, config.n_embd)
+        self.set_output(norm=self.group_norm, gate=self.gate)
         self.decay_down = nn.Linear(config.n_embd, self.gate_rank, bias=False)
         self.decay_up = nn.Linear(self.gate_rank, config.n_embd, bias=True)
 
@@ -779,7 +811,7 @@ class GatedLinearAttention(GatedGroupNormOutput):
         return torch.stack(outputs, dim=2)
 
 
-class DeltaNet(KernelAttention):
+class DeltaNet(RecurrentAttention):
     """DeltaNet. Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
     arXiv:2406.06484.
 
@@ -793,12 +825,12 @@ class DeltaNet(KernelAttention):
     token at a time.
     """
     supports_bidirectional = False
-    normalise = False
 
     def __init__(self, config):
         super().__init__(config)
         self.beta = nn.Linear(config.n_embd, config.n_head, bias=False)
         self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)  # a fixed eps (fla's): torch's default is the dtype's
+        self.set_output(norm=self.head_norm)
 
     def gates(self, x):
         return {'beta': torch.sigmoid(wide_linear(self.beta, x)).transpose(1, 2)}  # (B, H, T)
@@ -828,14 +860,6 @@ class DeltaNet(KernelAttention):
             outputs.append((S @ q[:, :, t, :, None]).squeeze(-1))
         return torch.stack(outputs, dim=2)
 
-    def output(self, y, x):
-        B, H, T, D = y.shape
-        y = self.head_norm(y).transpose(1, 2).reshape(B, T, H * D)
-        return self.dropout(self.proj(self.output_gate(y, x)))
-
-    def output_gate(self, y, x):
-        return y
-
 
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet. Yang et al. 2024, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
@@ -856,16 +880,14 @@ class GatedDeltaNet(DeltaNet):
         self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())
         step = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
         self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
-        self.gate = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
+        self.set_output(norm=self.head_norm, gate=self.gate)
 
     def gates(self, x):
         step = wide_linear(self.alpha, x)  # (B, T, H)
         step = F.softplus(step + cast(self.step_bias, step.dtype))
         log_alpha = -cast(self.log_decay_rate, step.dtype).exp() * step
         return super().gates(x) | {'log_alpha': log_alpha.transpose(1, 2)}  # (B, H, T)
-
-    def output_gate(self, y, x):
-        return F.silu(self.gate(x)) * y
 
 
 class RandomFeatureAttention(KernelAttention):
@@ -1039,6 +1061,12 @@ ATTENTION = {
 }
 
 
+def build_attention(config):
+    if config.attention not in ATTENTION:
+        raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
+    return ATTENTION[config.attention](config)
+
+
 def redraw_random_features(model, step, seed):
     """Redraw the random features of every layer in model that has them (Performer: `redraw_interval` > 0) at a step
     that is a positive multiple of its interval; call once per training step, before its forward. The draw comes from
@@ -1049,12 +1077,6 @@ def redraw_random_features(model, step, seed):
         if interval and step > 0 and step % interval == 0:
             key = zlib.crc32(f'{seed}/{step}/{name}'.encode())
             module.redraw_projection(torch.Generator().manual_seed(key))
-
-
-def build_attention(config):
-    if config.attention not in ATTENTION:
-        raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
-    return ATTENTION[config.attention](config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1178,7 +1200,6 @@ class TransformerLM(nn.Module):
     def forward(self, idx):
         """idx: (B, T) token ids -> logits (B, T, vocab_size)."""
         return self.lm_head(self.hidden(idx))
-
 
 
 def init_weights(model, n_layer, also=()):

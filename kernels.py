@@ -348,8 +348,8 @@ def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64)
     (I + A) D = diag(beta) V - diag(beta exp(b)) K S_0, A_ij = beta_i exp(b_i - b_j) k_i . k_j for j < i (b: the log
     decay summed from the chunk's start, S_0: the state entering it). The UT transform solves that unit triangular
     system for all chunks at once: D = U - W S_0, U = (I + A)^-1 beta V, W = (I + A)^-1 beta exp(b) K. Then
-    y_i = exp(b_i) q_i S_0 + sum_{j<=i} exp(b_i - b_j) (q_i . k_j) d_j, S_C = exp(b_C) S_0 + sum_j exp(b_C - b_j) k_j^T d_j,
-    every exponent <= 0. A chunk's state transition is a full (F, F) matrix, so the states follow one another in a
+    y_i = exp(b_i) q_i S_0 + sum_{j<=i} exp(b_i - b_j) (q_i . k_j) d_j and
+    S_C = exp(b_C) S_0 + sum_j exp(b_C - b_j) k_j^T d_j, every exponent <= 0. A chunk's state transition is a full (F, F) matrix, so the states follow one another in a
     loop over chunks (T / C steps of two (C, F) x (F, E) products).
     Time O(T C (F + E + C) + T F E), memory O(T (C + F + E) + (T / C) F E).
     """

@@ -55,7 +55,7 @@ def modes(cls):
 
 
 def is_linear_family(cls):
-    return issubclass(cls, attention.KernelAttention)
+    return issubclass(cls, attention.RecurrentAttention)
 
 
 VARIANTS = list(ATTENTION)
@@ -557,8 +557,8 @@ def test_retention_head_norm_is_group_norm():
     torch.nn.init.normal_(module.group_norm.weight)
     torch.nn.init.normal_(module.group_norm.bias)
     y, x = torch.randn(2, 2, 7, 15, dtype=torch.float64), inputs(2, 7, 30)  # (B, H, T, D) heads, block input
-    grouped = module.group_norm(y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
-    expected = module.proj(torch.nn.functional.silu(module.gate(x)) * grouped)
+    grouped = torch.nn.GroupNorm.forward(module.group_norm, y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
+    expected = module.proj(torch.nn.functional.silu(torch.nn.Linear.forward(module.gate, x)) * grouped)
     torch.testing.assert_close(module.output(y, x), expected, rtol=1e-12, atol=1e-12)
 
 
