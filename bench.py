@@ -70,7 +70,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from attention import ATTENTION, KernelAttention, LayerConfig, LMConfig, TransformerLM, build_attention
+from attention import ATTENTION, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, build_attention
 from training import (ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype,
                       write_atomic)
 
@@ -125,9 +125,9 @@ FLOORS = dict(
 
 
 def linear_family():
-    """The variants the floors apply to: the causal ones built on attention.KernelAttention, read from the
+    """The variants the floors apply to: the causal ones built on attention.RecurrentAttention, read from the
     registry when called (so a class registered at run time counts too)."""
-    return [name for name, cls in ATTENTION.items() if issubclass(cls, KernelAttention) and cls.supports_causal]
+    return [name for name, cls in ATTENTION.items() if issubclass(cls, RecurrentAttention) and cls.supports_causal]
 
 
 def vs_softmax_floors(variant):

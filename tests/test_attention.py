@@ -28,7 +28,6 @@ Memory: test_memory_grows_linearly, for the variants that claim O(T) memory.
 """
 import inspect
 import itertools
-import math
 
 import pytest
 import torch
@@ -36,7 +35,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import attention
+import kernels
 from attention import ATTENTION, LayerConfig, build_attention
+from test_kernels import kept_for_backward
 
 
 class Selection(list):
@@ -54,7 +55,7 @@ def modes(cls):
 
 
 def is_linear_family(cls):
-    return issubclass(cls, attention.KernelAttention)
+    return issubclass(cls, attention.RecurrentAttention)
 
 
 VARIANTS = list(ATTENTION)
@@ -329,38 +330,14 @@ def test_training_in_segments_equals_the_whole_sequence(name):
             torch.testing.assert_close(g[key], g_whole[key], rtol=1e-9, atol=1e-10, msg=f"gradient of {key}")
 
 
-def test_training_in_segments_recomputes_under_the_forwards_autocast():
-    """Backward, run outside the autocast as training loops run it, recomputes each segment under the forward's
-    autocast: on a toy recurrence with a bfloat16 matmul, its gradients are those of autograd on the whole sequence
-    under the same autocast (recomputed in float32 they would be off by bfloat16's resolution). Compared per token
-    (y and q's gradient): W's sums over all tokens, rounded to bfloat16 once or once per segment."""
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(15, 15, generator=g, requires_grad=True)
-
-    def attend(q, k, v, state):  # y_t = sum_{s<=t} q_s W, the state the running sum
-        y = (q @ W).float().cumsum(2) + (0 if state is None else state['sum'][:, :, None])
-        return y, {'sum': y[:, :, -1]}
-    q, k, v = (torch.randn(2, 3, 50, 15, generator=g, requires_grad=True) for _ in range(3))
-    weights = torch.randn(2, 3, 50, 15, generator=g)
-    results = []
-    for run in (lambda: attend(q, k, v, None)[0], lambda: attention.attend_in_segments(attend, q, k, v, {}, 16, [W])):
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            y = run()
-        q.grad = None
-        (y * weights).sum().backward()
-        results.append((y, q.grad))
-    for whole, segmented in zip(*results):
-        torch.testing.assert_close(segmented, whole, rtol=1e-5, atol=1e-5)
-
-
 def test_segment_check_catches_a_backward_that_drops_the_state_gradient(monkeypatch):
     """Without the gradient that flows back through the state between segments, the check above fails."""
-    run = attention.SegmentedRecompute.run
+    run = kernels.SegmentedRecompute.run
 
     def cut_state(ctx, per_token, start, state):
         y, leaving = run(ctx, per_token, start, state)
         return y, {key: value.detach() if torch.is_tensor(value) else value for key, value in leaving.items()}
-    monkeypatch.setattr(attention.SegmentedRecompute, 'run', staticmethod(cut_state))
+    monkeypatch.setattr(kernels.SegmentedRecompute, 'run', staticmethod(cut_state))
     with pytest.raises(AssertionError, match='gradient of'):
         test_training_in_segments_equals_the_whole_sequence('linear')
 
@@ -487,142 +464,6 @@ def test_performer_stabiliser_survives_long_keys(causal, direction):
         assert not any(torch.isfinite(grad).all() for grad in grads)
 
 
-def recurrence(kv, log_decay, state):
-    """chunk_states' definition, one chunk at a time: S_0 = state, S_{n+1} = exp(log_decay_n) S_n + kv_n."""
-    starts, S = [], state
-    for n in range(kv.size(-2)):
-        starts.append(S)
-        S = log_decay[..., n, None].exp() * S + kv[..., n, :]
-    return torch.stack(starts, dim=-2), S
-
-
-CHUNK_DECAYS = {  # (B|1, H, N) log decays of whole chunks, <= 0
-    'none': lambda N, g: torch.zeros(1, 3, N, dtype=torch.float64),
-    'retention': lambda N, g: torch.full((1, 3, N), 64 * math.log1p(-2 ** -5), dtype=torch.float64),  # gamma^64
-    'jumps': lambda N, g: -60 * (torch.rand(2, 3, N, generator=g, dtype=torch.float64) < 0.1).double(),  # at times
-    'strong': lambda N, g: -200 * torch.rand(2, 3, N, generator=g, dtype=torch.float64),  # underflows float32
-}
-
-
-@pytest.mark.parametrize('decay', CHUNK_DECAYS)
-@pytest.mark.parametrize('N', [1, 7, 16, 17, 300])
-def test_chunk_states_equals_the_recurrence(N, decay):
-    """The batched scan against the loop it replaces: one chunk, one group, one group and a chunk (padding), 300
-    chunks (three levels of groups); with and without an incoming state. Exact in float64; in float32, as close to
-    the float64 recurrence as float32 allows however strong the decay (nothing overflows or turns into nan)."""
-    g = torch.Generator().manual_seed(0)
-    kv = torch.randn(2, 3, N, 5, generator=g, dtype=torch.float64)
-    log_decay = CHUNK_DECAYS[decay](N, g)
-    for state in (None, torch.randn(2, 3, 5, generator=g, dtype=torch.float64)):
-        expected = recurrence(kv, log_decay, torch.zeros(2, 3, 5, dtype=torch.float64) if state is None else state)
-        got = attention.chunk_states(kv, log_decay, state)
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        got = attention.chunk_states(kv.float(), log_decay.float(), None if state is None else state.float())
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
-
-
-def linear_attention_formula(q, k, v, log_decay, state):
-    """Causal linear attention with decay on the (T, T) matrix, from its definition, sharing nothing with the chunked
-    kernel: with L_if = sum_{t<=i} log_decay_t(f) (a decay per token: the same for every key channel f),
-    y_i = sum_{j<=i} sum_f q_if k_jf exp(L_if - L_jf) v_j + sum_f exp(L_if) q_if S_0[f] and the final state
-    S[f] = sum_j exp(L_{T-1,f} - L_jf) k_jf v_j + exp(L_{T-1,f}) S_0[f]."""
-    T = q.size(2)
-    L = (log_decay if log_decay.dim() == 4 else log_decay[..., None]).cumsum(2)  # (B|1, H, T, F|1)
-    allowed = torch.ones(T, T, dtype=torch.bool).tril()[..., None]
-    decay = (L[:, :, :, None] - L[:, :, None, :]).masked_fill(~allowed, float('-inf')).exp()  # (B|1, H, T, T, F|1)
-    scores = (q[:, :, :, None, :] * k[:, :, None, :, :] * decay).sum(-1)  # (B, H, T, T)
-    y = scores @ v + (q * L.exp()) @ state
-    to_end = (L[:, :, -1:] - L).exp()  # (B|1, H, T, F|1)
-    return y, (k * to_end).transpose(-2, -1) @ v + L[:, :, -1, :, None].exp() * state
-
-
-KERNEL_DECAYS = {  # log_decay for B = 2, H = 3, T tokens, F = 5 key channels: None, or <= 0
-    'none': lambda T, g: None,
-    'per sequence': lambda T, g: -torch.rand(2, 3, T, generator=g, dtype=torch.float64),
-    'shared by the batch': lambda T, g: -0.3 * torch.rand(1, 3, T, generator=g, dtype=torch.float64),
-    'per key channel': lambda T, g: -torch.rand(2, 3, T, 5, generator=g, dtype=torch.float64),
-}
-
-
-def kernel_mismatches(decay, incoming_state, T=37, chunk_size=8):
-    """chunked_linear_attention against linear_attention_formula in float64 (T = 37: the last of the chunks of 8 is
-    partial): y, the final state, and the gradients of q, k, v, log_decay and the incoming state of a loss that reads
-    both y and the final state. Returns the names of what differs."""
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(2, 3, T, 5, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(2, 3, T, 4, generator=g, dtype=torch.float64)
-    log_decay = KERNEL_DECAYS[decay](T, g)
-    state = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) if incoming_state else None
-    y_weight, state_weight = torch.randn(2, 3, T, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
-    results = []
-    for kernel in (attention.chunked_linear_attention, None):
-        leaves = [None if t is None else t.clone().requires_grad_() for t in (q, k, v, log_decay, state)]
-        if kernel is None:
-            args = leaves[:3] + [torch.zeros(1, 3, T, dtype=torch.float64) if log_decay is None else leaves[3],
-                                 torch.zeros(2, 3, 5, 4, dtype=torch.float64) if state is None else leaves[4]]
-            y, final = linear_attention_formula(*args)
-        else:
-            y, final = kernel(*leaves, chunk_size=chunk_size)
-        ((y * y_weight).sum() + (final * state_weight).sum()).backward()
-        results.append([y, final] + [None if t is None else t.grad for t in leaves])
-    names = ('y', 'final state', 'q', 'k', 'v', 'log_decay', 'incoming state')
-    return [name for name, a, b in zip(names, *results)
-            if a is not None and not torch.allclose(a, b, rtol=1e-9, atol=1e-10)]
-
-
-@pytest.mark.parametrize('decay', KERNEL_DECAYS)
-@pytest.mark.parametrize('incoming_state', [False, True])
-def test_chunk_kernel_and_its_gradients_equal_the_formula(decay, incoming_state):
-    """ChunkwiseLinearAttention's backward, written out and recomputing, against autograd on the formula."""
-    assert kernel_mismatches(decay, incoming_state) == []
-
-
-def test_chunk_kernel_check_catches_a_backward_that_drops_the_state_gradient(monkeypatch):
-    backward = attention.ChunkwiseLinearAttention.backward
-    monkeypatch.setattr(attention.ChunkwiseLinearAttention, 'backward',
-                        staticmethod(lambda ctx, dy, dS: backward(ctx, dy, torch.zeros_like(dS))))
-    assert 'log_decay' in kernel_mismatches('per sequence', True)
-
-
-def test_chunk_kernel_passes_gradcheck():
-    """Finite differences against the backward, every input differentiable: T = 11 in chunks of 4, with a decay per
-    token and one per key channel, and an incoming state."""
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(1, 2, 11, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(1, 2, 11, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    state = torch.randn(1, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    kernel = lambda *args: attention.chunked_linear_attention(*args, chunk_size=4)
-    for decay_shape in (q.shape[:3], q.shape):  # per token, per token and key channel
-        log_decay = (-torch.rand(decay_shape, generator=g, dtype=torch.float64)).requires_grad_()
-        assert torch.autograd.gradcheck(kernel, (q, k, v, log_decay, state))
-
-
-def kept_for_backward(fn, *args):
-    """The storages of the tensors autograd keeps for backward while fn(*args) runs."""
-    kept = set()
-
-    def pack(t):
-        kept.add(t.untyped_storage().data_ptr())
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return kept
-
-
-def test_chunk_kernel_keeps_only_its_inputs_for_backward():
-    """No (C, C) scores, per-chunk states or copies live from forward to backward: only q, k, v (contiguous, a whole
-    number of chunks: kept as they are), log_decay and the state. Autograd through the formula keeps more."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 64, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    log_decay = (-torch.rand(2, 3, 64, generator=g, dtype=torch.float64)).requires_grad_()
-    state = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    args = (q, k, v, log_decay, state)
-    given = {t.untyped_storage().data_ptr() for t in args}
-    assert kept_for_backward(lambda *a: attention.chunked_linear_attention(*a, chunk_size=8), *args) <= given
-    assert not kept_for_backward(linear_attention_formula, *args) <= given
-
 class TensorSizes(TorchDispatchMode):
     """Records the largest tensor any op produces, forward and backward."""
 
@@ -716,8 +557,8 @@ def test_retention_head_norm_is_group_norm():
     torch.nn.init.normal_(module.group_norm.weight)
     torch.nn.init.normal_(module.group_norm.bias)
     y, x = torch.randn(2, 2, 7, 15, dtype=torch.float64), inputs(2, 7, 30)  # (B, H, T, D) heads, block input
-    grouped = module.group_norm(y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
-    expected = module.proj(torch.nn.functional.silu(module.gate(x)) * grouped)
+    grouped = torch.nn.GroupNorm.forward(module.group_norm, y.transpose(1, 2).reshape(14, 30)).view(2, 7, 30)
+    expected = module.proj(torch.nn.functional.silu(torch.nn.Linear.forward(module.gate, x)) * grouped)
     torch.testing.assert_close(module.output(y, x), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -1,7 +1,7 @@
 """
 What the registry-driven protocol (test_attention.py) does not reach on its own: the short convolution as an axis of
-every variant, the per-channel and delta-rule kernels at lengths and decays the layer tests do not use, checks that
-the references catch a fast path with a wrong gate, and the refusal of bidirectional use where a paper defines none.
+every variant, checks that the references catch a fast path with a wrong gate, and the refusal of bidirectional use
+where a paper defines none (the kernels the newer variants use: test_kernels.py).
 Float64 unless a test is about float32.
 """
 import re
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import attention
+import kernels
 import train_bert
 import train_vit
 from attention import ATTENTION, LayerConfig, build_attention
@@ -98,111 +99,6 @@ def test_short_conv_is_off_by_default_and_adds_its_own_parameters():
 
 
 # ----------------------------------------------------------------------------------------------
-# the kernels
-
-
-def gated_loop(q, k, v, log_decay):
-    """S_t = Diag(exp(log_decay_t)) S_{t-1} + k_t^T v_t, y_t = q_t S_t, one token at a time."""
-    S = q.new_zeros(q.shape[:2] + (q.size(-1), v.size(-1)))
-    outputs = []
-    for t in range(q.size(2)):
-        S = log_decay[:, :, t, :, None].exp() * S + k[:, :, t, :, None] * v[:, :, t, None, :]
-        outputs.append((q[:, :, t, None] @ S).squeeze(-2))
-    return torch.stack(outputs, dim=2), S
-
-
-def random_qkv(T, log_decay_scale, seed=0, B=2, H=2, D=5):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for _ in range(3))
-    log_decay = -log_decay_scale * torch.rand(B, H, T, D, generator=g, dtype=torch.float64) ** 3  # mostly mild
-    return q, k, v, log_decay
-
-
-@pytest.mark.parametrize('chunk_size,T', [(16, 50), (64, 200), (7, 23), (64, 1)])
-def test_per_channel_kernel_equals_the_recurrence(chunk_size, T):
-    """Chunks of 16, 16, 7 and 1 tokens (a per-channel decay takes at most 16), a padded last chunk; from a state
-    too."""
-    q, k, v, log_decay = random_qkv(T, 3.0)
-    expected, S = gated_loop(q, k, v, log_decay)
-    y, final = attention.chunked_linear_attention(q, k, v, log_decay, chunk_size=chunk_size)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(final, S, rtol=1e-10, atol=1e-10)
-    if T == 1:
-        return
-    cut = T // 3
-    first, state = attention.chunked_linear_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
-                                                      log_decay[:, :, :cut], chunk_size=chunk_size)
-    second, _ = attention.chunked_linear_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:],
-                                                   log_decay[:, :, cut:], state, chunk_size=chunk_size)
-    torch.testing.assert_close(torch.cat([first, second], dim=2), expected, rtol=1e-10, atol=1e-10)
-
-
-def test_per_channel_kernel_is_safe_in_float32_at_16k():
-    """Strong per-channel gates (log decays uniform down to the floor, -8 a token) over 16384 tokens: float32 stays
-    finite and as close to the float64 recurrence as float32 allows, its gradients too; splitting the scores as
-    (q e^b) . (k e^-b) from the start of a chunk of 64 would overflow."""
-    q, k, v, _ = random_qkv(16384, 0.0, B=1, H=1, D=4)
-    log_decay = attention.MIN_CHANNEL_LOG_DECAY * torch.rand(q.shape, generator=torch.Generator().manual_seed(1),
-                                                             dtype=torch.float64)
-    expected, _ = gated_loop(q, k, v, log_decay)
-    inputs = [t.float().requires_grad_() for t in (q, k, v, log_decay)]
-    y, _ = attention.chunked_linear_attention(*inputs)
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
-    y.square().sum().backward()  # and the gradients, against the float64 kernel's (checked against autograd above)
-    wide = [t.requires_grad_() for t in (q, k, v, log_decay)]
-    attention.chunked_linear_attention(*wide)[0].square().sum().backward()
-    for narrow, exact in zip(inputs, wide):
-        assert torch.isfinite(narrow.grad).all()
-        torch.testing.assert_close(narrow.grad.double(), exact.grad, rtol=1e-3, atol=1e-3)
-    b = log_decay.float()[..., :64, :].cumsum(2)  # within a single chunk of 64
-    assert not torch.isfinite((k.float()[..., :64, :] * (-b).exp())).all()
-
-
-def test_per_channel_kernel_raises_log_decays_below_its_floor():
-    """A log decay below MIN_CHANNEL_LOG_DECAY counts as the floor (no overflow, no NaN even at -1000), and its
-    gradient is zero there, as for a clamp; the GLA reference applies the same floor."""
-    q, k, v, log_decay = random_qkv(40, 3.0)
-    strong = log_decay.clone()
-    strong[..., ::3, :] = -1000.0
-    floored = strong.clamp_min(attention.MIN_CHANNEL_LOG_DECAY)
-    expected, S = gated_loop(q, k, v, floored)
-    strong.requires_grad_()
-    y, final = attention.chunked_linear_attention(q, k, v, strong, chunk_size=16)
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(final, S, rtol=1e-10, atol=1e-10)
-    y.sum().backward()
-    assert (strong.grad[..., ::3, :] == 0).all() and strong.grad.abs().sum() > 0
-
-
-def delta_loop(q, k, v, beta, log_decay):
-    """S_t = a_t (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t (row layout), y_t = q_t S_t."""
-    S = q.new_zeros(q.shape[:2] + (q.size(-1), v.size(-1)))
-    outputs = []
-    for t in range(q.size(2)):
-        kt = k[:, :, t, :, None]
-        S = log_decay[:, :, t, None, None].exp() * (S - beta[:, :, t, None, None] * kt @ (kt.transpose(-2, -1) @ S))
-        S = S + beta[:, :, t, None, None] * kt * v[:, :, t, None, :]
-        outputs.append((q[:, :, t, None] @ S).squeeze(-2))
-    return torch.stack(outputs, dim=2)
-
-
-@pytest.mark.parametrize('dtype,T,scale', [(torch.float64, 100, 1.0), (torch.float32, 4096, 30.0)])
-def test_delta_rule_kernel_equals_the_recurrence(dtype, T, scale):
-    """Unit keys as the layer feeds it; in float32 with log decays down to -30 a token, finite and close."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, T, 6, generator=g, dtype=torch.float64) for _ in range(3))
-    k = k / k.norm(dim=-1, keepdim=True)
-    beta = torch.rand(1, 2, T, generator=g, dtype=torch.float64)
-    log_decay = -scale * torch.rand(1, 2, T, generator=g, dtype=torch.float64) ** 3
-    expected = delta_loop(q, k, v, beta, log_decay)
-    y, _ = attention.chunked_delta_rule(*(t.to(dtype) for t in (q, k, v, beta, log_decay)), chunk_size=64)
-    assert torch.isfinite(y).all()
-    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(y.double(), expected, rtol=tolerance, atol=tolerance)
-
-
-# ----------------------------------------------------------------------------------------------
 # the references catch a wrong gate
 
 
@@ -218,8 +114,8 @@ class DeltaNetWithoutTheCorrection(attention.DeltaNet):
 
     def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = attention.chunked_linear_attention(fq, fk * beta[..., None], v, log_alpha,
-                                                   None if state is None else state['kv'], self.chunk_size)
+        y, kv = kernels.chunked_linear_attention(fq, fk * beta[..., None], v, log_alpha,
+                                                 None if state is None else state['kv'], self.chunk_size)
         return y, {'kv': kv}
 
 
@@ -228,8 +124,8 @@ class GatedRFAWithoutKeyWeights(attention.RandomFeatureAttention):
 
     def attend_chunkwise(self, q, k, v, state, gate_logit=None):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = attention.chunked_linear_attention(fq, fk, self.values(v), torch.nn.functional.logsigmoid(gate_logit),
-                                                   None if state is None else state['kv'], self.chunk_size)
+        y, kv = kernels.chunked_linear_attention(fq, fk, self.values(v), torch.nn.functional.logsigmoid(gate_logit),
+                                                 None if state is None else state['kv'], self.chunk_size)
         return self.finish(y, v.dtype), {'kv': kv}
 
 

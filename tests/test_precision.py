@@ -131,6 +131,7 @@ def test_decoding_under_autocast_matches_float64(name, dtype):
     assert_close_to_float64(y[:, 2040:], reference[:, 2040:], f"{name} decoding {dtype}", window=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,causal', MODES)
 def test_float16_at_16k_is_finite_and_close(name, causal):
     module, x = layer(name, causal, 16384), sequence(16384)
@@ -202,6 +203,7 @@ def test_float16_training_with_grad_scaler(name, causal):
     assert any(not torch.equal(p, before[key]) for key, p in model.state_dict().items()), "no step was taken"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,causal', COMPILED)
 def test_compiled_equals_eager(name, causal):
     """torch.compile's default backend (inductor), whole graph, static shapes, against eager in float32: the output,
@@ -231,6 +233,7 @@ def test_compiled_equals_eager(name, causal):
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5, msg=f"{key} ({name})")
 
 
+@pytest.mark.slow
 def test_a_variant_registered_at_run_time_is_checked_here(monkeypatch):
     monkeypatch.setitem(ATTENTION, 'throwaway', SoftplusAttention)
     checks = registry_checks('throwaway', globals())
