@@ -11,14 +11,9 @@ import torch
 
 import attention
 import kernels
-import train_bert
-import train_vit
 from attention import ATTENTION, LayerConfig, build_attention
 from test_attention import (CAUSAL, BIDIRECTIONAL, MODES, Selection, assert_padding_ignored, inputs, make, padding,
                             registry_checks)
-from test_train_bert import TINY as BERT_TINY
-from test_train_vit import TINY as VIT_TINY, write_image_folder
-from trainer_checks import write_byte_corpus
 import training
 from training import ConfigError
 
@@ -150,16 +145,11 @@ def test_causal_only_variants_refuse_bidirectional_use_in_one_line(name):
     assert message.endswith(', '.join(n for n, cls in ATTENTION.items() if cls.supports_bidirectional))
 
 
-def test_masked_lm_and_vit_say_which_variants_they_accept(tmp_path):
-    (tmp_path / 'bytes').mkdir()
-    corpus = write_byte_corpus(tmp_path / 'bytes')
-    write_image_folder(tmp_path / "images", n_train=64, n_val=16)
+def test_masked_lm_and_vit_say_which_variants_they_accept(bert, vit, tmp_path):
     accepted = ', '.join(n for n, cls in ATTENTION.items() if cls.supports_bidirectional)
-    runs = [(train_bert, BERT_TINY + [f'--data_dir={corpus}']),
-            (train_vit, VIT_TINY + ['--dataset=imagefolder', f'--data_dir={tmp_path / "images"}'])]
-    for script, args in runs:
+    for trainer in (bert, vit):
         with pytest.raises(ConfigError, match=re.escape(f'pick one of: {accepted}')):
-            script.main(args + ['--attention=gla', f'--out_dir={tmp_path / script.__name__}'])
+            trainer.main('--attention=gla', f'--out_dir={tmp_path / trainer.name}')
 
 
 @pytest.mark.parametrize('name,causal', MODES)
