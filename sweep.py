@@ -62,7 +62,7 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 import training
-from attention import ATTENTION
+from attention import ATTENTION, LayerConfig, build_attention
 from training import ConfigError
 
 DEFAULTS = dict(
@@ -88,11 +88,14 @@ SET_BY_SWEEP = ('seed', 'out_dir', 'init_from', 'eval_only', 'mode')  # keys a s
 READ_TIMEOUT_S = 300       # reading a trainer's DEFAULTS (a torch import)
 STOP_WAIT_S = 600          # a stopped trainer's time to save and exit before it is killed
 Run = namedtuple('Run', 'name out_dir args max_iters')
+LAYER_KEYS = set(LayerConfig.__dataclass_fields__) - {'causal'}  # the trainer decides the mode
 
 
 def trainer_defaults(trainer):
-    """The trainer's config keys and defaults (its DEFAULTS), read in a subprocess: sweep.py imports no trainer."""
-    code = 'import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1])["DEFAULTS"]))'
+    """The trainer's config keys and defaults (its DEFAULTS) and its attention mode (CAUSAL), read in a subprocess:
+    sweep.py imports no trainer."""
+    code = ('import json, runpy, sys; script = runpy.run_path(sys.argv[1]); '
+            'print(json.dumps([script["DEFAULTS"], script["CAUSAL"]]))')
     try:
         result = subprocess.run([sys.executable, '-c', code, trainer], capture_output=True, text=True,
                                 timeout=READ_TIMEOUT_S)
@@ -163,7 +166,7 @@ def plan_runs(sweep, path):
     combinations = [{**combination, **dict(zip(axes, values))}
                     for combination in sweep.runs or [{}] for values in itertools.product(*axes.values())]
     out_dir = sweep_dir(sweep, path)
-    defaults = trainer_defaults(sweep.trainer)
+    defaults, causal = trainer_defaults(sweep.trainer)
     runs = []
     for seed in sweep.seeds:
         for combination in combinations:
@@ -175,9 +178,11 @@ def plan_runs(sweep, path):
                 config = training.apply_overrides(defaults, args)
             except ConfigError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
-            if config.get('attention', 'softmax') not in ATTENTION:
-                raise ConfigError(f"{path}: run {name}: attention={config['attention']!r} is not registered; "
-                                  f"choose from: {', '.join(ATTENTION)}")
+            try:  # the layer the trainer would build: its mode and knobs, refused now rather than hours in
+                build_attention(LayerConfig(**{key: value for key, value in config.items() if key in LAYER_KEYS},
+                                            causal=causal))
+            except ValueError as error:
+                raise ConfigError(f"{path}: run {name}: {error}") from None
             runs.append(Run(name, config['out_dir'], args, config['max_iters']))
     names = [run.name for run in runs]
     if len(set(names)) < len(names):

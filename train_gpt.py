@@ -97,6 +97,7 @@ max_new_tokens = 500
 temperature = 0.8
 top_k = 200                # sample from the k likeliest tokens; 0 = all
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+CAUSAL = True  # the attention's mode in this task (sweep.py checks each planned variant against it)
 # -----------------------------------------------------------------------------------------------
 
 
@@ -278,7 +279,7 @@ def train(cfg, dist):
 
     # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in vars(cfg).items() if k in LMConfig.__dataclass_fields__}
-    model_args.update(vocab_size=meta['vocab_size'], causal=True)
+    model_args.update(vocab_size=meta['vocab_size'], causal=CAUSAL)
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank

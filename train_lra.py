@@ -104,6 +104,7 @@ dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cu
 compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+CAUSAL = False  # the attention's mode in this task (sweep.py checks each planned variant against it)
 PAD = 0                    # the model's id of padding; a token t of the data is id t + 1
 # -----------------------------------------------------------------------------------------------
 
@@ -373,7 +374,7 @@ def train(cfg, dist):
     # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in vars(cfg).items() if k in LRAConfig.__dataclass_fields__}
     model_args.update(vocab_size=meta['vocab_size'] + 1, num_classes=meta['num_classes'], seq_len=meta['seq_len'],
-                      documents=meta['documents'], padded=meta['padded'], causal=False)  # + 1: the padding id
+                      documents=meta['documents'], padded=meta['padded'], causal=CAUSAL)  # + 1: the padding id
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank

@@ -111,6 +111,7 @@ dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cu
 compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+CAUSAL = True  # the attention's mode in this task (sweep.py checks each planned variant against it)
 IGNORE = -100              # target of every token but the answers (F.cross_entropy's ignore_index)
 # -----------------------------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ def train(cfg, dist):
 
     # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in vars(cfg).items() if k in LMConfig.__dataclass_fields__}
-    model_args.update(causal=True)
+    model_args.update(causal=CAUSAL)
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank

@@ -105,6 +105,7 @@ dtype = 'auto'             # 'auto' = bfloat16 (float16 where unsupported) on cu
 compile = False            # torch.compile the model (off: compile support and speedups differ by variant)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+CAUSAL = False  # the attention's mode in this task (sweep.py checks each planned variant against it)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # -----------------------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def train(cfg, dist):
 
     # model: the same initial weights on every rank and for every variant (see attention.init_weights)
     model_args = {k: v for k, v in vars(cfg).items() if k in ViTConfig.__dataclass_fields__}
-    model_args.update(num_classes=len(classes), causal=False)
+    model_args.update(num_classes=len(classes), causal=CAUSAL)
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank

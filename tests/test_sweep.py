@@ -34,8 +34,7 @@ TIMEOUT_S = 240
 TINY = {'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'block_size': 16, 'batch_size': 8, 'dropout': 0.0,
         'learning_rate': 0.01, 'min_lr': 0.001, 'warmup_iters': 2, 'lr_decay_iters': 120, 'max_iters': 120,
         'eval_interval': 40, 'eval_iters': 2, 'log_interval': 1, 'device': 'cpu'}
-DEFAULTS = {'train_gpt.py': train_gpt.DEFAULTS, 'train_bert.py': train_bert.DEFAULTS,
-            'train_vit.py': train_vit.DEFAULTS, 'train_mqar.py': train_mqar.DEFAULTS, 'train_lra.py': train_lra.DEFAULTS}
+TRAINERS = {f'{module.__name__}.py': module for module in (train_gpt, train_bert, train_vit, train_mqar, train_lra)}
 
 
 def write_sweep(path, **keys):
@@ -51,8 +50,8 @@ def in_root(monkeypatch):
 
 @pytest.fixture
 def known_trainers(monkeypatch, in_root):
-    """The trainers' DEFAULTS without a subprocess each (tests may import the scripts; sweep.py may not)."""
-    monkeypatch.setattr(sweep, 'trainer_defaults', lambda trainer: DEFAULTS[trainer])
+    """The trainers' DEFAULTS and modes without a subprocess each (tests may import the scripts; sweep.py may not)."""
+    monkeypatch.setattr(sweep, 'trainer_defaults', lambda trainer: (TRAINERS[trainer].DEFAULTS, TRAINERS[trainer].CAUSAL))
 
 
 def test_dry_run_prints_one_command_per_run(tmp_path, in_root, capsys):
@@ -240,7 +239,9 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     ({'trainer': 'train_gpt.py', 'axes': {'norm_place': ['pre']}}, r"run norm_place=pre,seed=1337: "
                                                                    r"--norm_place=pre: unknown key"),
     ({'trainer': 'train_gpt.py', 'axes': {'n_head': [0]}}, r"run n_head=0,seed=1337: n_head=0: must be at least 1"),
-    ({'trainer': 'train_gpt.py', 'axes': {'attention': ['softmaxx']}}, r"attention='softmaxx' is not registered"),
+    ({'trainer': 'train_gpt.py', 'axes': {'attention': ['softmaxx']}}, r"unknown attention 'softmaxx'; choose one of"),
+    ({'trainer': 'train_bert.py', 'axes': {'attention': ['linear', 'gla']}}, r"run attention=gla,seed=1337: GatedLinearAttention is causal only"),
+    ({'trainer': 'train_gpt.py', 'axes': {'attention': ['rfa'], 'rfa_features': [0]}}, r"rfa_features=0: rfa needs "),
     ({'trainer': 'train_gpt.py', 'overrides': {'seed': 5}}, r"overrides sets 'seed', which the sweep sets itself"),
     ({'trainer': 'train_gpt.py', 'runs': [{'n_head': 2}], 'axes': {'n_head': [1]}}, r"runs\[0\] and axes both set"),
     ({'trainer': 'train_gpt.py', 'axes': {'data_dir': ['a/b', 'a_b']}}, r"two runs share the folder data_dir=a_b"),
