@@ -158,6 +158,8 @@ def write_meta(folder, meta):
 
 def read_source(src):
     """the bytes to split (all of src, or its enwik8 member) and their md5; enwik8 must be intact"""
+    if os.path.isdir(src):
+        raise ValueError(f"--src={src} is a folder: give a file (enwik8.zip, enwik8, or any file to split as bytes)")
     if src.lower().endswith(".zip"):
         with open_zip(src) as zf:
             if "enwik8" not in zf.namelist():

@@ -24,7 +24,8 @@ attention=linear,seed=2, and is the trainer command
     python <trainer> <configs> --<key>=<value> ... --seed=<seed> --out_dir=<out_dir>/<name>
 then the same with --init_from=resume --eval_only=True, which writes eval.json. Before any run starts, every run's
 config is checked against the trainer's own keys, types and ranges (its DEFAULTS, read in a subprocess: a script
-never imports another), so a typo stops the sweep at once rather than a day into it.
+never imports another), the attention layer it would build in the trainer's mode (CAUSAL), and the trainer's own
+check_settings where it has one, so a typo or an impossible setting stops the sweep at once rather than a day in.
 
 What a run still needs is read from its folder when its turn comes, so a sweep stopped at any point completes
 when run again and redoes no work:
@@ -107,6 +108,33 @@ def trainer_defaults(trainer):
     return json.loads(result.stdout.splitlines()[-1])
 
 
+CHECK_SETTINGS = """import json, runpy, sys
+from types import SimpleNamespace
+check = runpy.run_path(sys.argv[1]).get('check_settings')
+for name, config in json.load(sys.stdin) if check else []:
+    try:
+        check(SimpleNamespace(**config))
+    except Exception as error:
+        print(json.dumps([name, str(error)]))
+        break
+"""
+
+
+def trainer_refusal(trainer, named_configs):
+    """(run name, the trainer's message) for the first planned config its own check_settings(cfg) refuses, or None:
+    the settings a trainer checks beyond keys, types and shared ranges (e.g. MQAR's pairs against its vocabulary),
+    read in a subprocess, as trainer_defaults is."""
+    try:
+        result = subprocess.run([sys.executable, '-c', CHECK_SETTINGS, trainer], input=json.dumps(named_configs),
+                                capture_output=True, text=True, timeout=READ_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"checking the planned runs with {trainer} took over {READ_TIMEOUT_S} s") from None
+    if result.returncode:
+        last = (result.stderr.strip().splitlines() or ['no output'])[-1]
+        raise ConfigError(f"cannot check the planned runs with {trainer}: {last}")
+    return json.loads(result.stdout) if result.stdout.strip() else None
+
+
 def check_setting(key, value, where, path):
     """A trainer setting of a sweep: a scalar (what --key=value carries) of a key the sweep does not set itself."""
     if key in SET_BY_SWEEP:
@@ -161,13 +189,14 @@ def sweep_dir(sweep, path):
 
 
 def plan_runs(sweep, path):
-    """Every run of the sweep, in order (seeds outermost), each checked against the trainer's keys."""
+    """Every run of the sweep, in order (seeds outermost), each checked as its trainer would: keys, types and ranges,
+    the layer it builds in the trainer's mode, and the trainer's own check_settings."""
     axes = {key: axis_values(key, values, path) for key, values in sweep.axes.items()}
     combinations = [{**combination, **dict(zip(axes, values))}
                     for combination in sweep.runs or [{}] for values in itertools.product(*axes.values())]
     out_dir = sweep_dir(sweep, path)
     defaults, causal = trainer_defaults(sweep.trainer)
-    runs = []
+    runs, configs = [], []
     for seed in sweep.seeds:
         for combination in combinations:
             settings = {**combination, 'seed': seed}
@@ -184,6 +213,10 @@ def plan_runs(sweep, path):
             except ValueError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
             runs.append(Run(name, config['out_dir'], args, config['max_iters']))
+            configs.append([name, config])
+    refusal = trainer_refusal(sweep.trainer, configs)
+    if refusal:
+        raise ConfigError(f"{path}: run {refusal[0]}: {refusal[1]}")
     names = [run.name for run in runs]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})

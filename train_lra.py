@@ -216,6 +216,9 @@ class LRAClassifier(nn.Module):
 # data
 
 
+TASKS = ('listops', 'text', 'retrieval', 'image', 'pathfinder')  # prepare_lra.py's
+
+
 def prepare_command(data_dir, task):
     default = os.path.normpath(data_dir) == os.path.join('data', 'lra', task)
     return f"python prepare_lra.py {task}" + ('' if default else f" --data_dir={data_dir}")
@@ -227,12 +230,13 @@ def load_meta(data_dir):
     path = os.path.join(data_dir, 'meta.json')
     task = os.path.basename(os.path.normpath(data_dir))
     if not os.path.exists(path):
-        raise ConfigError(f"{path} not found: run `{prepare_command(data_dir, task if task else '<task>')}`")
+        raise ConfigError(f"{path} not found: run `{prepare_command(data_dir, task if task in TASKS else 'listops')}`"
+                          + ('' if task in TASKS else f" (or another task: {', '.join(TASKS)})"))
     meta = training.read_json(path)
     keys = ('task', 'vocab_size', 'seq_len', 'documents', 'num_classes', 'padded', 'examples', 'tokens')
-    if not isinstance(meta, dict) or any(key not in meta for key in keys):
-        raise ConfigError(f"{path} is not from prepare_lra.py (it lacks {', '.join(keys)}); run `python "
-                          f"prepare_lra.py <task> --data_dir={data_dir}`")
+    if not isinstance(meta, dict) or any(key not in meta for key in keys):  # e.g. a corpus: never prepared over
+        raise ConfigError(f"{path} is not from prepare_lra.py (it lacks {', '.join(keys)}): give --data_dir a folder "
+                          f"prepare_lra.py wrote, e.g. `python prepare_lra.py listops` writes data/lra/listops")
     redo = f"run `{prepare_command(data_dir, meta['task'])}` again"
     for split in ('train', 'val', 'test'):
         files = {name: os.path.join(data_dir, f'{split}.{name}') for name in ('bin', 'index.bin', 'labels.bin')}

@@ -139,8 +139,9 @@ class RecallLM(TransformerLM):
 # data
 
 
-def check_setting(cfg):
-    """ConfigError unless the vocabulary and the sequence hold num_kv_pairs distinct keys, values and query slots."""
+def check_settings(cfg):
+    """ConfigError unless the vocabulary and the sequence hold num_kv_pairs distinct keys, values and query slots
+    (sweep.py calls it on every planned run before the first starts)."""
     for key in ('num_kv_pairs', 'train_examples', 'val_examples', 'test_examples'):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be at least 1; set --{key} to a positive value")
@@ -261,7 +262,7 @@ def train(cfg, dist):
 
     # data: the fixed training set (from seed) and held-out sets (from eval_seed), the same on every rank; batches
     # of random training examples drawn from a generator that is the same on every rank
-    check_setting(cfg)
+    check_settings(cfg)
     train_set = mqar_examples(cfg.train_examples, cfg, stream('train', cfg.seed))
     held_out = {split: mqar_examples(n, cfg, stream(split, cfg.eval_seed))
                 for split, n in (('val', cfg.val_examples), ('test', cfg.test_examples))}

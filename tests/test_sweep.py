@@ -52,6 +52,7 @@ def in_root(monkeypatch):
 def known_trainers(monkeypatch, in_root):
     """The trainers' DEFAULTS and modes without a subprocess each (tests may import the scripts; sweep.py may not)."""
     monkeypatch.setattr(sweep, 'trainer_defaults', lambda trainer: (TRAINERS[trainer].DEFAULTS, TRAINERS[trainer].CAUSAL))
+    monkeypatch.setattr(sweep, 'trainer_refusal', lambda trainer, named_configs: None)  # tested on its own below
 
 
 def test_dry_run_prints_one_command_per_run(tmp_path, in_root, capsys):
@@ -175,6 +176,15 @@ def test_a_run_another_sweep_process_holds_is_left_to_it(tmp_path, known_trainer
     assert '[2/2] attention=linear,seed=1: busy' in out and '+ python' not in out
     assert '0 trained, 2 left to other processes' in out
     assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').rglob('*.*'))
+
+
+def test_a_setting_the_trainer_itself_refuses_stops_the_sweep_before_any_run(tmp_path, in_root):
+    path = write_sweep(tmp_path / 'pairs.py', trainer='train_mqar.py', configs=['configs/mqar/cpu.py'],
+                       axes={'num_kv_pairs': [4, 40]}, out_dir=str(tmp_path / 'out'))
+    with pytest.raises(ConfigError, match=r"pairs.py: run num_kv_pairs=40,seed=1337: vocab_size=8192 leaves|"
+                                          r"pairs.py: run num_kv_pairs=40,seed=1337: block_size=64 has no room"):
+        sweep.main([path])
+    assert not (tmp_path / 'out').exists()
 
 
 def fake_run(folder, ckpt_iter=None, eval_iter=None, log=False):

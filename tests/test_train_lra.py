@@ -214,6 +214,8 @@ def test_bad_input_is_one_line_error(lra, tmp_path):
         (['--attention=flash'], 'choose one of: softmax, linear'),
         ([f'--data_dir={tmp_path / "nowhere" / "listops"}'], r'meta.json not found: run `python prepare_lra.py '
                                                               r'listops --data_dir='),
+        ([f'--data_dir={tmp_path / "my_task"}'], r'meta.json not found: run `python prepare_lra.py listops '
+                                                  r'--data_dir=.*my_task` \(or another task: listops, text, '),
         (['--batch_size=512', '--init_from=resume'], '256 training examples: fewer than one step'),
         (['--n_layer=3', '--init_from=resume'], 'is a different model: n_layer=2 in the checkpoint, 3 in the config'),
         (['--n_embd=31'], 'n_embd=31 is not divisible by n_head=2'),
