@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -118,8 +119,9 @@ def test_sampling_from_another_trainer_s_run_is_one_line(bert, tmp_path):
 
 @pytest.mark.slow
 def test_bad_input_is_one_line_error(gpt, tmp_path):
-    gpt.train(tmp_path, '--max_iters=1')
-    base = ['train_gpt.py', *gpt.args, f'--out_dir={tmp_path}']
+    """Each case on its own copy of a finished run (a run folder admits one process at a time): refused in one line,
+    the copy untouched."""
+    gpt.train(tmp_path / 'run', '--max_iters=1')
     cases = [
         (['--n_layr=3'], "unknown key 'n_layr'"),
         (['--n_layer=2.5'], 'expected int'),
@@ -129,18 +131,19 @@ def test_bad_input_is_one_line_error(gpt, tmp_path):
          "is a different model: attention='softmax' in the checkpoint, 'linear' in the config; n_layer=2 in the "
          "checkpoint, 3 in the config"),
         (['--optimizer=sgd', '--init_from=resume'], 'was trained with AdamW, this run builds SGD: resume with'),
-        ([], f'{tmp_path} already holds a run ({tmp_path}/ckpt.pt): continue it with --init_from=resume'),
-        (['--eval_only=True'], f'{tmp_path} already holds a run'),  # its eval.json is not replaced
+        ([], '{run} already holds a run ({run}/ckpt.pt): continue it with --init_from=resume'),
+        (['--eval_only=True'], '{run} already holds a run'),  # its eval.json is not replaced
     ]
-    before = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'log.jsonl', 'config.json')}
-    processes = [subprocess.Popen([sys.executable, *base, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-                 for args, _ in cases]  # in parallel: python + torch startup is most of the time
-    for process, (args, message) in zip(processes, cases):
+    runs = [shutil.copytree(tmp_path / 'run', tmp_path / f'case{i}') for i in range(len(cases))]
+    before = [{path.name: path.read_bytes() for path in run.iterdir()} for run in runs]
+    processes = [subprocess.Popen([sys.executable, 'train_gpt.py', *gpt.args, f'--out_dir={run}', *args], cwd=ROOT,
+                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for run, (args, _) in zip(runs, cases)]  # in parallel: python + torch startup is most of the time
+    for process, run, (args, message) in zip(processes, runs, cases):
         _, err = process.communicate(timeout=120)
         assert process.returncode != 0
-        assert err.count('\n') == 1 and err.startswith('error: ') and message in err, (args, err)
-    assert before == {name: (tmp_path / name).read_bytes() for name in before}  # the run there is untouched
+        assert err.count('\n') == 1 and err.startswith('error: ') and message.format(run=run) in err, (args, err)
+    assert before == [{path.name: path.read_bytes() for path in run.iterdir()} for run in runs]  # untouched
     assert training.prepare_command('data/enwik8') == 'python prepare_enwik8.py'
     assert training.prepare_command('data/wikitext103/') == 'python prepare_wikitext103.py'
     assert training.prepare_command('/big/enwik8') == 'python prepare_enwik8.py --data_dir=/big/enwik8'

@@ -177,7 +177,7 @@ def test_report_reads_lra_runs(lra, tmp_path, capsys):
     report.main([str(tmp_path)])
     table = capsys.readouterr().out
     assert table.startswith('Long Range Arena: top-1 accuracy. Best first by val accuracy % (higher is better)')
-    assert '| attention | params | attn params | n | val accuracy % | test accuracy % | tokens/s |' in table
+    assert '| attention | params | attn params | n | val accuracy % | test accuracy % | Δ val accuracy % |' in table
     accuracy = json.loads((tmp_path / 'linear' / 'eval.json').read_text())['test']['accuracy']
     assert f'| {100 * accuracy:.2f} |' in table
 
