@@ -1044,6 +1044,216 @@ class HedgehogAttention(KernelAttention):
         return kernel(a, c) + kernel(-a, -c)
 
 
+class GatedRMSNorm(SwishGate):
+    """Mamba-2's output gate and norm, the norm after the gate (mamba_ssm's RMSNormGated): RMSNorm(swish(x W_z) * y)
+    over all C channels of the merged heads y (B, T, C), from the layer input x; SwishGate's x W_z (C -> C), then an
+    nn.RMSNorm with its C weights and Mamba-2's eps 1e-5."""
+
+    def __init__(self, n_embd, bias):
+        super().__init__(n_embd, n_embd, bias=bias)
+        self.norm = nn.RMSNorm(n_embd, eps=1e-5)
+
+    def forward(self, y, x):
+        return self.norm(super().forward(y, x))
+
+
+def initial_step_bias(n_head):
+    """(n_head,) b with softplus(b) log-uniform in [0.001, 0.1] (floored at 1e-4): Mamba's initial step, drawn from
+    torch's RNG."""
+    step = torch.exp(torch.rand(n_head) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp_min(1e-4)
+    return step + torch.log(-torch.expm1(-step))  # softplus^-1(step)
+
+
+class Mamba2(RecurrentAttention):
+    """Mamba-2's SSD layer. Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through
+    Structured State Space Duality", arXiv:2405.21060.
+
+    The selective state space model with a scalar decay per head and token, in attention's names (C = q, B = k,
+    X = v), per head: h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t, y_t = C_t h_t + D x_t, h_t: (D, D), where
+    x, B, C = SiLU(v, k, q) (the paper's activation after its convolution), dt_t = softplus(x_t W_dt + dt_bias) the
+    input-dependent step, A = -exp(A_log) with A_log = log U(1, 16) and softplus(dt_bias) log-uniform in
+    [0.001, 0.1] at initialisation (initial_step_bias), D = 1 (the skip); no scale. Output, the paper's:
+    proj(RMSNorm(y * swish(x W_z))), the norm over all heads' channels (GatedRMSNorm).
+    Extra parameters: W_dt (C x H), dt_bias, A_log, D (H each), W_z (C x C), the norm's C weights.
+    Of the paper's block, the layer keeps the convolution (as trev's short_conv axis on q, k, v, before the SiLU:
+    off by default, the paper's 4 with --short_conv=4), the SiLU, the step, A, D, the gate and the norm; its
+    in-projection is the shared qkv plus W_dt and W_z, its out-projection the shared proj. The shared block supplies
+    the pre-norm and residual, and an MLP, which Mamba-2's stack of mixers does not have. The paper shares B and C
+    across the heads (one group, a state of N = 64 to 128) and expands the width twice; here each head has its own
+    B and C of D channels (N = D, the multi-head pattern the paper discusses) and the width stays C, the
+    projections every variant has.
+    Causal only (the paper defines no bidirectional form). Causal: chunked_linear_attention with a decay per token
+    (SSD's chunked algorithm: a masked (C, C) product within chunks, the state across them), time
+    O(T C D + T D^2), memory O(T C + (T / C) D^2); decoding keeps a (D, D) state per head. Reference: the
+    recurrence, one token at a time.
+    fla: fla.ops.simple_gla is the same scan with g = dt A, k = dt B and scale 1 (its default is 1 / sqrt(D), which
+    SSD does not have), D x added outside it; tests/test_zoo_decayed.py checks the layer against its naive recurrence.
+    """
+    supports_bidirectional = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        H = config.n_head
+        self.step_projection = nn.Linear(config.n_embd, H, bias=False)             # W_dt
+        self.step_bias = nn.Parameter(initial_step_bias(H))                       # dt_bias
+        self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A_log: A = -exp(A_log)
+        self.skip = nn.Parameter(torch.ones(H))                                   # D
+        self.gate = GatedRMSNorm(config.n_embd, config.bias)
+        self.set_output(gate=self.gate)
+
+    def gates(self, x):
+        step = wide_linear(self.step_projection, x)  # (B, T, H)
+        return {'step': F.softplus(step + cast(self.step_bias, step.dtype)).transpose(1, 2)}  # dt, (B, H, T)
+
+    def features(self, q, k, offset):
+        return F.silu(q), F.silu(k)  # C, B
+
+    def attend_chunkwise(self, q, k, v, state, step):
+        c, b = self.wide_features(q, k, 0)
+        x = F.silu(v)  # in v's dtype: under bfloat16 the kernel's matmuls within a chunk take it as it is
+        log_decay = -cast(self.log_decay_rate, step.dtype).exp()[:, None] * step  # dt A, (B, H, T)
+        y, kv = chunked_linear_attention(c, b * step[..., None], x, log_decay, None if state is None else state['kv'],
+                                         self.chunk_size)
+        y = y + cast(self.skip, y.dtype)[:, None, None] * x
+        return cast(y, v.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask, step):
+        """The SSD recurrence token by token: h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t, y_t = C_t h_t + D x_t, with
+        C, B, x = z sigmoid(z) of q, k, v."""
+        batch, H, T, N = q.shape
+        C, B, x = (z * torch.sigmoid(z) for z in (q, k, v))
+        A = -torch.exp(self.log_decay_rate)[:, None, None]  # (H, 1, 1)
+        h = q.new_zeros(batch, H, N, v.size(-1))
+        outputs = []
+        for t in range(T):
+            dt = step[:, :, t, None, None]  # (B, H, 1, 1)
+            h = torch.exp(dt * A) * h + dt * B[:, :, t, :, None] * x[:, :, t, None, :]
+            outputs.append((C[:, :, t, None, :] @ h).squeeze(-2) + self.skip[:, None] * x[:, :, t])
+        return torch.stack(outputs, dim=2)
+
+
+class AllHeadsLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm(C) over all heads' channels of a token, on the heads' outputs: (B, H, T, D) -> (B, H, T, D)."""
+
+    def forward(self, y):
+        B, H, T, D = y.shape
+        return super().forward(y.transpose(1, 2).reshape(B, T, H * D)).view(B, T, H, D).transpose(1, 2)
+
+
+class HGRN2(RecurrentAttention):
+    """HGRN2. Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion", arXiv:2404.07904.
+
+    HGRN's gated linear recurrence with its state expanded by an outer product, per head and channel:
+    H_t = Diag(f_t) H_{t-1} + (1 - f_t)^T i_t, y_t = o_t H_t, H_t: (D, D), with the forget gate f_t = sigmoid(x_t W_f),
+    the input i_t = SiLU(x_t W_i) and the output gate o_t = sigmoid(x_t W_o): linear attention with a decay per key
+    channel, o as the query, 1 - f as the key, i as the value, no scale. Output proj(LayerNorm(heads)), the norm over
+    all heads' channels. As the authors' code (hgru2-pytorch's Hgru2_1d) computes it; the shared q, k, v projections
+    are W_o, W_f, W_i (the key 1 - f needs no projection of its own), and the head dimension D is HGRN2's expand
+    ratio. Extra parameters: the norm's C weights (and C biases with bias=True).
+    HGRN's lower bound on f is learned per layer and grows with depth from 0 in the first layer; trev builds every
+    layer from one LayerConfig, so each has the first layer's (none). One addition: log f_t >= -8
+    (MIN_CHANNEL_LOG_DECAY; f_t >= 3.4e-4, and 1 - f_t from that f), which keeps the chunked kernel's factors within
+    float32. Of the paper's block, the layer is the token mixer; the shared block supplies the pre-norm, residuals and
+    the MLP in place of its GLU. No short convolution in the authors' layer (trev's short_conv axis adds one).
+    Causal only (the paper defines no bidirectional form). Causal: chunked_linear_attention with a decay per key
+    channel, in chunks of 16: time O(T 16 D + T D^2), memory O(T 16 + (T / 16) D^2); decoding keeps a (D, D) state
+    per head. Reference: HGRN's elementwise recurrence on the D^2 entries of the expanded state, one token at a time.
+    fla: fla.ops.hgrn's recurrence on the D^2 channels of (1 - f) (x) i with decay f is this state, and fla.ops.gla
+    (the op fla's HGRN2 layer calls) this scan given scale 1; tests/test_zoo_decayed.py checks the layer against both
+    naive recurrences. fla's HGRN2 layer differs from the authors' code: SiLU on the query, no activation on the
+    input, the query scaled by 1 / sqrt(D) (gla's default), RMSNorm.
+    """
+    supports_bidirectional = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.out_norm = AllHeadsLayerNorm(config.n_embd, bias=config.bias)
+        self.set_output(norm=self.out_norm)
+
+    def attend_chunkwise(self, q, k, v, state):
+        q, k = cast(q, wide_dtype(q)), cast(k, wide_dtype(k))
+        log_forget = F.logsigmoid(k).clamp_min(MIN_CHANNEL_LOG_DECAY)  # log f_t, (B, H, T, D)
+        y, kv = chunked_linear_attention(torch.sigmoid(q), -torch.expm1(log_forget), F.silu(v), log_forget,
+                                         None if state is None else state['kv'], self.chunk_size)
+        return cast(y, v.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The recurrence token by token, the state's D^2 entries each a gated average: H_t[a, b] = f_t[a] H_{t-1}[a, b]
+        + (1 - f_t[a]) i_t[b], y_t[b] = sum_a o_t[a] H_t[a, b]; f_t >= exp(MIN_CHANNEL_LOG_DECAY)."""
+        batch, H, T, D = q.shape
+        f = torch.sigmoid(k).clamp_min(math.exp(MIN_CHANNEL_LOG_DECAY))
+        i, o = v * torch.sigmoid(v), torch.sigmoid(q)
+        state = q.new_zeros(batch, H, D, v.size(-1))
+        outputs = []
+        for t in range(T):
+            forget = f[:, :, t, :, None]  # (B, H, D, 1)
+            state = forget * state + (1 - forget) * i[:, :, t, None, :]
+            outputs.append((o[:, :, t, :, None] * state).sum(-2))
+        return torch.stack(outputs, dim=2)
+
+
+def alibi_slopes(n_head, dtype, device):
+    """(n_head,) ALiBi's head slopes (Press et al. 2022, arXiv:2108.12409), as TransNormerLLM builds them: for the
+    largest power of two P <= n_head, 2^(-8 h / P), h = 1 .. P, then 2^(-8 h / 2P) for odd h = 1, 3, ... for the
+    n_head - P heads left."""
+    P = 2 ** int(math.log2(n_head))
+    slopes = [2 ** (-8 * h / P) for h in range(1, P + 1)] + [2 ** (-8 * h / (2 * P)) for h in range(1, 2 * P, 2)]
+    return torch.tensor(slopes[:n_head], dtype=dtype, device=device)
+
+
+class LinearGate(nn.Linear):
+    """TransNormerLLM's output gate: (x W_u) * y, no activation, from the layer input x (B, T, C), on the merged heads
+    y (B, T, C). x W_u is this nn.Linear's forward, C -> C."""
+
+    def forward(self, y, x):
+        return super().forward(x) * y
+
+
+class LightningAttention(KernelAttention):
+    """TransNormerLLM's attention, as Lightning Attention computes it. Qin et al. 2023, "TransNormerLLM: A Faster and
+    Better Large Language Model with Improved TransNormer", arXiv:2307.14995; Qin et al. 2024, "Lightning
+    Attention-2", arXiv:2401.04658.
+
+    y_i = sum_{j<=i} lambda_h^(i-j) (phi(q_i) . phi(k_j)) v_j, phi = SiLU: linear attention with a fixed decay per
+    head, no scale and no denominator; then the paper's gated output, proj(u * SRMSNorm(heads)) with u = x W_u (no
+    activation) and SRMSNorm(z) = z / rms(z) over all heads' channels, no gain (the norm before the gate, as the
+    authors' code). lambda_h = exp(-s_h), s_h ALiBi's slopes (alibi_slopes; 2^(-8 h / H) for H a power of two).
+    TransNormerLLM scales layer l's slopes by 1 - l / (L - 1) (from 1 in the first layer to about 0 in the last) and
+    puts LRPE on the first layer alone; trev builds every layer from one LayerConfig, so each has the first layer's
+    decays and none has LRPE. SRMSNorm is AllHeadsRMSNorm without a gain, its eps (1e-8) under the root rather than
+    added to it. Extra parameters: W_u (C x C). Of the paper's block, the layer is the token mixer; the shared block
+    supplies the pre-norms, residuals and the MLP in place of its SGLU.
+    Causal only (a causal language model's layer; the papers define no bidirectional form). Complexity as
+    KernelAttention: Lightning Attention's split into a masked product within blocks and a state across them is the
+    chunked kernel's.
+    fla: fla.ops.lightning_attn is fla.ops.simple_gla with g = -(8 / H)(1 - l / L) h for heads h = 0 .. H - 1 (no
+    decay in head 0) and scale 1 / sqrt(D), not the authors' slopes and scale; tests/test_zoo_decayed.py checks the
+    layer against simple_gla's naive recurrence given this layer's decays and scale 1.
+    """
+    normalise = False
+    supports_bidirectional = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = LinearGate(config.n_embd, config.n_embd, bias=config.bias)
+        self.out_norm = AllHeadsRMSNorm(config.n_embd, eps=1e-8, elementwise_affine=False)
+        self.set_output(norm=self.out_norm, gate=self.gate)
+
+    def features(self, q, k, offset):
+        return F.silu(q), F.silu(k)
+
+    def log_decay(self, like):
+        return -alibi_slopes(self.n_head, like.dtype, like.device)[None, :, None]
+
+    def reference_scores(self, q, k):
+        """s_ij = (q_i sigmoid(q_i)) . (k_j sigmoid(k_j)) lambda_h^(i - j), the decay as a power (pairs j > i, which
+        the caller masks, get lambda^0)."""
+        position = torch.arange(q.size(2), device=q.device, dtype=q.dtype)
+        distance = (position[:, None] - position[None, :]).clamp_min(0)  # i - j, (T, T)
+        decay = torch.exp(-alibi_slopes(self.n_head, q.dtype, q.device))[:, None, None] ** distance  # (H, T, T)
+        return ((q * torch.sigmoid(q)) @ (k * torch.sigmoid(k)).transpose(-2, -1)) * decay
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -1058,6 +1268,9 @@ ATTENTION = {
     'rfa': RandomFeatureAttention,
     'based': BasedAttention,
     'hedgehog': HedgehogAttention,
+    'mamba2': Mamba2,
+    'hgrn2': HGRN2,
+    'lightning': LightningAttention,
 }
 
 
