@@ -19,10 +19,12 @@ from the layer input x in gates(x) -> dict, which forward and step pass to these
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
 
 All variants share the q/k/v projection (`qkv`), the optional short convolution on q, k, v (LayerConfig.short_conv)
-and the output path (Attention.output): an output norm and gate where a variant has them (set_output), the output
-projection (`proj`) and dropout on the attention output (no variant drops attention weights), so regularisation is
-the same whatever the attention. Parameters a variant adds (retention's gate and group norm, norm_linear's output
-norm, ...) are its own and show up in the parameter count.
+and the output path (Attention.output): a norm of the heads' outputs and an output gate, the output projection
+(`proj`) and dropout on the attention output (no variant drops attention weights), so regularisation is the same
+whatever the attention. The norm and the gate are block-level axes every variant takes (LayerConfig.head_norm,
+output_gate); by default each variant has its paper's (retention's gate and group norm, norm_linear's output norm,
+none for softmax), declared in its paper_output. Parameters a variant adds are its own and show up in the parameter
+count.
 The linear family (RecurrentAttention; KernelAttention for those built on a feature map) computes its causal forward
 and its decoding with one chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state), which calls the
 kernels of kernels.py (every numeric the variants share); a causal training sequence longer than
@@ -65,10 +67,14 @@ class LayerConfig:
     short_conv: int = 0           # every variant: kernel size of a depthwise causal convolution on q, k, v; 0 = off
     rfa_features: int = 128       # rfa: random directions m (each gives a sine and a cosine feature)
     rfa_gate: bool = True         # rfa: gated RFA in causal mode (a learned per-token decay of the state)
-    rfa_normaliser_floor: float = 0.1  # rfa: the normaliser is clamped to at least this (its estimate can be <= 0)
+    rfa_normaliser_floor: float = 0.1  # rfa: the normaliser's weighted mean is kept >= this (its estimate can be <= 0)
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
     recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
                                   # this many tokens, each recomputed (kernels.SegmentedRecompute); 0 = never
+    # block-level axes of every variant: output()'s parts ('' = the variant's paper's, Attention.paper_output)
+    output_gate: str = ''         # 'none' or 'swish': y * swish(x W_g), x the layer input (RetNet, GLA, Gated DeltaNet)
+    head_norm: str = ''           # 'none', 'rmsnorm' (per head, DeltaNet's) or 'groupnorm' (per head, RetNet's, GLA's):
+                                  # a norm of each head's output before the projection
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,9 +83,13 @@ class LayerConfig:
 
 class Attention(nn.Module):
     """Base class: projections, head split/merge, mode checks, the output path. Subclasses implement the attend
-    methods, and set an output norm and gate where they have them (set_output)."""
+    methods. output()'s norm and gate (OUTPUT_PARTS) are axes of every variant, LayerConfig.head_norm and output_gate,
+    '' meaning the variant's paper's: a part an axis adds is built here, registered under its slot's name
+    (output_norm, output_gate); a variant builds its paper's own where its __init__ always has (paper_part, so torch's
+    RNG draws in the same order) under the names its checkpoints hold, and passes them to set_output."""
     supports_causal = True
     supports_bidirectional = True
+    paper_output = {}  # the output parts of the variant's paper, axis -> kind, e.g. {'output_gate': 'swish'}; else none
 
     def __init__(self, config):
         super().__init__()
@@ -104,7 +114,17 @@ class Attention(nn.Module):
                            else None)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.set_output()
+        self.output_kinds = {}
+        for axis, kinds in OUTPUT_PARTS.items():
+            chosen = getattr(config, axis)
+            if chosen and chosen not in kinds:
+                raise ValueError(f"{axis}='{chosen}': choose '' (the variant's own) or one of: {', '.join(kinds)}")
+            self.output_kinds[axis] = chosen or self.paper_output.get(axis, 'none')
+        object.__setattr__(self, 'output_norm', nn.Identity())
+        object.__setattr__(self, 'output_gate', Ungated())
+        for axis, slot in (('head_norm', 'output_norm'), ('output_gate', 'output_gate')):
+            if not self.keeps_paper(axis) and self.output_kinds[axis] != 'none':
+                setattr(self, slot, OUTPUT_PARTS[axis][self.output_kinds[axis]](config))
 
     def forward(self, x, pad_mask=None, reference=False):
         """x: (B, T, C); pad_mask: (B, T) bool, True at padding (bidirectional only).
@@ -143,13 +163,27 @@ class Attention(nn.Module):
         arguments, so that the fast path, the reference and decoding see the same values. None here."""
         return {}
 
+    def keeps_paper(self, axis):
+        """Whether the output part on axis ('head_norm', 'output_gate') is the variant's paper's (or none in both)."""
+        return self.output_kinds[axis] == self.paper_output.get(axis, 'none')
+
+    def paper_part(self, axis, config):
+        """The variant's own output part on axis, its paper_output kind, built now; None where the axis replaces it."""
+        return OUTPUT_PARTS[axis][self.output_kinds[axis]](config) if self.keeps_paper(axis) else None
+
     def set_output(self, norm=None, gate=None):
-        """output()'s optional parts, nn.Identity and Ungated where None: norm on the heads' outputs, (B, H, T, D) ->
-        (B, H, T, D), and gate(y, x) on the merged heads y (B, T, C), from the layer input x. A variant registers each
-        under its own name, the one its checkpoints hold ('group_norm', 'gate', ...), and passes it here: output()
-        refers to it without registering it a second time, which would save its parameters twice."""
-        object.__setattr__(self, 'output_norm', nn.Identity() if norm is None else norm)
-        object.__setattr__(self, 'output_gate', Ungated() if gate is None else gate)
+        """Points output()'s parts at the variant's own: norm on the heads' outputs, (B, H, T, D) -> (B, H, T, D), and
+        gate(y, x) on the merged heads y (B, T, C), from the layer input x; None leaves a part as it is (nn.Identity,
+        Ungated, or what an axis added). A variant registers each under its own name, the one its checkpoints hold
+        ('group_norm', 'gate', ...), and passes it here: output() refers to it without registering it a second time,
+        which would save its parameters twice."""
+        for axis, slot, part in (('head_norm', 'output_norm', norm), ('output_gate', 'output_gate', gate)):
+            if part is None:
+                continue
+            if not (axis in self.paper_output and self.keeps_paper(axis)):  # the axes could not remove or replace it
+                raise TypeError(f"{type(self).__name__}: an own {axis} must be its paper_output['{axis}'], built only "
+                                f"where keeps_paper('{axis}') (paper_part)")
+            object.__setattr__(self, slot, part)
 
     def output(self, y, x):
         """(B, H, T, D) attention output -> (B, T, C): the output norm, the heads merged, the output gate from the
@@ -329,12 +363,29 @@ class HeadGroupNorm(nn.GroupNorm):
         return F.layer_norm(y, (D,), eps=self.eps) * self.weight.view(H, 1, D) + self.bias.view(H, 1, D)
 
 
+class HeadRMSNorm(nn.RMSNorm):
+    """RMSNorm over each head's D channels, one weight vector shared by the heads, eps 1e-5 (fla's; torch's default is
+    the dtype's): the norm of DeltaNet and Gated DeltaNet, on the heads' outputs (B, H, T, D) -> (B, H, T, D)."""
+
+    def __init__(self, head_dim):
+        super().__init__(head_dim, eps=1e-5)
+
+
 class AllHeadsRMSNorm(nn.RMSNorm):
     """nn.RMSNorm(C) over all heads' channels of a token, on the heads' outputs: (B, H, T, D) -> (B, H, T, D)."""
 
     def forward(self, y):
         B, H, T, D = y.shape
         return super().forward(y.transpose(1, 2).reshape(B, T, H * D)).view(B, T, H, D).transpose(1, 2)
+
+
+OUTPUT_PARTS = {  # output()'s parts, each an axis of every variant (LayerConfig.head_norm, output_gate): kind -> built
+    'head_norm': {'none': lambda config: None,
+                  'rmsnorm': lambda config: HeadRMSNorm(config.n_embd // config.n_head),
+                  'groupnorm': lambda config: HeadGroupNorm(config.n_head, config.n_embd)},
+    'output_gate': {'none': lambda config: None,
+                    'swish': lambda config: SwishGate(config.n_embd, config.n_embd, bias=config.bias)},
+}
 
 
 def masked_softmax_attention(q, k, v, allowed):
@@ -611,11 +662,12 @@ class Retention(KernelAttention):
     Complexity as KernelAttention (F = D), the decay folded into the chunks.
     """
     normalise = False
+    paper_output = {'output_gate': 'swish', 'head_norm': 'groupnorm'}
 
     def __init__(self, config):
         super().__init__(config)
-        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
-        self.group_norm = HeadGroupNorm(config.n_head, config.n_embd)
+        self.gate = self.paper_part('output_gate', config)
+        self.group_norm = self.paper_part('head_norm', config)
         self.set_output(norm=self.group_norm, gate=self.gate)
 
     def features(self, q, k, offset):
@@ -655,10 +707,11 @@ class NormLinearAttention(LinearAttention):
     The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
     """
     normalise = False
+    paper_output = {'head_norm': 'rmsnorm over all heads'}
 
     def __init__(self, config):
         super().__init__(config)
-        self.out_norm = AllHeadsRMSNorm(config.n_embd)
+        self.out_norm = AllHeadsRMSNorm(config.n_embd) if self.keeps_paper('head_norm') else None
         self.set_output(norm=self.out_norm)
 
 
@@ -774,11 +827,12 @@ class GatedLinearAttention(RecurrentAttention):
     supports_bidirectional = False
     gate_rank = 16
     gate_temperature = 16
+    paper_output = {'output_gate': 'swish', 'head_norm': 'groupnorm'}
 
     def __init__(self, config):
         super().__init__(config)
-        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
-        self.group_norm = HeadGroupNorm(config.n_head, config.n_embd)
+        self.gate = self.paper_part('output_gate', config)
+        self.group_norm = self.paper_part('head_norm', config)
         self.set_output(norm=self.group_norm, gate=self.gate)
         self.decay_down = nn.Linear(config.n_embd, self.gate_rank, bias=False)
         self.decay_up = nn.Linear(self.gate_rank, config.n_embd, bias=True)
@@ -816,8 +870,10 @@ class DeltaNet(RecurrentAttention):
     arXiv:2406.06484.
 
     S_t = S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, y_t = S_t q_t (the paper's column layout: S maps keys
-    to values), with the paper's feature map q, k <- L2Norm(SiLU(q)), L2Norm(SiLU(k)), beta_t = sigmoid(x_t W_beta)
-    per head, and an RMSNorm over each head's output. Extra parameters: W_beta (C x H) and the norm's D weights.
+    to values), with the authors' maps q, k, v <- L2Norm(SiLU(q)), L2Norm(SiLU(k)), SiLU(v) (after the short
+    convolution where it is on), beta_t = sigmoid(x_t W_beta) per head, and an RMSNorm over each head's output. No
+    scale on q, as the papers write it (q is unit-length; fla's kernels default to D^-1/2 on q unless given a scale).
+    Extra parameters: W_beta (C x H) and the norm's D weights.
     The paper's short convolution is trev's short_conv axis (off by default; the paper's 4: --short_conv=4).
     Causal only (the paper defines no bidirectional form).
     Causal: chunked_delta_rule (the UT transform, a triangular solve per chunk), time O(T C (C + D) + T D^2),
@@ -825,11 +881,12 @@ class DeltaNet(RecurrentAttention):
     token at a time.
     """
     supports_bidirectional = False
+    paper_output = {'head_norm': 'rmsnorm'}
 
     def __init__(self, config):
         super().__init__(config)
         self.beta = nn.Linear(config.n_embd, config.n_head, bias=False)
-        self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)  # a fixed eps (fla's): torch's default is the dtype's
+        self.head_norm = self.paper_part('head_norm', config)
         self.set_output(norm=self.head_norm)
 
     def gates(self, x):
@@ -840,15 +897,18 @@ class DeltaNet(RecurrentAttention):
 
     def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = chunked_delta_rule(fq, fk, v, beta, log_alpha, None if state is None else state['kv'], self.chunk_size)
+        values = F.silu(cast(v, fq.dtype))  # in float32 at least, as q's and k's maps
+        y, kv = chunked_delta_rule(fq, fk, values, beta, log_alpha, None if state is None else state['kv'],
+                                   self.chunk_size)
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, beta, log_alpha=None):
         """The paper's recurrence token by token, in its layout: S (E, D), S_t = S_{t-1} alpha_t (I - beta_t k k^T)
-        + beta_t v k^T, y_t = S_t q_t (alpha_t = 1 for DeltaNet)."""
+        + beta_t v k^T, y_t = S_t q_t (alpha_t = 1 for DeltaNet), on q, k, v <- unit(SiLU(q)), unit(SiLU(k)),
+        SiLU(v)."""
         B, H, T, D = q.shape
         unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        q, k = unit(q * torch.sigmoid(q)), unit(k * torch.sigmoid(k))
+        q, k, v = unit(q * torch.sigmoid(q)), unit(k * torch.sigmoid(k)), v * torch.sigmoid(v)
         S = q.new_zeros(B, H, v.size(-1), D)
         identity = torch.eye(D, dtype=q.dtype, device=q.device)
         outputs = []
@@ -865,13 +925,14 @@ class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet. Yang et al. 2024, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
     arXiv:2412.06464.
 
-    S_t = S_{t-1} alpha_t (I - beta_t k_t k_t^T) + beta_t v_t k_t^T: DeltaNet (feature map, beta, per-head RMSNorm)
-    with the paper's data-dependent decay, Mamba2's parameterisation alpha_t = exp(-exp(A_h) softplus(x_t W_alpha +
-    dt_h)), A_h = log of U(0, 16) and dt_h = softplus^-1 of a log-uniform step in [0.001, 0.1] at initialisation
-    (`log_decay_rate`, `step_bias`), and the paper's output gate: proj(swish(x W_g) * RMSNorm_h(heads)). Extra
-    parameters: W_beta, W_alpha (C x H each), A and dt (H each), the norm's D weights and W_g (C x C). Causal only.
-    Complexity as DeltaNet.
+    S_t = S_{t-1} alpha_t (I - beta_t k_t k_t^T) + beta_t v_t k_t^T: DeltaNet (SiLU on q, k and v, no q scale, beta,
+    per-head RMSNorm) with the paper's data-dependent decay, Mamba2's parameterisation alpha_t = exp(-exp(A_h)
+    softplus(x_t W_alpha + dt_h)), A_h = log of U(0, 16) and dt_h = softplus^-1 of a log-uniform step in [0.001, 0.1]
+    at initialisation (`log_decay_rate`, `step_bias`), and the paper's output gate: proj(swish(x W_g) *
+    RMSNorm_h(heads)). Extra parameters: W_beta, W_alpha (C x H each), A and dt (H each), the norm's D weights and W_g
+    (C x C). Causal only. Complexity as DeltaNet.
     """
+    paper_output = {'output_gate': 'swish', 'head_norm': 'rmsnorm'}
 
     def __init__(self, config):
         super().__init__(config)
@@ -880,8 +941,8 @@ class GatedDeltaNet(DeltaNet):
         self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())
         step = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
         self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
-        self.gate = SwishGate(config.n_embd, config.n_embd, bias=config.bias)
-        self.set_output(norm=self.head_norm, gate=self.gate)
+        self.gate = self.paper_part('output_gate', config)
+        self.set_output(gate=self.gate)
 
     def gates(self, x):
         step = wide_linear(self.alpha, x)  # (B, T, H)
@@ -896,16 +957,22 @@ class RandomFeatureAttention(KernelAttention):
     exp(x . y / sigma^2) is approximated with random Fourier features phi(x) = [sin(W x), cos(W x)] / sqrt(m),
     W: (m, D) standard Gaussian rows (m = rfa_features), on l2-normalised queries and keys scaled per channel by
     a learned sigma (the paper's learned variance; sigma = 1 at initialisation): E[phi(x) . phi(y)] =
-    exp(-|sigma (x - y)|^2 / 2). Normalised: y_t = phi(q_t) S_t / max(phi(q_t) z_t, rfa_normaliser_floor).
+    exp(-|sigma (x - y)|^2 / 2). Normalised: y_t = phi(q_t) S_t / max(phi(q_t) z_t, rfa_normaliser_floor W_t).
     Causal, gated (the paper's gated RFA, rfa_gate=True): S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t, z_t likewise,
     g_t = sigmoid(x_t w_g + b_g) per head: a per-token decay g_t and keys weighted by 1 - g_t in the shared kernel.
     Bidirectional, or rfa_gate=False: the ungated form (the paper's gate is a recency bias over the past).
-    W is drawn once at construction and kept as a buffer (the paper redraws it during training). The features
-    can be negative, so the normaliser's estimate can come near 0 or below it although the kernel is positive (the
-    reason Performer's features are positive); dividing by it then blows the output and its gradient up, and
-    training stalls at the unigram loss. The authors' released code clamps the normaliser from below; so does
-    trev, at rfa_normaliser_floor (0.1 of a kernel value of 1: the gated normaliser is a weighted mean of kernel
-    values, which are >= exp(-2 sigma^2) on unit vectors).
+    W is drawn once at construction and kept as a buffer (the paper redraws it during training).
+    The floor: the features can be negative, so the normaliser's estimate can come near 0 or below it although the
+    kernel is positive (the reason Performer's features are positive); dividing by it then blows the output and its
+    gradient up, and training stalls at the unigram loss. Gated, phi(q_t) z_t sums kernel estimates with weights
+    w_tj = (1 - g_j) prod_{j<u<=t} g_u, which add up to W_t = 1 - prod_{u<=t} g_u, not to 1: far below 1 early in a
+    sequence whose gates are near 1, where the paper's ratio is still exact (y_0 = v_0 for any g_0). So the floor
+    bounds their weighted mean, phi(q_t) z_t / W_t, which an exact kernel keeps above exp(-2 sigma^2) = 0.135 at
+    sigma = 1: it binds where the estimate is poor, never because of the weighting. W_t = -expm1(sum_{u<=t} log g_u),
+    the log-decays summed from the start of the sequence and carried in the decoding state. Ungated, W_t = 1: the
+    weights are 1 and the normaliser a sum of t + 1 >= 1 estimates (every unpadded key, bidirectional), which a
+    constant floor bounds no more tightly than its mean would be. The authors' released code (haopeng-uw/RFA,
+    incremental_rfa) clamps the raw gated normaliser at a constant, so that its floor too binds early in a sequence.
     Extra parameters: sigma (C), the gate (C x H + H) when gated. F = 2m. Complexity as KernelAttention.
     """
 
@@ -934,16 +1001,23 @@ class RandomFeatureAttention(KernelAttention):
 
     def attend_chunkwise(self, q, k, v, state, gate_logit=None):
         fq, fk = self.wide_features(q, k, 0)
-        log_decay = None
-        if gate_logit is not None:  # S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t
-            gate_logit = cast(gate_logit, fq.dtype)
-            log_decay, fk = F.logsigmoid(gate_logit), fk * torch.sigmoid(-gate_logit)[..., None]
-        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'],
-                                         self.chunk_size)
-        return self.finish(y, v.dtype), {'kv': kv}
+        kv = None if state is None else state['kv']
+        if gate_logit is None:
+            y, kv = chunked_linear_attention(fq, fk, self.values(v), None, kv, self.chunk_size)
+            return self.finish(y, v.dtype), {'kv': kv}
+        # S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t; log prod_{u<=t} g_u, from the start of the sequence, gives the
+        # weights' sum W_t = 1 - prod_{u<=t} g_u (expm1: exact where W_t is small)
+        gate_logit = cast(gate_logit, fq.dtype)
+        log_decay = F.logsigmoid(gate_logit)
+        log_kept = log_decay.cumsum(-1) + (0 if state is None else state['log_kept'])  # log prod g, (B, H, T)
+        y, kv = chunked_linear_attention(fq, fk * torch.sigmoid(-gate_logit)[..., None], self.values(v), log_decay,
+                                         kv, self.chunk_size)
+        y = self.divide(y[..., :-1], y[..., -1:], -torch.expm1(log_kept)[..., None])
+        return cast(y, v.dtype), {'kv': kv, 'log_kept': log_kept[..., -1:].clone()}
 
-    def divide(self, numerator, normaliser):
-        return numerator / normaliser.clamp_min(self.normaliser_floor)
+    def divide(self, numerator, normaliser, weight_sum=1):
+        """numerator / max(normaliser, floor x the sum of the normaliser's weights): a floor on their weighted mean."""
+        return numerator / torch.clamp(normaliser, min=self.normaliser_floor * weight_sum)
 
     def reference_scores(self, q, k):
         """s_ij = (1/m) sum_r cos(w_r . (x_i - y_j)): the random-feature kernel estimate written on differences,
@@ -956,7 +1030,8 @@ class RandomFeatureAttention(KernelAttention):
 
     def attend_reference(self, q, k, v, pad_mask, gate_logit=None):
         """Ungated: the (T, T) form. Gated: the paper's recurrence token by token, with reference_scores' kernel:
-        y_t = sum_{j<=t} s_tj w_tj v_j / sum_{j<=t} s_tj w_tj, w_tj = (1 - g_j) prod_{j<u<=t} g_u."""
+        y_t = sum_{j<=t} s_tj w_tj v_j / max(sum_{j<=t} s_tj w_tj, floor sum_{j<=t} w_tj),
+        w_tj = (1 - g_j) prod_{j<u<=t} g_u."""
         if gate_logit is None:
             return super().attend_reference(q, k, v, pad_mask)
         scores = self.reference_scores(q, k)  # (B, H, T, T)
@@ -966,7 +1041,8 @@ class RandomFeatureAttention(KernelAttention):
         for t in range(q.size(2)):  # w_tj for j <= t: the earlier weights decayed by g_t, then 1 - g_t for j = t
             weight = torch.cat([weight * g[..., t, None], 1 - g[..., t, None]], dim=-1)
             s = scores[:, :, t, :t + 1] * weight
-            outputs.append(self.divide((s[..., None] * v[:, :, :t + 1]).sum(-2), s.sum(-1, keepdim=True)))
+            outputs.append(self.divide((s[..., None] * v[:, :, :t + 1]).sum(-2), s.sum(-1, keepdim=True),
+                                       weight.sum(-1, keepdim=True)))
         return torch.stack(outputs, dim=2)
 
 

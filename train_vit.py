@@ -84,9 +84,11 @@ performer_redraw_interval = 1000  # performer: redraw its random features every 
 short_conv = 0             # every variant: kernel of a depthwise causal convolution on q, k, v; 0 = off (papers: 4)
 rfa_features = 128         # rfa: random directions per head (a sine and a cosine feature each)
 rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token decay); bidirectional RFA is ungated
-rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser to at least this (its estimate can be <= 0)
+rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser's weighted mean to at least this (its estimate can be <= 0)
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
+output_gate = ''           # every variant: 'none' or 'swish' (y * swish(x W_g)); '' = the variant's paper's
+head_norm = ''             # every variant: 'none', 'rmsnorm' or 'groupnorm' on each head's output; '' = the paper's
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
