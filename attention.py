@@ -1166,6 +1166,7 @@ class Mamba2(RecurrentAttention):
     SSD does not have), D x added outside it; tests/test_zoo_decayed.py checks the layer against its naive recurrence.
     """
     supports_bidirectional = False
+    paper_output = {'output_gate': 'rmsnorm of y * swish(x W_z), over all heads'}
 
     def __init__(self, config):
         super().__init__(config)
@@ -1174,7 +1175,7 @@ class Mamba2(RecurrentAttention):
         self.step_bias = nn.Parameter(initial_step_bias(H))                       # dt_bias
         self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A_log: A = -exp(A_log)
         self.skip = nn.Parameter(torch.ones(H))                                   # D
-        self.gate = GatedRMSNorm(config.n_embd, config.bias)
+        self.gate = GatedRMSNorm(config.n_embd, config.bias) if self.keeps_paper('output_gate') else None
         self.set_output(gate=self.gate)
 
     def gates(self, x):
@@ -1240,10 +1241,11 @@ class HGRN2(RecurrentAttention):
     input, the query scaled by 1 / sqrt(D) (gla's default), RMSNorm.
     """
     supports_bidirectional = False
+    paper_output = {'head_norm': 'layernorm over all heads'}
 
     def __init__(self, config):
         super().__init__(config)
-        self.out_norm = AllHeadsLayerNorm(config.n_embd, bias=config.bias)
+        self.out_norm = AllHeadsLayerNorm(config.n_embd, bias=config.bias) if self.keeps_paper('head_norm') else None
         self.set_output(norm=self.out_norm)
 
     def attend_chunkwise(self, q, k, v, state):
@@ -1308,11 +1310,14 @@ class LightningAttention(KernelAttention):
     """
     normalise = False
     supports_bidirectional = False
+    paper_output = {'head_norm': 'srmsnorm over all heads', 'output_gate': 'x W_u, no activation'}
 
     def __init__(self, config):
         super().__init__(config)
-        self.gate = LinearGate(config.n_embd, config.n_embd, bias=config.bias)
-        self.out_norm = AllHeadsRMSNorm(config.n_embd, eps=1e-8, elementwise_affine=False)
+        self.gate = (LinearGate(config.n_embd, config.n_embd, bias=config.bias) if self.keeps_paper('output_gate')
+                     else None)
+        self.out_norm = (AllHeadsRMSNorm(config.n_embd, eps=1e-8, elementwise_affine=False)
+                         if self.keeps_paper('head_norm') else None)
         self.set_output(norm=self.out_norm, gate=self.gate)
 
     def features(self, q, k, offset):
