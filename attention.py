@@ -1142,16 +1142,16 @@ class Nystromformer(Attention):
         self.value_convolution = nn.Conv2d(config.n_head, config.n_head, (self.kernel_size, 1),
                                            padding=(self.kernel_size // 2, 0), groups=config.n_head, bias=False)
 
-    def segment_means(self, real):
-        """real: (B, T) bool -> (B, m, T) weights whose row j averages segment j of the real tokens, (B, m) bool
-        True where segment j is not empty."""
+    def segment_means(self, real, dtype):
+        """real: (B, T) bool -> (B, m, T) weights in dtype whose row j averages segment j of the real tokens, (B, m)
+        bool True where segment j is not empty."""
         m = self.landmarks
         rank = real.cumsum(1) - 1                                    # (B, T): r, the token's place among the real ones
         length = real.sum(1, keepdim=True).clamp_min(1)              # (B, 1): L
         segment = torch.div(rank * m, length, rounding_mode='floor')  # (B, T): floor(r m / L)
         member = (segment[:, None, :] == torch.arange(m, device=real.device)[None, :, None]) & real[:, None, :]
         count = member.sum(-1)                                       # (B, m)
-        return member / count.clamp_min(1)[..., None], count > 0
+        return member.to(dtype) / count.clamp_min(1)[..., None], count > 0
 
     def attend(self, q, k, v, pad_mask):
         B, H, T, D = q.shape
@@ -1159,8 +1159,8 @@ class Nystromformer(Attention):
         with full_precision(q):
             q, k, v = (cast(t, wide_dtype(t)) for t in (q, k, v))
             real = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
-            means, landmark = self.segment_means(real)
-            means = cast(means, q.dtype)[:, None]                    # (B, 1, m, T)
+            means, landmark = self.segment_means(real, q.dtype)
+            means = means[:, None]                                   # (B, 1, m, T)
             q_landmarks, k_landmarks = means @ (q / D ** 0.5), means @ k  # (B, H, m, D); the scale on the queries
             low = torch.finfo(q.dtype).min
             kernel_1 = torch.softmax((q / D ** 0.5 @ k_landmarks.transpose(-2, -1))
