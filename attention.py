@@ -75,6 +75,10 @@ class LayerConfig:
     output_gate: str = ''         # 'none' or 'swish': y * swish(x W_g), x the layer input (RetNet, GLA, Gated DeltaNet)
     head_norm: str = ''           # 'none', 'rmsnorm' (per head, DeltaNet's) or 'groupnorm' (per head, RetNet's, GLA's):
                                   # a norm of each head's output before the projection
+    # Long Range Arena's efficient transformers: linformer, nystrom, synthesizer, fnet
+    linformer_k: int = 256        # linformer: keys and values projected along the sequence to this many
+    nystrom_landmarks: int = 64   # nystrom: landmarks, the means of this many segments of the queries and of the keys
+    synthesizer_mode: str = 'dense'  # synthesizer: 'dense' (weights from each token alone) or 'random' (learned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1333,6 +1337,319 @@ class LightningAttention(KernelAttention):
         distance = (position[:, None] - position[None, :]).clamp_min(0)  # i - j, (T, T)
         decay = torch.exp(-alibi_slopes(self.n_head, q.dtype, q.device))[:, None, None] ** distance  # (H, T, T)
         return ((q * torch.sigmoid(q)) @ (k * torch.sigmoid(k)).transpose(-2, -1)) * decay
+def check_length(T, block_size, what):
+    """Refuses a sequence longer than the block_size rows of a variant's per-position parameters (what: their name)."""
+    if T > block_size:
+        raise ValueError(f"a sequence of {T} tokens is longer than block_size={block_size}, the rows of {what}: raise "
+                         f"block_size")
+
+
+class Linformer(Attention):
+    """Linformer. Wang et al. 2020, "Linformer: Self-Attention with Linear Complexity", arXiv:2006.04768.
+
+    y = softmax(Q (E^T K)^T / sqrt(D)) (F^T V): keys and values are projected along the sequence, T -> k =
+    linformer_k (the paper's 256), by learned E and F of shape (T_max, k), T_max = block_size, then softmax attention
+    over the k projected rows. A sequence of T < T_max tokens uses the first T rows of E and F; a longer one is
+    refused. Padding: padded keys and values are zeroed before the projection, so they add nothing to a projected row,
+    and a padded sequence uses the rows its own length would.
+    E and F are shared by the heads (the paper's headwise sharing) and drawn xavier-uniform with gain 1/sqrt(2), as in
+    the authors' code (fairseq examples/linformer), which applies them to the layer input before the key and value
+    projections (the same map when those have no bias), also takes the first T rows of a shorter sequence, and
+    does not mask padding. Bidirectional only (the paper defines no causal form). Extra parameters: E and F, 2 T_max k.
+    Time O(T k D) per head, memory O(T k + k D). Reference: the (T, T) matrix of q_i . k_j projected on its key axis
+    by E, and the (T, T) mixing matrix softmax(.) F^T applied to V.
+    """
+    supports_causal = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.linformer_k < 1:
+            raise ValueError(f"linformer_k={config.linformer_k}: project keys and values to at least 1 row "
+                             f"(the paper's 256)")
+        self.max_len = config.block_size
+        shape = (config.block_size, config.linformer_k)
+        bound = math.sqrt(6 / sum(shape)) / math.sqrt(2)  # xavier-uniform, gain 1/sqrt(2)
+        self.key_compression = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))    # E
+        self.value_compression = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))  # F
+
+    def attend(self, q, k, v, pad_mask):
+        T = q.size(2)
+        check_length(T, self.max_len, "linformer's projections E and F")
+        if pad_mask is not None:  # a zero key or value adds nothing to a projected row
+            k, v = (t.masked_fill(pad_mask[:, None, :, None], 0) for t in (k, v))
+        keys = cast(self.key_compression[:T], k.dtype).T @ k        # (B, H, k, D)
+        values = cast(self.value_compression[:T], v.dtype).T @ v    # (B, H, k, D)
+        return F.scaled_dot_product_attention(q, keys, values)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """s_ir = sum_j (q_i . k_j / sqrt(D)) E_jr over the real keys j, p_i = softmax_r(s_i),
+        y_i = sum_j (sum_r p_ir F_jr) v_j over the real j."""
+        T = q.size(2)
+        real = reference_mask(T, False, pad_mask, q.device)                                   # (B|1, 1, T, T)
+        dots = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~real, 0)         # (B, H, T, T)
+        weights = torch.softmax(dots @ self.key_compression[:T], dim=-1)                       # (B, H, T, k)
+        mixing = (weights @ self.value_compression[:T].T).masked_fill(~real, 0)                # (B, H, T, T)
+        return mixing @ v
+
+
+class Nystromformer(Attention):
+    """Nystromformer. Xiong et al. 2021, "Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention",
+    arXiv:2102.03902.
+
+    softmax(Q K^T / sqrt(D)) V ~= F Z B V + conv(V) with m = nystrom_landmarks landmarks: Q~, K~ (m, D) are the means
+    of m segments of the queries and of the keys (of a sequence of L real tokens, segment j holds the tokens r with
+    floor(r m / L) = j), F = softmax(Q K~^T / sqrt(D)) (T, m), A = softmax(Q~ K~^T / sqrt(D)) (m, m),
+    B = softmax(Q~ K^T / sqrt(D)) (m, T) over the real keys, and Z ~= A^+ the paper's iterative Moore-Penrose
+    pseudo-inverse: Z_0 = A^T / ||A||_1 (A's rows sum to 1, so ||A||_inf = 1), then 6 times
+    Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4. conv(V) is the paper's skip on the values, a convolution over
+    the sequence with one kernel of 35 taps per head, shared by its D channels (zero past the ends and at padding).
+    With L < m some segments are empty and every real token is a landmark of its own; an empty landmark takes no
+    part (F's column masked, A's row and column those of the identity, which leaves the iteration on the real
+    landmarks as it is: the identity's column sums, 1, never exceed the largest of A's).
+    Against the authors' code (mlpen/Nystromformer, LRA/code/attention_nystrom.py), whose 35-tap skip and 6 iterations
+    these are: it needs T to be a multiple of m and averages fixed segments of the padded sequence, padding (zeroed)
+    included, where trev segments each sequence's real tokens, so that a padded sequence gives what it gives alone;
+    its default Z_0 divides by the largest column sum in the whole batch, trev's by each matrix's own (the code's
+    other option), so no sequence depends on another; and it computes exact softmax attention when m equals the
+    padded length, where trev keeps the formula (with L <= m, F = A = B = S and F Z B = S Z S, which tends to S as Z
+    tends to S^+: tests/test_zoo_lra_attention.py bounds the gap).
+    Bidirectional only (landmarks average over the whole sequence). Extra parameters: the convolution, H x 35.
+    Computed in float32 at least under autocast (13 I - 15 A Z + ... cancels). Time O(T m D + m^3) per head, memory
+    O(T m). Reference: per sequence, the landmarks as explicit segment means, the (L, L) matrix F Z B with Z from
+    the same iteration in its expanded form Z (13 I - 15 X + 7 X^2 - X^3) / 4, X = A Z (the iteration is the model's
+    definition, as the paper trains it; a test compares it with torch.linalg.pinv), and the convolution as a band.
+    """
+    supports_causal = False
+    kernel_size = 35
+    iterations = 6
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.nystrom_landmarks < 1:
+            raise ValueError(f"nystrom_landmarks={config.nystrom_landmarks}: use at least 1 landmark (the paper's 64)")
+        self.landmarks = config.nystrom_landmarks
+        self.value_convolution = nn.Conv2d(config.n_head, config.n_head, (self.kernel_size, 1),
+                                           padding=(self.kernel_size // 2, 0), groups=config.n_head, bias=False)
+
+    def segment_means(self, real, dtype):
+        """real: (B, T) bool -> (B, m, T) weights in dtype whose row j averages segment j of the real tokens, (B, m)
+        bool True where segment j is not empty."""
+        m = self.landmarks
+        rank = real.cumsum(1) - 1                                    # (B, T): r, the token's place among the real ones
+        length = real.sum(1, keepdim=True).clamp_min(1)              # (B, 1): L
+        segment = torch.div(rank * m, length, rounding_mode='floor')  # (B, T): floor(r m / L)
+        member = (segment[:, None, :] == torch.arange(m, device=real.device)[None, :, None]) & real[:, None, :]
+        count = member.sum(-1)                                       # (B, m)
+        return member.to(dtype) / count.clamp_min(1)[..., None], count > 0
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = q.shape
+        dtype = v.dtype
+        with full_precision(q):
+            q, k, v = (cast(t, wide_dtype(t)) for t in (q, k, v))
+            real = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+            means, landmark = self.segment_means(real, q.dtype)
+            means = means[:, None]                                   # (B, 1, m, T)
+            q_landmarks, k_landmarks = means @ (q / D ** 0.5), means @ k  # (B, H, m, D); the scale on the queries
+            low = torch.finfo(q.dtype).min
+            kernel_1 = torch.softmax((q / D ** 0.5 @ k_landmarks.transpose(-2, -1))
+                                     .masked_fill(~landmark[:, None, None, :], low), dim=-1)      # (B, H, T, m)
+            both = landmark[:, None, :, None] & landmark[:, None, None, :]                        # (B, 1, m, m)
+            kernel_2 = torch.softmax((q_landmarks @ k_landmarks.transpose(-2, -1))
+                                     .masked_fill(~both, low), dim=-1)                            # (B, H, m, m)
+            kernel_2 = torch.where(both, kernel_2, torch.eye(self.landmarks, dtype=q.dtype, device=q.device))
+            kernel_3 = torch.softmax((q_landmarks @ k.transpose(-2, -1))
+                                     .masked_fill(~real[:, None, None, :], low), dim=-1)          # (B, H, m, T)
+            v = v.masked_fill(~real[:, None, :, None], 0)
+            y = kernel_1 @ (self.pseudo_inverse(kernel_2) @ (kernel_3 @ v))
+            skip = F.conv2d(v, cast(self.value_convolution.weight, v.dtype), padding=(self.kernel_size // 2, 0),
+                            groups=H)
+        return cast(y + skip, dtype)
+
+    def pseudo_inverse(self, a):
+        """The paper's iteration for A^+, a: (..., m, m) with rows summing to 1."""
+        identity = torch.eye(a.size(-1), dtype=a.dtype, device=a.device)
+        z = a.transpose(-2, -1) / a.sum(-2).amax(-1)[..., None, None]  # A^T / ||A||_1, one norm per matrix
+        for _ in range(self.iterations):
+            az = a @ z
+            z = 0.25 * z @ (13 * identity - az @ (15 * identity - az @ (7 * identity - az)))
+        return z
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """Sequence by sequence over its L real tokens: landmarks as segment means, y = (F Z B) V + band(w) V."""
+        B, H, T, D = q.shape
+        m, half = self.landmarks, self.kernel_size // 2
+        y = torch.zeros_like(v)
+        for b in range(B):
+            real = torch.arange(T) if pad_mask is None else (~pad_mask[b]).nonzero()[:, 0]
+            L = len(real)
+            qb, kb, vb = q[b][:, real], k[b][:, real], v[b][:, real]  # (H, L, D)
+            segments = [[r for r in range(L) if r * m // L == j] for j in range(m)]
+            segments = [s for s in segments if s]
+            q_tilde = torch.stack([qb[:, s].mean(1) for s in segments], dim=1)  # (H, m', D)
+            k_tilde = torch.stack([kb[:, s].mean(1) for s in segments], dim=1)
+            softmax = lambda x, y: torch.softmax(x @ y.transpose(-2, -1) / math.sqrt(D), dim=-1)
+            f, a, b_kernel = softmax(qb, k_tilde), softmax(q_tilde, k_tilde), softmax(q_tilde, kb)
+            identity = torch.eye(a.size(-1), dtype=a.dtype)
+            z = a.transpose(-2, -1) / a.sum(-2).max(-1).values[:, None, None]
+            for _ in range(self.iterations):
+                x = a @ z
+                z = z @ (13 * identity - 15 * x + 7 * x @ x - x @ x @ x) / 4
+            offset = torch.arange(L)[None, :] - torch.arange(L)[:, None] + half  # j - i + half, (L, L)
+            taps = self.value_convolution.weight[:, 0, :, 0]                   # (H, kernel_size)
+            band = taps[:, offset.clamp(0, self.kernel_size - 1)] * ((offset >= 0) & (offset < self.kernel_size))
+            y[b][:, real] = (f @ z @ b_kernel + band) @ vb
+        return y
+
+
+class Synthesizer(Attention):
+    """Synthesizer. Tay et al. 2020, "Synthesizer: Rethinking Self-Attention in Transformer Models", arXiv:2005.00743.
+
+    y_i = sum_j softmax_j(b_ij) v_j with weights synthesised without any token-token dot product, by
+    synthesizer_mode:
+      'dense'   b_i = F(x_i) = W_2 relu(W_1 x_i + b_1) + b_2, from token i alone: W_1 (C x C) is the shared query
+                projection, head by head, W_2 (T_max x D) is shared by the heads, and b_ij is entry j of b_i;
+      'random'  b_ij = R_hij, a learned (T_max, T_max) matrix per head, N(0, 1 / T_max) at initialisation, the same
+                weights for every input.
+    T_max = block_size: a sequence of T tokens uses the first T entries (rows and columns of R); a longer one is
+    refused. Causal: j <= i (by masking, as the paper's decoders); bidirectional: every real j. The biases b_1 (the
+    query projection's) and b_2 follow LayerConfig.bias, as every linear layer of trev does (off by default). The key
+    projection is computed and unused (its gradient is 0); the paper's factorized and mixed synthesizers are not here.
+    The authors' code (google-research/long-range-arena, models/synthesizer) has the same W_1 (with bias), W_2 shared
+    by the heads, R per head and the first T entries; it then reshapes dense weights (B, T, H, T_max) to (B, H, T,
+    T_max), which mixes tokens and heads, where trev keeps them apart.
+    Fast path: dense, scaled_dot_product_attention with relu(q) as queries and the rows of W_2 as keys, scale 1 (b_2
+    as one more key channel against a query channel of ones): time O(T^2 D), memory O(T) with a fused kernel;
+    random, softmax of R's (T, T) block (per sequence where there is padding), times V: time O(T^2 D), memory
+    O(T^2). Decoding keeps the values (a KVCache with zero-width keys, as the weights need none): a token at position
+    t costs O(t D), up to T_max. Extra parameters: dense D T_max (+ T_max with bias), random H T_max^2.
+    Reference: the logits b_ij written out from the formula, softmax one query at a time.
+    """
+    modes = ('dense', 'random')
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.synthesizer_mode not in self.modes:
+            raise ValueError(f"synthesizer_mode={config.synthesizer_mode!r}: choose 'dense' or 'random' (the paper's "
+                             f"factorized and mixed synthesizers are not implemented)")
+        self.mode = config.synthesizer_mode
+        self.max_len = config.block_size
+        if self.mode == 'dense':
+            self.length_projection = nn.Linear(self.head_dim, config.block_size, bias=config.bias)  # W_2, b_2
+        else:
+            T_max = config.block_size
+            self.random_logits = nn.Parameter(torch.randn(config.n_head, T_max, T_max) / math.sqrt(T_max))  # R
+
+    def logits(self, q, start, end):
+        """b_ij for queries q at positions start, ... and keys 0 .. end - 1: (B|1, H, Tq, end)."""
+        if self.mode == 'random':
+            return self.random_logits[None, :, start:start + q.size(2), :end]
+        weight = cast(self.length_projection.weight[:end], q.dtype)  # (end, D)
+        logits = F.relu(q) @ weight.T
+        bias = self.length_projection.bias
+        return logits if bias is None else logits + cast(bias[:end], q.dtype)
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = q.shape
+        check_length(T, self.max_len, f"the {self.mode} synthesizer's weights")
+        allowed = None if pad_mask is None else ~pad_mask[:, None, None, :]
+        if self.mode == 'random':
+            allowed = causal_mask(T, T, q.device) if self.causal else allowed
+            logits = self.logits(q, 0, T)  # (1, H, T, T)
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+            return cast(torch.softmax(logits, dim=-1), v.dtype) @ v
+        keys = cast(self.length_projection.weight[:T], q.dtype).expand(B, H, T, D)  # row j of W_2: key j
+        queries = F.relu(q)
+        if self.length_projection.bias is not None:  # [relu(q_i), 1] . [W_2j, b_2j] = b_ij
+            queries = append_ones(queries)
+            keys = torch.cat([keys, cast(self.length_projection.bias[:T], q.dtype).expand(B, H, T)[..., None]], -1)
+        return F.scaled_dot_product_attention(queries, keys, v, attn_mask=allowed, is_causal=self.causal, scale=1.0)
+
+    def attend_step(self, q, k, v, state):
+        start = 0 if state is None else state.length
+        end = start + q.size(2)
+        check_length(end, self.max_len, f"the {self.mode} synthesizer's weights")
+        cache = KVCache.to_write(state, k[..., :0], v, self.max_len)  # no keys: (B, H, T_max, 0)
+        cache.v[:, :, start:end] = v
+        logits = self.logits(q, start, end)
+        logits = logits.masked_fill(~causal_mask(q.size(2), end, q.device, offset=start), torch.finfo(logits.dtype).min)
+        return cast(torch.softmax(logits, dim=-1), v.dtype) @ cache.v[:, :, :end], KVState(cache, end)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """b_ij = (relu(q_i) W_2^T + b_2)_j (dense) or R_ij (random); y_i = sum_j softmax_j(b_ij) v_j over the keys
+        query i may use, one query at a time."""
+        B, H, T, D = q.shape
+        allowed = reference_mask(T, self.causal, pad_mask, q.device).expand(B, H, T, T)
+        outputs = []
+        for i in range(T):
+            if self.mode == 'dense':
+                b = F.relu(q[:, :, i]) @ self.length_projection.weight[:T].T  # (B, H, T)
+                if self.length_projection.bias is not None:
+                    b = b + self.length_projection.bias[:T]
+            else:
+                b = self.random_logits[:, i, :T].expand(B, H, T)
+            largest = b.masked_fill(~allowed[:, :, i], float('-inf')).max(-1, keepdim=True).values
+            weights = torch.exp(b - largest) * allowed[:, :, i]
+            outputs.append((weights[..., None] * v).sum(2) / weights.sum(-1, keepdim=True))
+        return torch.stack(outputs, dim=2)
+
+
+class FNet(Attention):
+    """FNet. Lee-Thorp et al. 2021, "FNet: Mixing Tokens with Fourier Transforms", arXiv:2105.03824.
+
+    y = Re(DFT_sequence(DFT_hidden(V))) / sqrt(L C): the tokens are mixed by the real part of a 2D discrete Fourier
+    transform over the sequence and the C = H D channels of all heads together; no attention weights, no parameters.
+    Against the paper and the authors' code (google-research/google-research, f_net): (1) their mixing sublayer
+    replaces attention whole, projections included; trev mixes the values and keeps the shared output projection, so
+    that FNet differs from the other variants in the token mixing only (q and k are computed and unused, gradient 0;
+    the parameter count is softmax's). (2) trev divides by sqrt(L C) (the unitary transform): the paper's
+    unnormalised transform grows as sqrt(T C), and trev's blocks are pre-norm by default, where that would swamp
+    the residual stream. (3) Their code ignores the padding mask and transforms the padded sequence; trev
+    transforms each sequence over its L real tokens alone (a DFT of length L; a padded position's output is 0), so
+    no real output depends on padding and a padded sequence gives what it gives alone: the real tokens are gathered
+    to the front and each distinct length in the batch is one FFT of those rows.
+    Bidirectional only (every output reads every token). torch.fft in float32 at least, autocast off (it has no
+    bfloat16 kernels). Time O(T C log(T C)), memory O(T C). Reference: the double sum
+    y_tc = sum_{s, c'} cos(2 pi (t s / L + c c' / C)) v_sc' / sqrt(L C), Re(e^{-i a}) = cos a, sequence by sequence.
+    """
+    supports_causal = False
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = v.shape
+        dtype = v.dtype
+        with full_precision(v):
+            x = cast(v, wide_dtype(v)).transpose(1, 2).reshape(B, T, H * D)  # (B, T, C): the heads side by side
+            if pad_mask is None:
+                y = torch.fft.fft2(x, norm='ortho').real
+            else:
+                order = pad_mask.to(torch.uint8).argsort(dim=1, stable=True)[..., None].expand_as(x)  # real first
+                x = x.gather(1, order)
+                lengths = (~pad_mask).sum(1)
+                y = torch.zeros_like(x)
+                for length in lengths.unique().tolist():
+                    if length:
+                        rows = lengths == length
+                        y[rows, :length] = torch.fft.fft2(x[rows, :length], norm='ortho').real
+                y = torch.zeros_like(y).scatter(1, order, y)  # each token's output back at its position
+        return cast(y.view(B, T, H, D).transpose(1, 2), dtype)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """y_tc = sum_{s, c'} cos(2 pi (t s / L + c c' / C)) v_sc' / sqrt(L C) over the L real tokens of each sequence
+        (t, s their places among them); 0 at padding."""
+        B, H, T, D = v.shape
+        C = H * D
+        x = v.transpose(1, 2).reshape(B, T, C)
+        y = torch.zeros_like(x)
+        channel = torch.arange(C, dtype=x.dtype)
+        for b in range(B):
+            real = torch.arange(T) if pad_mask is None else (~pad_mask[b]).nonzero()[:, 0]
+            L = len(real)
+            place = torch.arange(L, dtype=x.dtype)
+            angle = 2 * math.pi * (place[:, None, None, None] * place[None, None, :, None] / L
+                                   + channel[None, :, None, None] * channel[None, None, None, :] / C)  # (L, C, L, C)
+            y[b, real] = torch.einsum('tcsd,sd->tc', torch.cos(angle), x[b, real]) / math.sqrt(L * C)
+        return y.view(B, T, H, D).transpose(1, 2)
 
 
 ATTENTION = {
@@ -1352,6 +1669,10 @@ ATTENTION = {
     'mamba2': Mamba2,
     'hgrn2': HGRN2,
     'lightning': LightningAttention,
+    'linformer': Linformer,
+    'nystrom': Nystromformer,
+    'synthesizer': Synthesizer,
+    'fnet': FNet,
 }
 
 

@@ -87,6 +87,9 @@ based_feature_dim = 16     # based: q and k projected to this many dims before t
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
 output_gate = ''           # every variant: 'none' or 'swish' (y * swish(x W_g)); '' = the variant's paper's
 head_norm = ''             # every variant: 'none', 'rmsnorm' or 'groupnorm' on each head's output; '' = the paper's
+linformer_k = 256          # linformer: keys and values projected along the sequence to this many rows
+nystrom_landmarks = 64     # nystrom: landmarks, the means of this many segments of the queries and of the keys
+synthesizer_mode = 'dense' # synthesizer: 'dense' (weights from each token alone) or 'random' (a learned matrix)
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 0.05       # lr_schedule 'rsqrt': the constant in front (the peak is learning_rate / sqrt(warmup_iters))
