@@ -90,8 +90,8 @@ DEFAULTS = dict(
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 GENERATED_START = re.compile(r'^<!-- python report\.py ', re.M)
-IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params', 'fingerprint')  # not
-# grouped on
+# not grouped on
+IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params', 'fingerprint')
 Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
 Task = namedtuple('Task', 'title metrics higher_is_better rate causal trainer')
 TASKS = {  # by what eval.json holds; the first metric is the main one

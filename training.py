@@ -652,8 +652,8 @@ def hold_run_folder(out_dir, dist):
     return FolderLock(out_dir, "wait for it to finish, or give another --out_dir") if dist.master else nullcontext()
 
 
-RUN_KEYS = ('device', 'dtype', 'n_params', 'attention_params', 'fingerprint')  # what train() adds to the settings it
-# records
+# what train() adds to the settings it records
+RUN_KEYS = ('device', 'dtype', 'n_params', 'attention_params', 'fingerprint')
 
 
 def check_trainer(checkpoint, defaults, path, script):
