@@ -1836,3 +1836,57 @@ def init_weights(model, n_layer, also=()):
                 std = 0.02 / math.sqrt(2 * n_layer) if name.endswith('proj.weight') else 0.02
                 generator = torch.Generator().manual_seed(torch.initial_seed() + zlib.crc32(name.encode()))
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# fingerprint: what a run's block computes, so that a table can tell a run made by code that computes otherwise
+
+
+PROBE_TOKENS = 200      # the probe sequence, where block_size allows: several chunks, longer than a local window
+PROBE_NUMBERS = 4       # projections kept of the block's output, and of its input gradient
+PROBE_TOLERANCE = 1e-4  # relative: far above rounding (BLAS builds, thread counts), far below a change of formula
+
+
+def fingerprint(settings, causal):
+    """What one Block computes, as numbers a run records and a report recomputes from today's code (same_behaviour):
+    the Block of settings' LayerConfig fields (a run's config; other keys ignored) and causal, built under a fixed
+    seed (probe_block), in float64 on a fixed input x (1, T, C), T = min(block_size, PROBE_TOKENS), its last quarter
+    padding where bidirectional. {'output': r = block(x) - x at the real tokens, 'input_gradient': the gradient of a
+    fixed projection of r}, each projected on fixed directions. Behaviour, not source: moving code keeps it.
+    Torch's RNG is left as it was."""
+    fields = {key: value for key, value in settings.items() if key in LayerConfig.__dataclass_fields__}
+    config = LayerConfig(**{**fields, 'causal': causal})
+    T = min(config.block_size, PROBE_TOKENS)
+    real = T if causal else T - T // 4
+    with torch.random.fork_rng(devices=[]):  # the CPU generator alone: seeding CUDA's would change a GPU run's dropout
+        torch.default_generator.manual_seed(0)
+        block = probe_block(config)
+        x = torch.randn(1, T, config.n_embd, dtype=torch.float64, requires_grad=True)
+        directions = torch.randn(PROBE_NUMBERS + 1, x.numel(), dtype=torch.float64)
+    pad_mask = None if causal else torch.arange(T)[None, :] >= real
+    residual = (block(x, pad_mask) - x)[:, :real].flatten()  # (real C,): the padding's outputs are undefined
+    gradient = torch.autograd.grad(directions[-1, :residual.numel()] @ residual, x)[0].flatten()  # (T C,)
+    return {'output': (directions[:-1, :residual.numel()] @ residual).tolist(),
+            'input_gradient': (directions[:-1] @ gradient).tolist()}
+
+
+def probe_block(config):
+    """fingerprint's Block in float64 and eval mode, each Linear weight N(0, 1 / fan_in) from a generator seeded by
+    its name (the order modules are built in does not matter), the rest as built. Not init_weights' 0.02: it leaves
+    attention near uniform and small beside the MLP, where a change of the attention hardly shows."""
+    block = Block(config)
+    with torch.no_grad():
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear):
+                generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.in_features ** 0.5)
+    return block.double().eval()
+
+
+def same_behaviour(recorded, current, tolerance=PROBE_TOLERANCE):
+    """Whether two fingerprints are of the same computation: each list within tolerance of the current one, relative
+    to the list's length (a single projection may be near zero)."""
+    return recorded.keys() == current.keys() and all(
+        len(recorded[key]) == len(current[key]) and
+        math.dist(recorded[key], current[key]) <= tolerance * math.hypot(*current[key]) for key in current)

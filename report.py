@@ -41,6 +41,10 @@ of the main metric on each split, mean over the seeds both ran with its 95% Stud
 pair), the number of pairs, and better / worse / not separated at the first split's interval; a line under the table
 lists the rows of each verdict.
 --solved=K (accuracy tasks, e.g. 90 for MQAR) adds the number of a row's runs whose first-split accuracy (%) reaches K.
+A run is stale when today's code would not reproduce it: the fingerprint its trainer recorded in config.json (each
+segment's) is missing or differs from the one recomputed from its config with today's code, attention.fingerprint of
+its block (within attention.same_behaviour's tolerance) and training.code_fingerprint of its task's trainer. Its row
+reads `variant (stale)`, and a line under the table names the stale runs and why, to be re-run.
 --plots=FOLDER writes val_loss.png (each row's periodic validation loss: the mean over seeds, shaded from the minimum
 to the maximum; colour by the variant's family, then line style and marker, so no two rows look alike; the legend in
 the table's order) and quality_vs_cost.png (the main metric, mean with its 95% interval over seeds, against the
@@ -86,31 +90,34 @@ DEFAULTS = dict(
 )
 GENERATED = re.compile(r'^<!-- (python report\.py [^\n]*?) -->\n(.*?)^<!-- end of generated table -->$', re.M | re.S)
 GENERATED_START = re.compile(r'^<!-- python report\.py ', re.M)
-IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params')  # not grouped on
+# not grouped on
+IGNORED = ('seed', 'out_dir', 'init_from', 'eval_only', 'n_params', 'attention_params', 'fingerprint')
 Metric = namedtuple('Metric', 'key label scale decimals')  # eval.json key, column label, x scale, decimals shown
-Task = namedtuple('Task', 'title metrics higher_is_better rate causal')
+Task = namedtuple('Task', 'title metrics higher_is_better rate causal trainer')
 TASKS = {  # by what eval.json holds; the first metric is the main one
-    'bytes': Task('causal LM on bytes: bits per byte', [Metric('bpc', 'bpc', 1, 3)], False, 'tokens_per_s', True),
+    'bytes': Task('causal LM on bytes: bits per byte', [Metric('bpc', 'bpc', 1, 3)], False, 'tokens_per_s', True,
+                  'train_gpt.py'),
     'words': Task('causal LM on tokens: word-level perplexity', [Metric('word_ppl', 'word ppl', 1, 2),
-                  Metric('token_ppl', 'token ppl', 1, 2)], False, 'tokens_per_s', True),
+                  Metric('token_ppl', 'token ppl', 1, 2)], False, 'tokens_per_s', True, 'train_gpt.py'),
     'tokens': Task('causal LM on tokens: token perplexity', [Metric('token_ppl', 'token ppl', 1, 2)], False,
-                   'tokens_per_s', True),
+                   'tokens_per_s', True, 'train_gpt.py'),
     'mlm': Task('masked LM: loss in nats per masked token', [Metric('loss', 'loss', 1, 3),
-                Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False),
+                Metric('acc', 'acc %', 100, 2)], False, 'tokens_per_s', False, 'train_bert.py'),
     'images': Task('image classification: top-1 accuracy', [Metric('acc', 'top-1 %', 100, 2)], True,
-                   'images_per_s', False),
+                   'images_per_s', False, 'train_vit.py'),
     'lra': Task('Long Range Arena: top-1 accuracy', [Metric('accuracy', 'accuracy %', 100, 2)], True, 'tokens_per_s',
-                False),
+                False, 'train_lra.py'),
     'mqar': Task('multi-query associative recall: accuracy on the answer tokens',
-                 [Metric('accuracy', 'acc %', 100, 2)], True, 'tokens_per_s', True),
+                 [Metric('accuracy', 'acc %', 100, 2)], True, 'tokens_per_s', True, 'train_mqar.py'),
 }
 SPLITS = ('val', 'test')
-Run = namedtuple('Run', 'path config evaluation rows')
+Run = namedtuple('Run', 'path config evaluation rows segments')  # segments: the config of each stretch of the run
 Group = namedtuple('Group', 'label values runs')
 Baseline = namedtuple('Baseline', 'values name matched')  # {key: value}, as written, the columns a pair agrees on
 Interval = namedtuple('Interval', 'mean low high n')  # a mean and its 95% interval (None, None for n = 1)
 COVERAGE = 0.95
 PLOTS = ('val_loss.png', 'quality_vs_cost.png')
+HERE = os.path.dirname(os.path.abspath(__file__))  # the trainers' folder
 
 
 def run_folders(folder):
@@ -138,12 +145,11 @@ def task_of(run):
                       "metrics)")
 
 
-def read_dict(path, key=None):
-    """A run's JSON file (or its entry `key`), which must be a JSON object."""
+def read_dict(path):
+    """A run's JSON file, which must be a JSON object."""
     data = training.read_json(path)
-    data = data.get(key) if key and isinstance(data, dict) else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a trev run file (expected a JSON object{f' under {key!r}' if key else ''})")
+        raise ConfigError(f"{path} is not a trev run file (expected a JSON object)")
     return data
 
 
@@ -152,22 +158,40 @@ def is_number(value):
 
 
 def read_run(path):
-    """(config, evaluation or None) of a run folder, each checked for the shape its trainer writes: config.json's
-    'config' maps keys to scalars, eval.json is {'iter': N, split: {metric: number}}."""
-    config = read_dict(os.path.join(path, 'config.json'), 'config')
-    if not all(value is None or isinstance(value, (str, int, float)) for value in config.values()):
-        raise ConfigError(f"{os.path.join(path, 'config.json')} holds a setting that is not a number, bool or string: "
-                          "not a trev run's config; restore it, or move the folder out of the report")
+    """(config, the configs of its segments, evaluation or None) of a run folder, each checked for the shape its
+    trainer writes: config.json's 'config' (and each segment's) maps keys to scalars, and 'fingerprint' to what the
+    trainer recorded; eval.json is {'iter': N, split: {metric: number}}."""
+    config_path = os.path.join(path, 'config.json')
+    record = read_dict(config_path)
+    config = record.get('config')
+    segments = [segment.get('config') if isinstance(segment, dict) else None
+                for segment in record.get('segments') or [record]]
+    for settings in [config] + segments:
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{config_path} is not a trev run file (expected a JSON object under 'config')")
+        if not all(value is None or isinstance(value, (str, int, float))
+                   for key, value in settings.items() if key != 'fingerprint'):
+            raise ConfigError(f"{config_path} holds a setting that is not a number, bool or string: not a trev run's "
+                              "config; restore it, or move the folder out of the report")
+        if 'fingerprint' in settings and not is_fingerprint(settings['fingerprint']):
+            raise ConfigError(f"{config_path} holds a fingerprint that is not a trainer's ({{'block': {{'output': "
+                              "[numbers], ...}, 'trainer': hash}}): restore it, or delete it to mark the run stale")
     eval_path = os.path.join(path, 'eval.json')
     if not os.path.exists(eval_path):
-        return config, None
+        return config, segments, None
     evaluation = read_dict(eval_path)
     if type(evaluation.get('iter')) is not int or not all(
             isinstance(metrics, dict) and all(map(is_number, metrics.values()))
             for key, metrics in evaluation.items() if key != 'iter'):
         raise ConfigError(f"{eval_path} is not a trev evaluation ({{'iter': N, 'val': {{metric: number, ...}}, ...}}): "
                           "evaluate the run again (--init_from=resume --eval_only=True)")
-    return config, evaluation
+    return config, segments, evaluation
+
+
+def is_fingerprint(value):
+    """Whether value has the shape of a trainer's fingerprint: {'block': {name: [numbers]}, 'trainer': str}."""
+    return (isinstance(value, dict) and isinstance(value.get('trainer'), str) and isinstance(value.get('block'), dict)
+            and all(isinstance(numbers, list) and all(map(is_number, numbers)) for numbers in value['block'].values()))
 
 
 def load_runs(folders):
@@ -175,7 +199,7 @@ def load_runs(folders):
     runs, unevaluated, unfinished = [], [], []
     paths = {os.path.realpath(path): path for folder in folders for path in run_folders(folder)}  # each run once
     for path in paths.values():
-        config, evaluation = read_run(path)
+        config, segments, evaluation = read_run(path)
         log_path = os.path.join(path, 'log.jsonl')
         if evaluation is None:
             unevaluated.append(path)
@@ -184,7 +208,7 @@ def load_runs(folders):
             unfinished.append(f"{path} (iter {evaluation.get('iter')} of {config.get('max_iters')})")
             continue
         rows = training.read_log_rows(log_path) if os.path.exists(log_path) else []
-        runs.append(Run(path, config, evaluation, rows))
+        runs.append(Run(path, config, evaluation, rows, segments))
     if unevaluated:
         print(f"note: left out, not evaluated (no eval.json): {', '.join(unevaluated)}", file=sys.stderr)
     if unfinished:
@@ -319,7 +343,7 @@ def mean_interval(values):
     return Interval(mean, mean - half, mean + half, len(values))
 
 
-def summarise(group, task, splits, bench, solved):
+def summarise(group, task, splits, bench, solved, stale):
     """A group's numbers, unrounded: column name -> value (None where there is none)."""
     runs = group.runs
     row = dict(group.values, n_params=runs[0].config.get('n_params'),
@@ -341,8 +365,53 @@ def summarise(group, task, splits, bench, solved):
         row['fwdbwd_ms'] = bench.get((group.values['attention'], 'fwdbwd'))
         if task.causal:
             row['decode_ms'] = bench.get((group.values['attention'], 'decode'))
-    row['runs'] = ' '.join(os.path.basename(os.path.normpath(run.path)) for run in runs)
+    row['runs'] = ' '.join(map(run_name, runs))
+    row['stale'] = '; '.join(f'{run_name(run)} ({stale[run.path]})' for run in runs if run.path in stale)
     return row
+
+
+def run_name(run):
+    return os.path.basename(os.path.normpath(run.path))
+
+
+def run_fingerprint(settings, task):
+    """The fingerprint a trainer of task records in config.json for a run of these settings, with today's code."""
+    return {'block': attention.fingerprint(settings, task.causal),
+            'trainer': training.code_fingerprint(os.path.join(HERE, task.trainer))}
+
+
+def stale_runs(runs, task):
+    """{path: why} for each run today's code would not reproduce: in one of its segments the recorded fingerprint is
+    missing ('no fingerprint') or differs from the one recomputed from the segment's config ('trainer model code
+    changed', 'block behaviour changed', or the block cannot be built today)."""
+    trainer = training.code_fingerprint(os.path.join(HERE, task.trainer))
+    blocks = {}  # layer settings -> today's block fingerprint, computed once: the runs of a sweep share them
+    stale = {}
+    for run in runs:
+        reason = next(filter(None, (stale_reason(settings, task, trainer, blocks) for settings in run.segments)), None)
+        if reason:
+            stale[run.path] = reason
+    return stale
+
+
+def stale_reason(settings, task, trainer, blocks):
+    """Why one segment's config is stale (None if it is not): its fingerprint against today's trainer hash and
+    block fingerprint (cached in blocks)."""
+    recorded = settings.get('fingerprint')
+    if recorded is None:
+        return 'no fingerprint'
+    if recorded['trainer'] != trainer:
+        return 'trainer model code changed'
+    layer = tuple(sorted((key, value) for key, value in settings.items()
+                         if key in attention.LayerConfig.__dataclass_fields__))
+    if layer not in blocks:
+        try:
+            blocks[layer] = attention.fingerprint(dict(layer), task.causal)
+        except ValueError as error:  # a variant or setting today's code no longer has
+            blocks[layer] = f'block cannot be built today: {error}'
+    if isinstance(blocks[layer], str):
+        return blocks[layer]
+    return None if attention.same_behaviour(recorded['block'], blocks[layer]) else 'block behaviour changed'
 
 
 def baseline_of(text, groups, columns):
@@ -533,6 +602,8 @@ def markdown(rows, differ, task, splits, options, grid=None, baseline=None):
     best_key = options['best_over']
     for row in rows:
         cells = ['-' if row[key] is None else str(row[key]) for key in differ]
+        if row['stale']:
+            cells[0] += ' (stale)'
         if best_key and row[f'{best_key}_values_tried'] < len(grid):
             cells[differ.index(best_key)] += f" ({row[f'{best_key}_values_tried']} of {len(grid)})"
         cells += [cell(row['n_params'], 0), cell(row['attention_params'], 0), str(row['n'])]
@@ -554,6 +625,9 @@ def markdown(rows, differ, task, splits, options, grid=None, baseline=None):
     if baseline:
         lines += ['', separation_line(rows, [key for key in differ if key != best_key], baseline,
                                       f'{splits[0]} {main.label}')]
+    if any(row['stale'] for row in rows):
+        lines += ['', f"Stale, to re-run on today's code (the fingerprint of their model's code is missing or not "
+                      f"today's): {'; '.join(row['stale'] for row in rows if row['stale'])}."]
     return '\n'.join(lines) + '\n'
 
 
@@ -762,7 +836,8 @@ def report(argv):
     grid = None
     if options['best_over']:
         groups, differ, grid = best_over(groups, differ, options['best_over'], task, splits[0])
-    rows = [summarise(group, task, splits, bench, options['solved']) for group in groups]
+    stale = stale_runs([run for group in groups for run in group.runs], task)
+    rows = [summarise(group, task, splits, bench, options['solved'], stale) for group in groups]
     main_key = f'{splits[0]}_{task.metrics[0].key}'
     order = sorted(range(len(rows)), key=lambda i: ((-1 if task.higher_is_better else 1) * rows[i][main_key],
                                                     groups[i].label))

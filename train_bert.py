@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import LMConfig, TransformerLM, redraw_random_features
+from attention import LMConfig, TransformerLM, fingerprint, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -255,6 +255,7 @@ def train(cfg, dist):
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
+    cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, "

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import ATTENTION, Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
+from attention import ATTENTION, Block, LayerConfig, fingerprint, init_weights, make_final_norm, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -400,6 +400,7 @@ def train(cfg, dist):
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
+    cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {meta['task']}: {meta['documents']} x {meta['seq_len']:,} tokens per example, "

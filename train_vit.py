@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
+from attention import Block, LayerConfig, fingerprint, init_weights, make_final_norm, redraw_random_features
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -371,6 +371,7 @@ def train(cfg, dist):
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
+    cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "

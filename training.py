@@ -23,6 +23,8 @@ and config.json and the checkpoint record vars(cfg), what actually ran (device a
     all_reduce_sum(values, device); peak_memory_mb(device); format_row(row)
     exit_nonfinite(iter_num, what, last_saved, ckpt_path)   # stop on nan/inf, naming the last good checkpoint
     exit_with(config_error)                    # a script's `error: <one line>`, once under torchrun
+    code_fingerprint(trainer_path)             # a hash of a trainer's model code (config.json's fingerprint, with
+                                               # attention.fingerprint's numbers for its block)
     with FolderLock(folder, fix): ...          # one live process per run or data folder, else FolderBusy
     meta = load_meta(data_dir); data = open_split(data_dir, split, dtype); load_encoding(name)  # prepared data
 
@@ -30,7 +32,9 @@ A trainer's main() raises ConfigError for any input the user can fix; its `__mai
 `error: <one line>` on stderr and a non-zero exit, with no traceback (exit_with).
 """
 import ast
+import copy
 import gc
+import hashlib
 import json
 import math
 import os
@@ -648,7 +652,8 @@ def hold_run_folder(out_dir, dist):
     return FolderLock(out_dir, "wait for it to finish, or give another --out_dir") if dist.master else nullcontext()
 
 
-RUN_KEYS = ('device', 'dtype', 'n_params', 'attention_params')  # what train() adds to the settings it records
+# what train() adds to the settings it records
+RUN_KEYS = ('device', 'dtype', 'n_params', 'attention_params', 'fingerprint')
 
 
 def check_trainer(checkpoint, defaults, path, script):
@@ -658,6 +663,49 @@ def check_trainer(checkpoint, defaults, path, script):
     if foreign:
         raise ConfigError(f"{path} is another trainer's run (its settings include {', '.join(foreign[:3])}): "
                           f"{script} reads only its own; give the --out_dir of a {script} run")
+
+
+def code_fingerprint(trainer_path):
+    """A hash of the code with which a trainer builds its model, for its runs to record and a report to recompute:
+    build_model and the module-level classes, functions and UPPER_CASE constants it refers to, transitively (GPT;
+    LRAClassifier, sinusoids and PAD), as ast.unparse writes them without docstrings: comments, docstrings, layout
+    and the config defaults (lower case; a run records its settings) do not count. Read from the file, not
+    imported: report.py imports no trainer."""
+    try:
+        with open(trainer_path, encoding='utf-8') as f:
+            tree = ast.parse(f.read(), trainer_path)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ConfigError(f"cannot read the model code of {trainer_path}: {error}") from None
+    definitions = {name: node for node in tree.body for name in defined_names(node)}
+    if 'build_model' not in definitions:
+        raise ConfigError(f"{trainer_path} has no build_model(model_args): not a trev trainer")
+    used, names = [], ['build_model']
+    while names:
+        node = definitions[names.pop()]
+        if node not in used:
+            used.append(node)
+            names += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in definitions]
+    code = '\n'.join(ast.unparse(without_docstrings(node)) for node in tree.body if node in used)  # file order
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
+
+
+def defined_names(node):
+    """The names of model code a module-level statement defines: a class or function, or an UPPER_CASE constant."""
+    if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return [node.name]
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return [target.id for target in targets if isinstance(target, ast.Name) and target.id.isupper()]
+
+
+def without_docstrings(node):
+    """A copy of node with the docstring of every class and function in it removed."""
+    node = copy.deepcopy(node)
+    for inner in ast.walk(node):
+        body = getattr(inner, 'body', None)
+        if (isinstance(inner, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            inner.body = body[1:] or [ast.Pass()]
+    return node
 
 
 def start_or_resume(cfg, ckpt_path, model, optimizer, scaler, model_args, generators, dist):

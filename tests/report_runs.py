@@ -3,8 +3,11 @@ training): RUNS as a sweep of 2 variants x 3 seeds, EXPECTED, the table report.p
 under it with --plots."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
+
+import report
 
 # attention -> per seed: (val bpc, test bpc, tokens/s of the log rows, peak MB of the rows, last elapsed_s)
 RUNS = {
@@ -33,12 +36,22 @@ FRONTIER = ("\nQuality against cost (val bpc against tokens/s of these runs): on
             "and cheaper: softmax.\n")  # under EXPECTED with --plots: softmax is better and faster
 
 
-def write_run(folder, config, evaluation, rows):
+def write_run(folder, config, evaluation, rows, fingerprint=True):
+    """A run folder; its config gets the fingerprint its trainer would record today (an evaluated run's task tells
+    which), unless fingerprint=False."""
     folder.mkdir(parents=True)
+    if fingerprint and evaluation is not None:
+        config = stamped(config, evaluation)
     (folder / 'config.json').write_text(json.dumps({'config': config, 'segments': []}))
     (folder / 'log.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
     if evaluation is not None:
         (folder / 'eval.json').write_text(json.dumps(evaluation))
+
+
+def stamped(config, evaluation):
+    """config with the fingerprint a trainer of the task of evaluation (an eval.json) records for it today."""
+    task = report.TASKS[report.task_of(SimpleNamespace(evaluation=evaluation))[0]]
+    return {**config, 'fingerprint': report.run_fingerprint(config, task)}
 
 
 def gpt_config(attention, seed, **changes):

@@ -9,11 +9,14 @@ import json
 import re
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+import attention
 import report
 from attention import ATTENTION
 from conftest import run_script
-from report_runs import EXPECTED, FRONTIER, gpt_config, split, sweep, write_run  # noqa: F401 (sweep is a fixture)
+from report_runs import EXPECTED, FRONTIER, gpt_config, split, stamped, sweep, write_run  # noqa: F401 (a fixture)
 from training import ConfigError
 
 BENCH = {'env': {'device': 'cpu'}, 'results': [
@@ -34,7 +37,7 @@ def test_csv_markdown_and_plots(sweep, tmp_path, capsys):
     assert (tmp_path / 't.md').read_text() == EXPECTED + FRONTIER == capsys.readouterr().out
     text = (tmp_path / 't.csv').read_text()
     assert text.splitlines()[0] == ('attention,n_params,attention_params,n,val_bpc,val_bpc_std,test_bpc,'
-                                    'test_bpc_std,tokens_per_s,peak_mem_mb,wall_s,runs,val_bpc_diff,val_bpc_diff_low,'
+                                    'test_bpc_std,tokens_per_s,peak_mem_mb,wall_s,runs,stale,val_bpc_diff,val_bpc_diff_low,'
                                     'val_bpc_diff_high,test_bpc_diff,test_bpc_diff_low,test_bpc_diff_high,pairs,'
                                     'verdict')
     cells = next(csv.DictReader(io.StringIO(text)))
@@ -43,6 +46,7 @@ def test_csv_markdown_and_plots(sweep, tmp_path, capsys):
     assert float(cells['val_bpc_std']) == pytest.approx(0.02, abs=1e-12)
     assert float(cells['tokens_per_s']) == 3000 and float(cells['wall_s']) == 120
     assert cells['runs'] == 'attention=softmax,seed=1 attention=softmax,seed=2 attention=softmax,seed=3'
+    assert cells['stale'] == ''
     for name in report.PLOTS:
         data = (tmp_path / 'plots' / name).read_bytes()
         assert data.startswith(b'\x89PNG') and len(data) > 1000
@@ -64,8 +68,10 @@ def test_bench_join(sweep, tmp_path, capsys):
 
 
 def edit_config(run_folder, **changes):
+    """Changes a run's settings, and its fingerprint to what its trainer would record for them."""
     config = json.loads((run_folder / 'config.json').read_text())
-    config['config'].update(changes)
+    evaluation = json.loads((run_folder / 'eval.json').read_text())
+    config['config'] = stamped({**config['config'], **changes}, evaluation)
     (run_folder / 'config.json').write_text(json.dumps(config))
 
 
@@ -417,3 +423,69 @@ def test_curves_of_30_rows_are_told_apart_and_listed_in_table_order(sweep):
     assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == names
     same_family = [report.Group(f'linear {i}', {'attention': 'linear'}, runs[:3]) for i in range(20)]
     assert len(set(legend_styles(report.curves_figure(same_family, ('val',), 'x')))) == 20
+
+
+def set_fingerprint(run_folder, fingerprint):
+    """Sets (or with None removes) the fingerprint in a run's config.json."""
+    record = json.loads((run_folder / 'config.json').read_text())
+    record['config'].pop('fingerprint')
+    if fingerprint is not None:
+        record['config']['fingerprint'] = fingerprint
+    (run_folder / 'config.json').write_text(json.dumps(record))
+
+
+def elu_plus_one_by_cases(self, q, k, offset):
+    """LinearAttention.features written otherwise: elu(x) + 1 is x + 1 above 0 and exp(x) below."""
+    return torch.where(q > 0, q + 1, q.exp()), torch.where(k > 0, k + 1, k.exp())
+
+
+def test_runs_today_s_code_would_not_reproduce_are_marked_stale_with_why(sweep, monkeypatch, capsys):
+    """softmax seed 1 has no fingerprint (a run from before they were recorded), seed 2 one of other trainer code;
+    linear attention then computes otherwise (elu + 1 becomes elu + 1.01): every linear run is stale. softmax seed 3
+    matches, and an equivalent rewrite of linear's features (behaviour, not source) marks nothing."""
+    softmax = json.loads((sweep / 'attention=softmax,seed=2' / 'config.json').read_text())['config']
+    set_fingerprint(sweep / 'attention=softmax,seed=1', None)
+    set_fingerprint(sweep / 'attention=softmax,seed=2', {**softmax['fingerprint'], 'trainer': '0123456789abcdef'})
+    monkeypatch.setattr(attention.LinearAttention, 'features', elu_plus_one_by_cases)
+    report.main([str(sweep), '--baseline='])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(' | ')[0] for line in lines[4:6]] == ['| softmax (stale)', '| linear']
+    assert lines[-1] == ("Stale, to re-run on today's code (the fingerprint of their model's code is missing or not "
+                         "today's): attention=softmax,seed=1 (no fingerprint); attention=softmax,seed=2 (trainer "
+                         "model code changed).")
+    monkeypatch.setattr(attention.LinearAttention, 'features',
+                        lambda self, q, k, offset: (F.elu(q) + 1.01, F.elu(k) + 1.01))
+    report.main([str(sweep), f'--csv={sweep.parent / "t.csv"}', '--baseline='])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(' | ')[0] for line in lines[4:6]] == ['| softmax (stale)', '| linear (stale)']
+    assert lines[-1].endswith("attention=softmax,seed=2 (trainer model code changed); attention=linear,seed=1 (block "
+                              "behaviour changed); attention=linear,seed=2 (block behaviour changed); "
+                              "attention=linear,seed=3 (block behaviour changed).")
+    cells = {row['attention']: row['stale'] for row in csv.DictReader(open(sweep.parent / 't.csv'))}
+    assert cells['softmax'] == ('attention=softmax,seed=1 (no fingerprint); attention=softmax,seed=2 (trainer model '
+                                'code changed)')
+
+
+def test_a_run_is_stale_where_any_segment_is(sweep, capsys):
+    """A run resumed on today's code after a stretch trained without a fingerprint is stale; a segment of a variant
+    today's code no longer has says so."""
+    run = sweep / 'attention=linear,seed=1'
+    record = json.loads((run / 'config.json').read_text())
+    unrecorded = {key: value for key, value in record['config'].items() if key != 'fingerprint'}
+    record['segments'] = [{'start_iter': 0, 'config': unrecorded}, {'start_iter': 50, 'config': record['config']}]
+    (run / 'config.json').write_text(json.dumps(record))
+    report.main([str(sweep)])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(": attention=linear,seed=1 (no fingerprint).")
+    record['segments'][0]['config'] = {**record['config'], 'attention': 'retired'}
+    (run / 'config.json').write_text(json.dumps(record))
+    report.main([str(sweep)])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        ": attention=linear,seed=1 (block cannot be built today: unknown attention 'retired'; choose one of: "
+        f"{', '.join(ATTENTION)}).")
+
+
+def test_a_fingerprint_of_the_wrong_shape_is_one_line(sweep):
+    set_fingerprint(sweep / 'attention=linear,seed=1', {'block': [1.0, 2.0], 'trainer': 'abc'})
+    with pytest.raises(ConfigError, match=r"config.json holds a fingerprint that is not a trainer's .*: restore it, or "
+                                          r"delete it to mark the run stale"):
+        report.main([str(sweep)])

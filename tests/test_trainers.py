@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import report
 import training
 from conftest import ENV, ROOT, read_log, run_script
 
@@ -169,3 +170,13 @@ def test_eval_only_of_a_fresh_model_writes_its_own_folder(trainer, tmp_path):
     trainer.main(f'--out_dir={tmp_path / "new" / "run"}', '--eval_only=True')
     assert sorted(os.listdir(tmp_path / 'new' / 'run')) == ['eval.json', 'log.jsonl']
     assert json.loads((tmp_path / 'new' / 'run' / 'eval.json').read_text())['iter'] == 0
+
+
+def test_a_run_records_the_fingerprint_report_recomputes(trainer, tmp_path):
+    """config.json's fingerprint is what report.py recomputes from the run's settings and today's code, and a run
+    resumed with it is accepted (it is one of the keys a run adds to its settings)."""
+    trainer.train(tmp_path, '--max_iters=1')
+    trainer.train(tmp_path, '--max_iters=2', '--init_from=resume')
+    task = next(task for task in report.TASKS.values() if task.trainer == trainer.script)
+    for segment in json.loads((tmp_path / 'config.json').read_text())['segments']:
+        assert segment['config']['fingerprint'] == report.run_fingerprint(segment['config'], task)

@@ -342,3 +342,51 @@ def test_device_names_are_checked(device, message):
         pytest.skip('this machine has a GPU')
     with pytest.raises(ConfigError, match=re.escape(message)):
         training.resolve_device(device)
+
+
+GPT_MODEL = '''
+"""A trainer."""
+n_layer = 12  # a config default
+IGNORE = -100
+
+
+class GPT:
+    """The model."""
+
+    def forward(self, x):
+        return x * 2  # doubled
+
+
+def build_model(model_args):
+    return GPT()
+
+
+def train(cfg):
+    return cfg
+'''
+
+
+@pytest.mark.parametrize('edit, same', [
+    (lambda text: text.replace('"""The model."""', '"""The model, described otherwise."""'), True),
+    (lambda text: text.replace('  # doubled', '  # twice x').replace('n_layer = 12', 'n_layer = 6'), True),
+    (lambda text: text.replace('return cfg', 'return None'), True),  # the loop is not model code
+    (lambda text: text.replace('return x * 2', 'return x * 3'), False),
+    (lambda text: text.replace('return GPT()', 'return GPT() if IGNORE else None'), False),
+    (lambda text: text.replace('IGNORE = -100', 'IGNORE = -1') + 'def uses():\n    return IGNORE\n', True),
+])
+def test_code_fingerprint_hashes_the_model_code_alone(tmp_path, edit, same):
+    """build_model and what it uses: docstrings, comments, config defaults and the training loop do not count."""
+    (tmp_path / 'a.py').write_text(GPT_MODEL)
+    (tmp_path / 'b.py').write_text(edit(GPT_MODEL))
+    assert (training.code_fingerprint(tmp_path / 'a.py') == training.code_fingerprint(tmp_path / 'b.py')) == same
+
+
+def test_code_fingerprint_of_a_file_that_is_no_trainer_is_one_line(tmp_path):
+    (tmp_path / 'plain.py').write_text('x = 1\n')
+    with pytest.raises(ConfigError, match=r"plain.py has no build_model\(model_args\): not a trev trainer"):
+        training.code_fingerprint(tmp_path / 'plain.py')
+    with pytest.raises(ConfigError, match=r"cannot read the model code of .*missing.py: .*No such file"):
+        training.code_fingerprint(tmp_path / 'missing.py')
+    (tmp_path / 'broken.py').write_text('def build_model(:\n')
+    with pytest.raises(ConfigError, match=r"cannot read the model code of .*broken.py: invalid syntax"):
+        training.code_fingerprint(tmp_path / 'broken.py')
