@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunked_delta_rule,
-                     chunked_linear_attention, full_precision, wide_dtype, wide_linear)
+from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states, chunked_delta_rule,
+                     chunked_linear_attention, full_precision, in_chunks, wide_dtype, wide_linear)
 
 
 @dataclass
@@ -69,6 +69,15 @@ class LayerConfig:
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
     recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
                                   # this many tokens, each recomputed (kernels.SegmentedRecompute); 0 = never
+    # aft, bigbird, vicinity, sra
+    aft_window: int = 0           # aft: s, the window of AFT-local's learned position biases; 0 = AFT-simple
+    bigbird_block: int = 16       # bigbird: tokens per block (window, global and random attention go by blocks)
+    bigbird_global: int = 1       # bigbird: the first this many blocks are global (attend to and from every token)
+    bigbird_random: int = 3       # bigbird: random key blocks per query block (bidirectional only)
+    sra_ratio: int = 2            # sra: keys and values from the patch grid reduced R x R (PVT's reduction ratio R)
+    patch_grid_width: int = 0     # vicinity, sra: patches per image row; set by train_vit.py, not a knob (0: the
+                                  # sequence is not an image, and vicinity and sra refuse it)
+    class_tokens: int = 0         # vicinity, sra: tokens before the patches (ViT's class token); set by train_vit.py
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1044,6 +1053,272 @@ class HedgehogAttention(KernelAttention):
         return kernel(a, c) + kernel(-a, -c)
 
 
+class AttentionFreeTransformer(RecurrentAttention):
+    """AFT. Zhai et al. 2021, "An Attention Free Transformer", arXiv:2105.14103: AFT-simple and AFT-local.
+
+    Per channel (no dot products: heads only group the channels), with w_tt' the learned position biases:
+        y_t = sigmoid(q_t) * sum_t' exp(k_t' + w_tt') v_t' / sum_t' exp(k_t' + w_tt')
+    over t' <= t (causal) or all unpadded t'. AFT-simple (aft_window = 0): w = 0. AFT-local (aft_window = s > 0):
+    w_tt' learned where |t - t'| < s (causal: 0 <= t - t' < s) and 0 outside, so every token still reaches every
+    other. w is the paper's absolute (block_size x block_size) matrix, of which trev stores the band the window uses,
+    position_bias[t, t - t' (+ s - 1 bidirectionally)], (block_size, s) causal or (block_size, 2s - 1); initialised to
+    0 (AFT-local starts as AFT-simple); positions past block_size have no bias and are refused. No public code by the
+    authors was found to compare with.
+    Fast path: the sums as the global sum (w = 0) plus the window's correction (e^w - 1) inside the window. Each channel
+    is stabilised by a reference exponent that no earlier key exceeds: bidirectional, the max over all keys; causal, in
+    blocks (of chunk_size, or of s for AFT-local), the running max at the block's first token, the blocks' sums carried
+    across with kernels.chunk_states (the reference rising from block to block is a decay). The reference never reads
+    a later token; a key more than ~88 above every earlier key of its block overflows float32 (keys are projections of
+    the normed input).
+    Causal: time O(T D (C + s)), memory O(T D); decoding keeps per channel the two sums, their reference and, for
+    AFT-local, the last s - 1 keys and values: O(s D) per head whatever the position. Bidirectional: time O(T s D),
+    memory O(T D). Reference: the (T, T) softmax over t' of k_t' + w_tt', per channel, time and memory O(T^2 D).
+    Extra parameters: the position biases, block_size x s (causal) or block_size x (2s - 1).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.aft_window < 0:
+            raise ValueError(f"aft_window={config.aft_window}: use 0 (AFT-simple) or a window of s >= 1 tokens")
+        self.window = config.aft_window
+        self.block_size = config.block_size
+        span = self.window if self.causal else 2 * self.window - 1
+        self.position_bias = nn.Parameter(torch.zeros(config.block_size, span)) if self.window else None
+
+    def check_positions(self, end):
+        if self.window and end > self.block_size:
+            raise ValueError(f"aft: position {end - 1} is past block_size={self.block_size}, the extent of AFT-local's "
+                             f"position biases; raise block_size")
+
+    def window_factor(self, query_position, key_position, key_valid, dtype):
+        """(N, Q) query and (N, K) key positions, key_valid (N, K) -> (N, Q, K) e^{w_tt'} - 1 inside the window, 0
+        elsewhere, in dtype."""
+        distance = query_position[:, :, None] - key_position[:, None, :]  # t - t'
+        if self.causal:
+            inside, column = (distance >= 0) & (distance < self.window), distance
+        else:
+            inside, column = distance.abs() < self.window, distance + self.window - 1
+        inside = inside & key_valid[:, None, :] & (query_position < self.block_size)[:, :, None]
+        bias = self.position_bias[query_position.clamp(0, self.block_size - 1)[:, :, None],
+                                  column.clamp(0, self.position_bias.size(1) - 1)]
+        return torch.where(inside, torch.expm1(cast(bias, dtype)), 0)
+
+    def attend_chunkwise(self, q, k, v, state):
+        dtype = v.dtype
+        with full_precision(q):
+            q, k, v = (cast(t, wide_dtype(q)) for t in (q, k, v))
+            B, H, T, D = q.shape
+            offset = 0 if state is None else state['offset']
+            self.check_positions(offset + T)
+            running = k.cummax(2).values  # (B, H, T, D)
+            if state is None:
+                held_k = held_v = k.new_zeros(B, H, 0, D)
+            else:
+                held_k, held_v = state['keys'], state['values']
+                running = torch.maximum(running, state['reference'][:, :, None])
+            held = held_k.size(2)  # AFT-local's last s - 1 tokens before this call, in front of the new ones
+            keys, values = torch.cat([held_k, k], 2), torch.cat([held_v, v], 2)  # (B, H, L, D)
+            running = torch.cat([running[:, :, :1].expand(B, H, held, D), running], 2).detach()
+            L = held + T
+            C = self.window or min(self.chunk_size, L)
+            N = -(-L // C)
+            position = torch.arange(N * C, device=q.device)
+            real = (position < L).view(N, C)
+            reference = running[:, :, ::C]  # (B, H, N, D): no key before a block's first token exceeds it
+            key_blocks, value_blocks = in_chunks(keys, C), in_chunks(values, C)  # (B, H, N, C, D)
+            exponent = (key_blocks - reference[:, :, :, None]).masked_fill(~real[..., None], float('-inf'))
+            weight = exponent.exp()
+            counted = (real & (position >= held).view(N, C))[..., None]  # held tokens are in the state's sums already
+            within = (torch.cat([weight * value_blocks, weight], -1) * counted).cumsum(3)  # (B, H, N, C, 2D)
+            next_reference = torch.cat([reference[:, :, 1:], running[:, :, -1:]], 2)
+            log_decay = (reference - next_reference).transpose(2, 3)  # (B, H, D, N), <= 0
+            totals = within[:, :, :, -1].unflatten(-1, (2, D)).permute(0, 1, 4, 2, 3)  # (B, H, D, N, 2)
+            start = None
+            if state is not None:  # the state's sums, moved from its reference to the first block's
+                start = torch.stack([state['numerator'], state['normaliser']], -1)  # (B, H, D, 2)
+                start = start * (state['reference'] - reference[:, :, 0])[..., None].exp()
+            entering, final = chunk_states(totals * log_decay.exp()[..., None], log_decay, start)
+            sums = within + entering.permute(0, 1, 3, 4, 2).flatten(-2)[:, :, :, None]  # (B, H, N, C, 2D)
+            if self.window:
+                previous = lambda x: F.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # block n - 1's, zeros before the first
+                pair_valid = torch.cat([F.pad(real, (0, 0, 1, 0))[:-1], real], 1)  # (N, 2C)
+                pair_keys = torch.cat([previous(key_blocks), key_blocks], 3)  # (B, H, N, 2C, D)
+                pair_values = torch.cat([previous(value_blocks), value_blocks], 3)
+                pair_weight = (pair_keys - reference[:, :, :, None]).masked_fill(~pair_valid[..., None], float('-inf'))
+                pair_weight = pair_weight.exp()
+                absolute = position.view(N, C) + offset - held
+                key_position = torch.cat([absolute - C, absolute], 1)
+                factor = self.window_factor(absolute, key_position, pair_valid, q.dtype)  # (N, C, 2C)
+                sums = sums + factor @ torch.cat([pair_weight * pair_values, pair_weight], -1)
+            numerator, normaliser = sums.flatten(2, 3)[:, :, held:L].split(D, -1)  # (B, H, T, D) each
+            y = torch.sigmoid(q) * numerator / normaliser
+            new_state = {'numerator': final[..., 0].clone(), 'normaliser': final[..., 1].clone(),
+                         'reference': running[:, :, -1].clone(), 'offset': offset + T,
+                         'keys': keys[:, :, max(L - self.window + 1, 0):].clone() if self.window else held_k,
+                         'values': values[:, :, max(L - self.window + 1, 0):].clone() if self.window else held_v}
+        return cast(y, dtype), new_state
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        dtype = v.dtype
+        with full_precision(q):
+            q, k, v = (cast(t, wide_dtype(q)) for t in (q, k, v))
+            B, H, T, D = q.shape
+            self.check_positions(T)
+            valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+            exponent = k.masked_fill(~valid[:, None, :, None], float('-inf'))
+            exponent = exponent - exponent.amax(2, keepdim=True).detach()  # the max over the keys, per channel
+            weight = exponent.exp()
+            terms = torch.cat([weight * v, weight], -1)  # (B, H, T, 2D)
+            sums = terms.sum(2, keepdim=True).expand(B, H, T, 2 * D)
+            if self.window:
+                s = self.window
+                N = -(-T // s)
+                padded = F.pad(terms, (0, 0, s, N * s - T + s))  # zero terms around: no key there
+                neighbours = [padded[:, :, n * s:n * s + N * s].unflatten(2, (N, s)) for n in range(3)]
+                pair_terms = torch.cat(neighbours, 3)  # (B, H, N, 3s, 2D): blocks n - 1, n, n + 1
+                query_position = torch.arange(N * s, device=q.device).view(N, s)
+                key_position = torch.cat([query_position - s, query_position, query_position + s], 1)
+                pair_valid = (key_position >= 0) & (key_position < T)  # padded keys' terms are 0 already
+                factor = self.window_factor(query_position, key_position, pair_valid, q.dtype)  # (N, s, 3s)
+                sums = sums + (factor @ pair_terms).flatten(2, 3)[:, :, :T]
+            numerator, normaliser = sums.split(D, -1)
+            y = torch.sigmoid(q) * numerator / normaliser
+        return cast(y, dtype)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The paper's sums on the (T, T) matrix of w_tt', per channel: softmax over t' of k_t' + w_tt'."""
+        B, H, T, D = q.shape
+        bias = torch.zeros(T, T, dtype=q.dtype, device=q.device)  # w_tt'
+        distances = range(self.window) if self.causal else range(1 - self.window, self.window)
+        for column, distance in enumerate(distances):  # each diagonal t - t' = distance inside the window
+            first, last = max(distance, 0), min(T, T + distance)
+            t = torch.arange(first, max(first, last), device=q.device)
+            bias[t, t - distance] = self.position_bias[t, column]
+        logits = k[:, :, None, :, :] + bias[:, :, None]  # (B, H, T, T, D): [t, t', channel]
+        allowed = reference_mask(T, self.causal, pad_mask, q.device)[..., None]  # (B|1, 1, T, T, 1)
+        weights = torch.softmax(logits.masked_fill(~allowed, float('-inf')), dim=3)
+        return torch.sigmoid(q) * (weights * v[:, :, None]).sum(3)
+
+
+class BigBirdAttention(Attention):
+    """BigBird. Zaheer et al. 2020, "Big Bird: Transformers for Longer Sequences", arXiv:2007.14062, ITC form.
+
+    Softmax attention y_i = sum_j softmax_j(q_i . k_j / sqrt(D)) v_j over a sparse set of keys, in blocks of b =
+    bigbird_block tokens: the first g = bigbird_global blocks are global (ITC: existing tokens made global; their
+    queries see every key and every query sees their keys); every query block sees its window, blocks i - 1, i, i + 1;
+    and, bidirectionally, r = bigbird_random random blocks of its own. Causal (window and global only, bigbird_random
+    unused): keys j <= i of the global blocks and of blocks i - 1 and i.
+    The random blocks are drawn at construction from torch's generator (which the trainers seed), for every head and
+    every query block of a block_size sequence, among the blocks neither global nor in the window, and kept as a
+    buffer (`random_blocks`, saved in checkpoints): a run is reproducible, and a shorter sequence skips the blocks past
+    its end. The authors' code (google-research/bigbird, bigbird_block_sparse_attention) also makes the last block
+    global and draws r = 3 random blocks per head at graph construction; trev keeps the global blocks at the start so
+    the causal form follows the same rule.
+    Fast path: each query block against its gathered key blocks, (g + 3 + r) b keys (causal g + 2), and the global
+    queries against every key. Time O(T (g + 3 + r) b D + g b T D), memory O(T (g + 3 + r) b + g b T): linear in T for
+    a fixed block. Decoding keeps the keys and values of the global blocks and of the current and previous block, at
+    most (g + 2) b tokens: a token costs O((g + 2) b D) whatever its position. Reference: the (T, T) mask of the rule
+    above, written per token, and the softmax over it.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        for knob, least in (('bigbird_block', 1), ('bigbird_global', 0), ('bigbird_random', 0)):
+            if getattr(config, knob) < least:
+                raise ValueError(f"{knob}={getattr(config, knob)}: must be at least {least}")
+        self.block, self.n_global = config.bigbird_block, config.bigbird_global
+        self.n_random = 0 if self.causal else config.bigbird_random
+        n = -(-config.block_size // self.block)
+        block = torch.arange(n)
+        candidate = ((block[:, None] - block[None, :]).abs() > 1) & (block[None, :] >= self.n_global)  # (n, n)
+        draw = torch.rand(config.n_head, n, n).masked_fill(~candidate, -1)
+        chosen = draw.topk(min(self.n_random, n), dim=-1)
+        # (H, n, r): each query block's random key blocks; -1 where fewer than r blocks are left to draw from
+        self.register_buffer('random_blocks', chosen.indices.masked_fill(chosen.values < 0, -1))
+
+    def key_blocks(self, N, device):
+        """(H, N, S) the key blocks each query block sees (global, window, random), and (H, N, S) which of them count:
+        in the sequence, and not counted twice (a window block that is global)."""
+        i = torch.arange(N, device=device)[:, None]
+        window = i + torch.arange(-1, 1 if self.causal else 2, device=device)      # (N, 2 or 3)
+        blocks = [torch.arange(self.n_global, device=device).expand(N, -1), window]
+        blocks = torch.cat(blocks, 1).expand(self.n_head, -1, -1)
+        random = self.random_blocks[:, :N].to(device)
+        blocks = torch.cat([blocks, random], 2)                                     # (H, N, S)
+        counts = (blocks >= 0) & (blocks < N)
+        counts[:, :, self.n_global:self.n_global + window.size(1)] &= window >= self.n_global
+        return blocks.clamp(0, N - 1), counts
+
+    def check_length(self, T):
+        if self.n_random and T > self.random_blocks.size(1) * self.block:
+            raise ValueError(f"bigbird: {T} tokens, but the random blocks were drawn for block_size "
+                             f"{self.random_blocks.size(1) * self.block}; raise block_size")
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = q.shape
+        self.check_length(T)
+        b, N = self.block, -(-q.size(2) // self.block)
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+        q_blocks, k_blocks, v_blocks = (in_chunks(t, b) for t in (q, k, v))  # (B, H, N, b, D)
+        valid_blocks = F.pad(valid, (0, N * b - T)).view(B, N, b)
+        blocks, counts = self.key_blocks(N, q.device)                       # (H, N, S)
+        head = torch.arange(H, device=q.device)[:, None, None]
+        keys = k_blocks[:, head, blocks].flatten(3, 4)                      # (B, H, N, S b, D)
+        values = v_blocks[:, head, blocks].flatten(3, 4)
+        key_valid = valid_blocks[:, blocks] & counts[None, ..., None]        # (B, H, N, S, b)
+        allowed = key_valid.flatten(3, 4)[:, :, :, None, :]                 # (B, H, N, 1, S b)
+        if self.causal:
+            position = torch.arange(N * b, device=q.device).view(N, b)
+            key_position = position[blocks].flatten(2, 3)                   # (H, N, S b)
+            allowed = allowed & (key_position[:, :, None, :] <= position[:, :, None])
+        y = masked_softmax_attention(q_blocks, keys, values, allowed).flatten(2, 3)[:, :, :T]  # (B, H, T, D)
+        G = min(self.n_global * b, T)
+        if G and not self.causal:  # the global queries see every key (causally their blocks above cover it)
+            y_global = masked_softmax_attention(q[:, :, :G], k, v, valid[:, None, None, :])
+            y = torch.cat([y_global, y[:, :, G:]], 2)
+        return y
+
+    def allowed_keys(self, query_position, key_position):
+        """(Tq, Tk) bool: which keys the rule lets each query see, from their positions (causal decoding)."""
+        query_block, key_block = query_position[:, None] // self.block, key_position[None, :] // self.block
+        near = (query_block - key_block <= 1) | (key_block < self.n_global)
+        return near & (key_position[None, :] <= query_position[:, None])
+
+    def attend_step(self, q, k, v, state):
+        start, T = (0, q.size(2)) if state is None else (state['length'], q.size(2))
+        end = start + T
+        position = torch.arange(start, end, device=q.device)
+        if state is None:
+            y, keys, values, key_position = self.attend(q, k, v, None), k, v, position
+        else:
+            keys, values = torch.cat([state['keys'], k], 2), torch.cat([state['values'], v], 2)
+            key_position = torch.cat([state['positions'], position])
+            y = masked_softmax_attention(q, keys, values, self.allowed_keys(position, key_position))
+        kept = (key_position // self.block < self.n_global) | (key_position // self.block >= end // self.block - 1)
+        kept = kept.nonzero().squeeze(1)  # the global tokens and the blocks a later query's window holds
+        return y, {'keys': keys.index_select(2, kept), 'values': values.index_select(2, kept),
+                   'positions': key_position.index_select(0, kept), 'length': end}
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """softmax(q k^T / sqrt(D)) v over the keys the rule allows, per head, on the (T, T) matrix."""
+        B, H, T, D = q.shape
+        self.check_length(T)
+        block = torch.arange(T, device=q.device) // self.block
+        query_block, key_block = block[:, None], block[None, :]
+        is_global = (query_block < self.n_global) | (key_block < self.n_global)
+        if self.causal:
+            position = torch.arange(T, device=q.device)
+            allowed = (((query_block - key_block <= 1) | is_global) & (position[None, :] <= position[:, None]))[None]
+        else:
+            random = torch.stack([torch.isin(block, self.random_blocks[h, i]) for h in range(H)
+                                  for i in range(-(-T // self.block))]).view(H, -1, T)  # [h, query block, key]
+            allowed = ((query_block - key_block).abs() <= 1) | is_global | random[:, block]  # (H, T, T)
+        allowed = allowed[None] if pad_mask is None else allowed[None] & ~pad_mask[:, None, None, :]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -1058,6 +1333,8 @@ ATTENTION = {
     'rfa': RandomFeatureAttention,
     'based': BasedAttention,
     'hedgehog': HedgehogAttention,
+    'aft': AttentionFreeTransformer,
+    'bigbird': BigBirdAttention,
 }
 
 

@@ -74,6 +74,11 @@ rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token 
 rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser to at least this (its estimate can be <= 0)
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
+aft_window = 0             # aft: window s of AFT-local's learned position biases; 0 = AFT-simple
+bigbird_block = 16         # bigbird: tokens per block
+bigbird_global = 1         # bigbird: the first this many blocks are global
+bigbird_random = 3         # bigbird: random key blocks per query block (bidirectional only)
+sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
