@@ -1319,6 +1319,178 @@ class BigBirdAttention(Attention):
         return torch.softmax(scores, dim=-1) @ v
 
 
+def check_patch_grid(config, name):
+    """vicinity and sra read the 2D grid of an image's patches, which only train_vit.py sets (patch_grid_width)."""
+    if config.patch_grid_width < 1:
+        raise ValueError(f"{name} attends over the 2D grid of an image's patches, which only train_vit.py gives it "
+                         f"(patch_grid_width={config.patch_grid_width}); pick another variant for this task")
+    if config.class_tokens < 0:
+        raise ValueError(f"class_tokens={config.class_tokens}: must be 0 or more")
+
+
+def patches_per_sequence(T, class_tokens, pad_mask, device):
+    """(B|1, 1) the number of patches of each sequence: its unpadded tokens after the class tokens."""
+    length = torch.full((1, 1), T, device=device) if pad_mask is None else (~pad_mask).sum(1, keepdim=True)
+    return (length - class_tokens).clamp_min(0)
+
+
+class VicinityAttention(KernelAttention):
+    """Vicinity attention. Sun et al. 2022, "Vicinity Vision Transformer", arXiv:2206.10552.
+
+    Linear attention over image patches whose weights fall with the 2D Manhattan distance, each axis through a
+    cosine: patch i at row r_i, column c_i of an H x W grid,
+        s_ij = relu(q_i) . relu(k_j) (cos(pi/2 (r_i - r_j) / H) + cos(pi/2 (c_i - c_j) / W)),
+        y_i = sum_j s_ij v_j / (sum_j s_ij + 1e-4),
+    over all unpadded j. cos(a - b) = cos a cos b + sin a sin b makes it linear attention with features
+    [relu(x) cos(pi/2 r / H), relu(x) sin(pi/2 r / H), relu(x) cos(pi/2 c / W), relu(x) sin(pi/2 c / W)].
+    The grid: patches in raster order after LayerConfig.class_tokens leading tokens, patch_grid_width = W per row, H the
+    rows a sequence's patches fill (the last row may be partial; with padding, per sequence); train_vit.py sets both.
+    A class token has no place on the grid: trev gives its pairs the weight of distance 0, 2, both ways, through two
+    more blocks of relu features (F = 6D); with pool='mean' there is none.
+    Bidirectional only (an image has no order). Compared with the authors' VicinityVisionAttention
+    (OpenNLPLab/Vicinity-Vision-Transformer, classification/models/vvt/vvt.py, use_sum=True): the same features,
+    angles and eps; trev leaves out what surrounds the attention there (feature reduction of q, k, v, the spatial
+    reduction of keys, the squeeze-and-excitation gate, and clamping every intermediate's magnitude to [1e-4, 1e4]),
+    and uses trev's shared projections.
+    Time O(T F D), memory O(T (F + D) + F D) with F = 6D. Reference: the (T, T) matrix s written from positions.
+    """
+    supports_causal = False
+    eps = 1e-4
+
+    def __init__(self, config):
+        check_patch_grid(config, 'vicinity')  # first: a causal trainer lacks the grid before the mode
+        super().__init__(config)
+        self.grid_width, self.class_tokens = config.patch_grid_width, config.class_tokens
+
+    def vicinity_features(self, q, k, pad_mask):
+        T = q.size(2)
+        patch = torch.arange(T, device=q.device) - self.class_tokens          # a class token's is < 0
+        rows = (-(-patches_per_sequence(T, self.class_tokens, pad_mask, q.device) // self.grid_width)).clamp_min(1)
+        row, column = (patch.clamp_min(0) // self.grid_width).to(q.dtype), (patch.clamp_min(0) % self.grid_width).to(q.dtype)
+        row_angle = (math.pi / 2) * row / rows.to(q.dtype)                       # (B|1, T)
+        column_angle = (math.pi / 2) * column / self.grid_width                  # (T,)
+        angles = [row_angle[:, None, :, None], column_angle.expand_as(row_angle)[:, None, :, None]]
+        on_grid = (patch >= 0)[:, None].to(q.dtype)  # (T, 1)
+        off_grid = 1 - on_grid
+
+        def phi(x, class_block, patch_block):
+            x = F.relu(x)
+            grid = [x * f(angle) for angle in angles for f in (torch.cos, torch.sin)]
+            return torch.cat([g * on_grid for g in grid] + [class_block(x), patch_block(x)], dim=-1)
+        root2 = math.sqrt(2)
+        fq = phi(q, lambda x: root2 * x * off_grid, lambda x: root2 * x * on_grid)
+        fk = phi(k, lambda x: root2 * x, lambda x: root2 * x * off_grid)
+        return fq, fk
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        with full_precision(q):
+            fq, fk = self.vicinity_features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), pad_mask)
+        return self.bidirectional(fq, fk, v, pad_mask)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """s_ij = relu(q_i) . relu(k_j) w_ij, w_ij = cos(pi/2 dr / H) + cos(pi/2 dc / W) between patches, 2 where a
+        class token is in the pair; y_i = sum_j s_ij v_j / (sum_j s_ij + eps) over the unpadded j."""
+        B, H, T, D = q.shape
+        outputs = []
+        for b in range(B):
+            length = T if pad_mask is None else int((~pad_mask[b]).sum())
+            n_patches = max(length - self.class_tokens, 0)
+            n_rows = max(-(-n_patches // self.grid_width), 1)
+            weight = torch.full((T, T), 2.0, dtype=q.dtype)
+            for i in range(self.class_tokens, T):
+                for j in range(self.class_tokens, T):
+                    (ri, ci), (rj, cj) = divmod(i - self.class_tokens, self.grid_width), divmod(j - self.class_tokens,
+                                                                                                self.grid_width)
+                    weight[i, j] = (math.cos(math.pi / 2 * (ri - rj) / n_rows)
+                                    + math.cos(math.pi / 2 * (ci - cj) / self.grid_width))
+            scores = F.relu(q[b]) @ F.relu(k[b]).transpose(-2, -1) * weight  # (H, T, T)
+            if pad_mask is not None:
+                scores = scores.masked_fill(pad_mask[b][None, None, :], 0)
+            outputs.append(scores @ v[b] / (scores.sum(-1, keepdim=True) + self.eps))
+        return torch.stack(outputs)
+
+
+class SpatialReductionAttention(Attention):
+    """Spatial-reduction attention (SRA). Wang et al. 2021, "Pyramid Vision Transformer", arXiv:2102.12122.
+
+    Softmax attention whose keys and values come from the patch grid reduced R x R (R = sra_ratio):
+        SR(x) = LayerNorm(Reshape(x, R) W_S),  y = softmax(q SR(x)_k^T / sqrt(D)) SR(x)_v,
+    Reshape cutting the (rows x W) grid into R x R squares, each flattened to R^2 C and projected to C by W_S, which is
+    the strided convolution of the authors' code (whai362/PVT, Attention.sr: Conv2d(C, C, R, stride=R), then
+    LayerNorm, then the k, v projection): trev runs that convolution, and its reference the reshape and matmul of the
+    paper. Queries are every token's; the k, v projections are the shared `qkv`'s.
+    The grid as vicinity's (class_tokens, then patch_grid_width patches per row, set by train_vit.py); a grid that R does
+    not divide is zero-padded at the bottom and right (PVT's convolution would drop the remainder), and a reduced cell
+    holding no patch of a sequence is not a key of it. The class token is not on the grid: its key and value are its own,
+    from the shared projection without the reduction or its norm (PVT v1 adds its class token only in the last stage,
+    where R = 1). Bidirectional only, ViT only; R = 1 is softmax attention (use 'softmax'). trev's bias setting
+    applies to the convolution and the norm (PVT's convolution has a bias). attend and attend_reference take the
+    reduced keys' padding (B, T'), not the queries'.
+    Time O(T (T / R^2) D + T C^2) (the reduction), memory O(T T / R^2). Extra parameters: W_S (R^2 C^2) and the norm
+    (C, and C of biases with bias=True).
+    """
+    supports_causal = False
+
+    def __init__(self, config):
+        check_patch_grid(config, 'sra')  # first: a causal trainer lacks the grid before the mode
+        super().__init__(config)
+        if config.sra_ratio < 2:
+            raise ValueError(f"sra_ratio={config.sra_ratio}: must be at least 2 (R = 1 is softmax attention: use "
+                             f"attention='softmax')")
+        if config.short_conv:
+            raise ValueError(f"short_conv={config.short_conv}: sra's keys come from the 2D grid, not the token "
+                             f"sequence the convolution runs along; set short_conv=0")
+        self.grid_width, self.class_tokens, self.ratio = config.patch_grid_width, config.class_tokens, config.sra_ratio
+        self.reduction = nn.Conv2d(config.n_embd, config.n_embd, self.ratio, stride=self.ratio, bias=config.bias)
+        self.reduction_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+
+    def forward(self, x, pad_mask=None, reference=False):
+        B, T, C = x.shape
+        q = F.linear(x, self.qkv.weight[:C], None if self.qkv.bias is None else self.qkv.bias[:C])
+        keys_from, key_pad = self.reduce(x, pad_mask, reference)
+        k, v = F.linear(keys_from, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:]).split(C, 2)
+        q, k, v = (t.view(B, t.size(1), self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        attend = self.attend_reference if reference else self.attend
+        return self.output(attend(q, k, v, key_pad), x)
+
+    def reduce(self, x, pad_mask, reference):
+        """x (B, T, C) -> the tokens keys and values come from, (B, T', C): the class tokens, then the grid's R x R
+        squares in raster order, each projected and normed; and their padding (B, T'), True where not a key."""
+        B, T, C = x.shape
+        R, W, c = self.ratio, self.grid_width, self.class_tokens
+        patches = x[:, c:] if pad_mask is None else x[:, c:].masked_fill(pad_mask[:, c:, None], 0)
+        N = patches.size(1)
+        rows = max(-(-N // W), 1)  # a sequence without patches keeps an empty row, whose cell is no key
+        height, width = -(-rows // R) * R, -(-W // R) * R
+        grid = F.pad(patches, (0, 0, 0, rows * W - N)).view(B, rows, W, C)
+        grid = F.pad(grid, (0, 0, 0, width - W, 0, height - rows))  # (B, height, width, C), zeros past the patches
+        if reference:  # the paper: R x R squares flattened to R^2 C, times W_S (R^2 C, C)
+            squares = grid.view(B, height // R, R, width // R, R, C).permute(0, 1, 3, 2, 4, 5).flatten(3)
+            w_s = self.reduction.weight.permute(0, 2, 3, 1).flatten(1)  # (C, R R C), in the squares' order
+            reduced = squares.flatten(1, 2) @ w_s.T
+            reduced = reduced if self.reduction.bias is None else reduced + self.reduction.bias
+        else:
+            reduced = self.reduction(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # (B, cells, C)
+        cell_row = torch.arange(height // R, device=x.device)[:, None] * R
+        cell_column = torch.arange(width // R, device=x.device)[None, :] * R
+        first_patch = (cell_row * W + cell_column).flatten()  # a cell holds a patch iff its first one is
+        held = first_patch[None, :] < patches_per_sequence(T, c, pad_mask, x.device)  # (B|1, cells)
+        class_pad = torch.zeros(1, min(c, T), dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask[:, :c]
+        key_pad = torch.cat([class_pad.expand(B, -1), ~held.expand(B, -1)], 1)
+        return torch.cat([x[:, :c], self.reduction_norm(reduced)], 1), key_pad
+
+    def attend(self, q, k, v, pad_mask):
+        if pad_mask is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad_mask[:, None, None, :])
+
+    def attend_reference(self, q, k, v, pad_mask):
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T')
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -1335,6 +1507,8 @@ ATTENTION = {
     'hedgehog': HedgehogAttention,
     'aft': AttentionFreeTransformer,
     'bigbird': BigBirdAttention,
+    'vicinity': VicinityAttention,
+    'sra': SpatialReductionAttention,
 }
 
 

@@ -126,9 +126,15 @@ class ViTConfig(LayerConfig):
     pool: str = 'cls'
     causal: bool = False
     block_size: int = field(init=False)
+    patch_grid_width: int = field(init=False)
+    class_tokens: int = field(init=False)
 
     def __post_init__(self):
-        self.block_size = (self.image_size // self.patch_size) ** 2 + (self.pool == 'cls')
+        # the tokens: the class token (pool='cls'), then the patches in raster order, image_size / patch_size a row;
+        # vicinity and sra read this grid, every other variant sees a sequence
+        self.patch_grid_width = self.image_size // self.patch_size
+        self.class_tokens = int(self.pool == 'cls')
+        self.block_size = self.patch_grid_width ** 2 + self.class_tokens
 
 
 class ViT(nn.Module):
