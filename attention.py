@@ -89,6 +89,7 @@ class Attention(nn.Module):
     methods, and set an output norm and gate where they have them (set_output)."""
     supports_causal = True
     supports_bidirectional = True
+    supports_short_conv = True  # False where q, k, v do not come from the token sequence the convolution runs along
 
     def __init__(self, config):
         super().__init__()
@@ -106,6 +107,9 @@ class Attention(nn.Module):
         self.causal = config.causal
         if config.short_conv < 0:
             raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
+        if config.short_conv and not self.supports_short_conv:
+            raise ValueError(f"short_conv={config.short_conv}: {name}'s keys do not come from the token sequence the "
+                             f"convolution runs along; set short_conv=0")
         if config.recompute_segment < 0:
             raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -1430,6 +1434,7 @@ class SpatialReductionAttention(Attention):
     (C, and C of biases with bias=True).
     """
     supports_causal = False
+    supports_short_conv = False  # its keys come from the grid
 
     def __init__(self, config):
         check_patch_grid(config, 'sra')  # first: a causal trainer lacks the grid before the mode
@@ -1437,9 +1442,6 @@ class SpatialReductionAttention(Attention):
         if config.sra_ratio < 2:
             raise ValueError(f"sra_ratio={config.sra_ratio}: must be at least 2 (R = 1 is softmax attention: use "
                              f"attention='softmax')")
-        if config.short_conv:
-            raise ValueError(f"short_conv={config.short_conv}: sra's keys come from the 2D grid, not the token "
-                             f"sequence the convolution runs along; set short_conv=0")
         self.grid_width, self.class_tokens, self.ratio = config.patch_grid_width, config.class_tokens, config.sra_ratio
         self.reduction = nn.Conv2d(config.n_embd, config.n_embd, self.ratio, stride=self.ratio, bias=config.bias)
         self.reduction_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
