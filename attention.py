@@ -1066,8 +1066,8 @@ class AttentionFreeTransformer(RecurrentAttention):
     w_tt' learned where |t - t'| < s (causal: 0 <= t - t' < s) and 0 outside, so every token still reaches every
     other. w is the paper's absolute (block_size x block_size) matrix, of which trev stores the band the window uses,
     position_bias[t, t - t' (+ s - 1 bidirectionally)], (block_size, s) causal or (block_size, 2s - 1); initialised to
-    0 (AFT-local starts as AFT-simple); positions past block_size have no bias and are refused. No public code by the
-    authors was found to compare with.
+    0 (AFT-local starts as AFT-simple); positions past block_size have no bias and are refused. Written from the paper;
+    no implementation by the authors was compared.
     Fast path: the sums as the global sum (w = 0) plus the window's correction (e^w - 1) inside the window. Each channel
     is stabilised by a reference exponent that no earlier key exceeds: bidirectional, the max over all keys; causal, in
     blocks (of chunk_size, or of s for AFT-local), the running max at the block's first token, the blocks' sums carried
@@ -1215,9 +1215,8 @@ class BigBirdAttention(Attention):
     The random blocks are drawn at construction from torch's generator (which the trainers seed), for every head and
     every query block of a block_size sequence, among the blocks neither global nor in the window, and kept as a
     buffer (`random_blocks`, saved in checkpoints): a run is reproducible, and a shorter sequence skips the blocks past
-    its end. The authors' code (google-research/bigbird, bigbird_block_sparse_attention) also makes the last block
-    global and draws r = 3 random blocks per head at graph construction; trev keeps the global blocks at the start so
-    the causal form follows the same rule.
+    its end. Written from the paper; no implementation by the authors was compared. The global blocks sit at the start,
+    so the causal form follows the same rule.
     Fast path: each query block against its gathered key blocks, (g + 3 + r) b keys (causal g + 2), and the global
     queries against every key. Time O(T (g + 3 + r) b D + g b T D), memory O(T (g + 3 + r) b + g b T): linear in T for
     a fixed block. Decoding keeps the keys and values of the global blocks and of the current and previous block, at
@@ -1420,9 +1419,9 @@ class SpatialReductionAttention(Attention):
     Softmax attention whose keys and values come from the patch grid reduced R x R (R = sra_ratio):
         SR(x) = LayerNorm(Reshape(x, R) W_S),  y = softmax(q SR(x)_k^T / sqrt(D)) SR(x)_v,
     Reshape cutting the (rows x W) grid into R x R squares, each flattened to R^2 C and projected to C by W_S, which is
-    the strided convolution of the authors' code (whai362/PVT, Attention.sr: Conv2d(C, C, R, stride=R), then
-    LayerNorm, then the k, v projection): trev runs that convolution, and its reference the reshape and matmul of the
-    paper. Queries are every token's; the k, v projections are the shared `qkv`'s.
+    the strided convolution of the authors' attention (compared as copied into the VVT repository, pvt_Attention:
+    Conv2d(C, C, R, stride=R), then LayerNorm, then the k, v projection; whai362/PVT itself was not read): trev runs
+    that convolution, and its reference the reshape and matmul of the paper. Queries are every token's; the k, v projections are the shared `qkv`'s.
     The grid as vicinity's (class_tokens, then patch_grid_width patches per row, set by train_vit.py); a grid that R does
     not divide is zero-padded at the bottom and right (PVT's convolution would drop the remainder), and a reduced cell
     holding no patch of a sequence is not a key of it. The class token is not on the grid: its key and value are its own,
