@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunked_delta_rule,
-                     chunked_linear_attention, full_precision, wide_dtype, wide_linear)
+from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states, chunked_delta_rule,
+                     chunked_linear_attention, full_precision, in_chunks, wide_dtype, wide_linear)
 
 
 @dataclass
@@ -79,6 +79,15 @@ class LayerConfig:
     linformer_k: int = 256        # linformer: keys and values projected along the sequence to this many
     nystrom_landmarks: int = 64   # nystrom: landmarks, the means of this many segments of the queries and of the keys
     synthesizer_mode: str = 'dense'  # synthesizer: 'dense' (weights from each token alone) or 'random' (learned)
+    # aft, bigbird, vicinity, sra
+    aft_window: int = 0           # aft: s, the window of AFT-local's learned position biases; 0 = AFT-simple
+    bigbird_block: int = 16       # bigbird: tokens per block (window, global and random attention go by blocks)
+    bigbird_global: int = 1       # bigbird: the first this many blocks are global (attend to and from every token)
+    bigbird_random: int = 3       # bigbird: random key blocks per query block (bidirectional only)
+    sra_ratio: int = 2            # sra: keys and values from the patch grid reduced R x R (PVT's reduction ratio R)
+    patch_grid_width: int = 0     # vicinity, sra: patches per image row; set by train_vit.py, not a knob (0: the
+                                  # sequence is not an image, and vicinity and sra refuse it)
+    class_tokens: int = 0         # vicinity, sra: tokens before the patches (ViT's class token); set by train_vit.py
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,6 +103,7 @@ class Attention(nn.Module):
     supports_causal = True
     supports_bidirectional = True
     paper_output = {}  # the output parts of the variant's paper, axis -> kind, e.g. {'output_gate': 'swish'}; else none
+    supports_short_conv = True  # False where q, k, v do not come from the token sequence the convolution runs along
 
     def __init__(self, config):
         super().__init__()
@@ -111,6 +121,9 @@ class Attention(nn.Module):
         self.causal = config.causal
         if config.short_conv < 0:
             raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
+        if config.short_conv and not self.supports_short_conv:
+            raise ValueError(f"short_conv={config.short_conv}: {name}'s keys do not come from the token sequence the "
+                             f"convolution runs along; set short_conv=0")
         if config.recompute_segment < 0:
             raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -1650,6 +1663,439 @@ class FNet(Attention):
                                    + channel[None, :, None, None] * channel[None, None, None, :] / C)  # (L, C, L, C)
             y[b, real] = torch.einsum('tcsd,sd->tc', torch.cos(angle), x[b, real]) / math.sqrt(L * C)
         return y.view(B, T, H, D).transpose(1, 2)
+class AttentionFreeTransformer(RecurrentAttention):
+    """AFT. Zhai et al. 2021, "An Attention Free Transformer", arXiv:2105.14103: AFT-simple and AFT-local.
+
+    Per channel (no dot products: heads only group the channels), with w_tt' the learned position biases:
+        y_t = sigmoid(q_t) * sum_t' exp(k_t' + w_tt') v_t' / sum_t' exp(k_t' + w_tt')
+    over t' <= t (causal) or all unpadded t'. AFT-simple (aft_window = 0): w = 0. AFT-local (aft_window = s > 0):
+    w_tt' learned where |t - t'| < s (causal: 0 <= t - t' < s) and 0 outside, so every token still reaches every
+    other. w is the paper's absolute (block_size x block_size) matrix, of which trev stores the band the window uses,
+    position_bias[t, t - t' (+ s - 1 bidirectionally)], (block_size, s) causal or (block_size, 2s - 1); initialised to
+    0 (AFT-local starts as AFT-simple); positions past block_size have no bias and are refused. Written from the paper;
+    no implementation by the authors was compared.
+    Fast path: the sums as the global sum (w = 0) plus the window's correction (e^w - 1) inside the window. Each channel
+    is stabilised by a reference exponent that no earlier key exceeds: bidirectional, the max over all keys; causal, in
+    blocks (of chunk_size, or of s for AFT-local), the running max at the block's first token, the blocks' sums carried
+    across with kernels.chunk_states (the reference rising from block to block is a decay). The reference never reads
+    a later token; a key more than ~88 above every earlier key of its block overflows float32 (keys are projections of
+    the normed input).
+    Causal: time O(T D (C + s)), memory O(T D); decoding keeps per channel the two sums, their reference and, for
+    AFT-local, the last s - 1 keys and values: O(s D) per head whatever the position. Bidirectional: time O(T s D),
+    memory O(T D). Reference: the (T, T) softmax over t' of k_t' + w_tt', per channel, time and memory O(T^2 D).
+    Extra parameters: the position biases, block_size x s (causal) or block_size x (2s - 1).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.aft_window < 0:
+            raise ValueError(f"aft_window={config.aft_window}: use 0 (AFT-simple) or a window of s >= 1 tokens")
+        self.window = config.aft_window
+        self.block_size = config.block_size
+        span = self.window if self.causal else 2 * self.window - 1
+        self.position_bias = nn.Parameter(torch.zeros(config.block_size, span)) if self.window else None
+
+    def check_positions(self, end):
+        if self.window and end > self.block_size:
+            raise ValueError(f"aft: position {end - 1} is past block_size={self.block_size}, the extent of AFT-local's "
+                             f"position biases; raise block_size")
+
+    def window_factor(self, query_position, key_position, key_valid, dtype):
+        """(N, Q) query and (N, K) key positions, key_valid (N, K) -> (N, Q, K) e^{w_tt'} - 1 inside the window, 0
+        elsewhere, in dtype."""
+        distance = query_position[:, :, None] - key_position[:, None, :]  # t - t'
+        if self.causal:
+            inside, column = (distance >= 0) & (distance < self.window), distance
+        else:
+            inside, column = distance.abs() < self.window, distance + self.window - 1
+        inside = inside & key_valid[:, None, :] & (query_position < self.block_size)[:, :, None]
+        bias = self.position_bias[query_position.clamp(0, self.block_size - 1)[:, :, None],
+                                  column.clamp(0, self.position_bias.size(1) - 1)]
+        return torch.where(inside, torch.expm1(cast(bias, dtype)), 0)
+
+    def attend_chunkwise(self, q, k, v, state):
+        dtype = v.dtype
+        with full_precision(q):
+            q, k, v = (cast(t, wide_dtype(q)) for t in (q, k, v))
+            B, H, T, D = q.shape
+            offset = 0 if state is None else state['offset']
+            self.check_positions(offset + T)
+            running = k.cummax(2).values  # (B, H, T, D)
+            if state is None:
+                held_k = held_v = k.new_zeros(B, H, 0, D)
+            else:
+                held_k, held_v = state['keys'], state['values']
+                running = torch.maximum(running, state['reference'][:, :, None])
+            held = held_k.size(2)  # AFT-local's last s - 1 tokens before this call, in front of the new ones
+            keys, values = torch.cat([held_k, k], 2), torch.cat([held_v, v], 2)  # (B, H, L, D)
+            running = torch.cat([running[:, :, :1].expand(B, H, held, D), running], 2).detach()
+            L = held + T
+            C = self.window or min(self.chunk_size, L)
+            N = -(-L // C)
+            position = torch.arange(N * C, device=q.device)
+            real = (position < L).view(N, C)
+            reference = running[:, :, ::C]  # (B, H, N, D): no key before a block's first token exceeds it
+            key_blocks, value_blocks = in_chunks(keys, C), in_chunks(values, C)  # (B, H, N, C, D)
+            exponent = (key_blocks - reference[:, :, :, None]).masked_fill(~real[..., None], float('-inf'))
+            weight = exponent.exp()
+            counted = (real & (position >= held).view(N, C))[..., None]  # held tokens are in the state's sums already
+            within = (torch.cat([weight * value_blocks, weight], -1) * counted).cumsum(3)  # (B, H, N, C, 2D)
+            next_reference = torch.cat([reference[:, :, 1:], running[:, :, -1:]], 2)
+            log_decay = (reference - next_reference).transpose(2, 3)  # (B, H, D, N), <= 0
+            totals = within[:, :, :, -1].unflatten(-1, (2, D)).permute(0, 1, 4, 2, 3)  # (B, H, D, N, 2)
+            start = None
+            if state is not None:  # the state's sums, moved from its reference to the first block's
+                start = torch.stack([state['numerator'], state['normaliser']], -1)  # (B, H, D, 2)
+                start = start * (state['reference'] - reference[:, :, 0])[..., None].exp()
+            entering, final = chunk_states(totals * log_decay.exp()[..., None], log_decay, start)
+            sums = within + entering.permute(0, 1, 3, 4, 2).flatten(-2)[:, :, :, None]  # (B, H, N, C, 2D)
+            if self.window:
+                previous = lambda x: F.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # block n - 1's, zeros before the first
+                pair_valid = torch.cat([F.pad(real, (0, 0, 1, 0))[:-1], real], 1)  # (N, 2C)
+                pair_keys = torch.cat([previous(key_blocks), key_blocks], 3)  # (B, H, N, 2C, D)
+                pair_values = torch.cat([previous(value_blocks), value_blocks], 3)
+                pair_weight = (pair_keys - reference[:, :, :, None]).masked_fill(~pair_valid[..., None], float('-inf'))
+                pair_weight = pair_weight.exp()
+                absolute = position.view(N, C) + offset - held
+                key_position = torch.cat([absolute - C, absolute], 1)
+                factor = self.window_factor(absolute, key_position, pair_valid, q.dtype)  # (N, C, 2C)
+                sums = sums + factor @ torch.cat([pair_weight * pair_values, pair_weight], -1)
+            numerator, normaliser = sums.flatten(2, 3)[:, :, held:L].split(D, -1)  # (B, H, T, D) each
+            y = torch.sigmoid(q) * numerator / normaliser
+            new_state = {'numerator': final[..., 0].clone(), 'normaliser': final[..., 1].clone(),
+                         'reference': running[:, :, -1].clone(), 'offset': offset + T,
+                         'keys': keys[:, :, max(L - self.window + 1, 0):].clone() if self.window else held_k,
+                         'values': values[:, :, max(L - self.window + 1, 0):].clone() if self.window else held_v}
+        return cast(y, dtype), new_state
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        dtype = v.dtype
+        with full_precision(q):
+            q, k, v = (cast(t, wide_dtype(q)) for t in (q, k, v))
+            B, H, T, D = q.shape
+            self.check_positions(T)
+            valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+            exponent = k.masked_fill(~valid[:, None, :, None], float('-inf'))
+            exponent = exponent - exponent.amax(2, keepdim=True).detach()  # the max over the keys, per channel
+            weight = exponent.exp()
+            terms = torch.cat([weight * v, weight], -1)  # (B, H, T, 2D)
+            sums = terms.sum(2, keepdim=True).expand(B, H, T, 2 * D)
+            if self.window:
+                s = self.window
+                N = -(-T // s)
+                padded = F.pad(terms, (0, 0, s, N * s - T + s))  # zero terms around: no key there
+                neighbours = [padded[:, :, n * s:n * s + N * s].unflatten(2, (N, s)) for n in range(3)]
+                pair_terms = torch.cat(neighbours, 3)  # (B, H, N, 3s, 2D): blocks n - 1, n, n + 1
+                query_position = torch.arange(N * s, device=q.device).view(N, s)
+                key_position = torch.cat([query_position - s, query_position, query_position + s], 1)
+                pair_valid = (key_position >= 0) & (key_position < T)  # padded keys' terms are 0 already
+                factor = self.window_factor(query_position, key_position, pair_valid, q.dtype)  # (N, s, 3s)
+                sums = sums + (factor @ pair_terms).flatten(2, 3)[:, :, :T]
+            numerator, normaliser = sums.split(D, -1)
+            y = torch.sigmoid(q) * numerator / normaliser
+        return cast(y, dtype)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The paper's sums on the (T, T) matrix of w_tt', per channel: softmax over t' of k_t' + w_tt'."""
+        B, H, T, D = q.shape
+        bias = torch.zeros(T, T, dtype=q.dtype, device=q.device)  # w_tt'
+        distances = range(self.window) if self.causal else range(1 - self.window, self.window)
+        for column, distance in enumerate(distances):  # each diagonal t - t' = distance inside the window
+            first, last = max(distance, 0), min(T, T + distance)
+            t = torch.arange(first, max(first, last), device=q.device)
+            bias[t, t - distance] = self.position_bias[t, column]
+        logits = k[:, :, None, :, :] + bias[:, :, None]  # (B, H, T, T, D): [t, t', channel]
+        allowed = reference_mask(T, self.causal, pad_mask, q.device)[..., None]  # (B|1, 1, T, T, 1)
+        weights = torch.softmax(logits.masked_fill(~allowed, float('-inf')), dim=3)
+        return torch.sigmoid(q) * (weights * v[:, :, None]).sum(3)
+
+
+class BigBirdAttention(Attention):
+    """BigBird. Zaheer et al. 2020, "Big Bird: Transformers for Longer Sequences", arXiv:2007.14062, ITC form.
+
+    Softmax attention y_i = sum_j softmax_j(q_i . k_j / sqrt(D)) v_j over a sparse set of keys, in blocks of b =
+    bigbird_block tokens: the first g = bigbird_global blocks are global (ITC: existing tokens made global; their
+    queries see every key and every query sees their keys); every query block sees its window, blocks i - 1, i, i + 1;
+    and, bidirectionally, r = bigbird_random random blocks of its own. Causal (window and global only, bigbird_random
+    unused): keys j <= i of the global blocks and of blocks i - 1 and i.
+    The random blocks are drawn at construction from torch's generator (which the trainers seed), for every head and
+    every query block of a block_size sequence, among the blocks neither global nor in the window, and kept as a
+    buffer (`random_blocks`, saved in checkpoints): a run is reproducible, and a shorter sequence skips the blocks past
+    its end. Written from the paper; no implementation by the authors was compared. The global blocks sit at the start,
+    so the causal form follows the same rule.
+    Fast path: each query block against its gathered key blocks, (g + 3 + r) b keys (causal g + 2), and the global
+    queries against every key. Time O(T (g + 3 + r) b D + g b T D), memory O(T (g + 3 + r) b + g b T): linear in T for
+    a fixed block. Decoding keeps the keys and values of the global blocks and of the current and previous block, at
+    most (g + 2) b tokens: a token costs O((g + 2) b D) whatever its position. Reference: the (T, T) mask of the rule
+    above, written per token, and the softmax over it.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        for knob, least in (('bigbird_block', 1), ('bigbird_global', 0), ('bigbird_random', 0)):
+            if getattr(config, knob) < least:
+                raise ValueError(f"{knob}={getattr(config, knob)}: must be at least {least}")
+        self.block, self.n_global = config.bigbird_block, config.bigbird_global
+        self.n_random = 0 if self.causal else config.bigbird_random
+        n = -(-config.block_size // self.block)
+        block = torch.arange(n)
+        candidate = ((block[:, None] - block[None, :]).abs() > 1) & (block[None, :] >= self.n_global)  # (n, n)
+        draw = torch.rand(config.n_head, n, n).masked_fill(~candidate, -1)
+        chosen = draw.topk(min(self.n_random, n), dim=-1)
+        # (H, n, r): each query block's random key blocks; -1 where fewer than r blocks are left to draw from
+        self.register_buffer('random_blocks', chosen.indices.masked_fill(chosen.values < 0, -1))
+
+    def key_blocks(self, N, device):
+        """(H, N, S) the key blocks each query block sees (global, window, random), and (H, N, S) which of them count:
+        in the sequence, and not counted twice (a window block that is global)."""
+        i = torch.arange(N, device=device)[:, None]
+        window = i + torch.arange(-1, 1 if self.causal else 2, device=device)      # (N, 2 or 3)
+        blocks = [torch.arange(self.n_global, device=device).expand(N, -1), window]
+        blocks = torch.cat(blocks, 1).expand(self.n_head, -1, -1)
+        random = self.random_blocks[:, :N].to(device)
+        blocks = torch.cat([blocks, random], 2)                                     # (H, N, S)
+        counts = (blocks >= 0) & (blocks < N)
+        counts[:, :, self.n_global:self.n_global + window.size(1)] &= window >= self.n_global
+        return blocks.clamp(0, N - 1), counts
+
+    def check_length(self, T):
+        if self.n_random and T > self.random_blocks.size(1) * self.block:
+            raise ValueError(f"bigbird: {T} tokens, but the random blocks were drawn for block_size "
+                             f"{self.random_blocks.size(1) * self.block}; raise block_size")
+
+    def attend(self, q, k, v, pad_mask):
+        B, H, T, D = q.shape
+        self.check_length(T)
+        b, N = self.block, -(-q.size(2) // self.block)
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+        q_blocks, k_blocks, v_blocks = (in_chunks(t, b) for t in (q, k, v))  # (B, H, N, b, D)
+        valid_blocks = F.pad(valid, (0, N * b - T)).view(B, N, b)
+        blocks, counts = self.key_blocks(N, q.device)                       # (H, N, S)
+        head = torch.arange(H, device=q.device)[:, None, None]
+        keys = k_blocks[:, head, blocks].flatten(3, 4)                      # (B, H, N, S b, D)
+        values = v_blocks[:, head, blocks].flatten(3, 4)
+        key_valid = valid_blocks[:, blocks] & counts[None, ..., None]        # (B, H, N, S, b)
+        allowed = key_valid.flatten(3, 4)[:, :, :, None, :]                 # (B, H, N, 1, S b)
+        if self.causal:
+            position = torch.arange(N * b, device=q.device).view(N, b)
+            key_position = position[blocks].flatten(2, 3)                   # (H, N, S b)
+            allowed = allowed & (key_position[:, :, None, :] <= position[:, :, None])
+        y = masked_softmax_attention(q_blocks, keys, values, allowed).flatten(2, 3)[:, :, :T]  # (B, H, T, D)
+        G = min(self.n_global * b, T)
+        if G and not self.causal:  # the global queries see every key (causally their blocks above cover it)
+            y_global = masked_softmax_attention(q[:, :, :G], k, v, valid[:, None, None, :])
+            y = torch.cat([y_global, y[:, :, G:]], 2)
+        return y
+
+    def allowed_keys(self, query_position, key_position):
+        """(Tq, Tk) bool: which keys the rule lets each query see, from their positions (causal decoding)."""
+        query_block, key_block = query_position[:, None] // self.block, key_position[None, :] // self.block
+        near = (query_block - key_block <= 1) | (key_block < self.n_global)
+        return near & (key_position[None, :] <= query_position[:, None])
+
+    def attend_step(self, q, k, v, state):
+        start, T = (0, q.size(2)) if state is None else (state['length'], q.size(2))
+        end = start + T
+        position = torch.arange(start, end, device=q.device)
+        if state is None:
+            y, keys, values, key_position = self.attend(q, k, v, None), k, v, position
+        else:
+            keys, values = torch.cat([state['keys'], k], 2), torch.cat([state['values'], v], 2)
+            key_position = torch.cat([state['positions'], position])
+            y = masked_softmax_attention(q, keys, values, self.allowed_keys(position, key_position))
+        kept = (key_position // self.block < self.n_global) | (key_position // self.block >= end // self.block - 1)
+        kept = kept.nonzero().squeeze(1)  # the global tokens and the blocks a later query's window holds
+        return y, {'keys': keys.index_select(2, kept), 'values': values.index_select(2, kept),
+                   'positions': key_position.index_select(0, kept), 'length': end}
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """softmax(q k^T / sqrt(D)) v over the keys the rule allows, per head, on the (T, T) matrix."""
+        B, H, T, D = q.shape
+        self.check_length(T)
+        block = torch.arange(T, device=q.device) // self.block
+        query_block, key_block = block[:, None], block[None, :]
+        is_global = (query_block < self.n_global) | (key_block < self.n_global)
+        if self.causal:
+            position = torch.arange(T, device=q.device)
+            allowed = (((query_block - key_block <= 1) | is_global) & (position[None, :] <= position[:, None]))[None]
+        else:
+            random = torch.stack([torch.isin(block, self.random_blocks[h, i]) for h in range(H)
+                                  for i in range(-(-T // self.block))]).view(H, -1, T)  # [h, query block, key]
+            allowed = ((query_block - key_block).abs() <= 1) | is_global | random[:, block]  # (H, T, T)
+        allowed = allowed[None] if pad_mask is None else allowed[None] & ~pad_mask[:, None, None, :]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
+
+
+def check_patch_grid(config, name):
+    """vicinity and sra read the 2D grid of an image's patches, which only train_vit.py sets (patch_grid_width)."""
+    if config.patch_grid_width < 1:
+        raise ValueError(f"{name} attends over the 2D grid of an image's patches, which only train_vit.py gives it "
+                         f"(patch_grid_width={config.patch_grid_width}); pick another variant for this task")
+    if config.class_tokens < 0:
+        raise ValueError(f"class_tokens={config.class_tokens}: must be 0 or more")
+
+
+def patches_per_sequence(T, class_tokens, pad_mask, device):
+    """(B|1, 1) the number of patches of each sequence: its unpadded tokens after the class tokens."""
+    length = torch.full((1, 1), T, device=device) if pad_mask is None else (~pad_mask).sum(1, keepdim=True)
+    return (length - class_tokens).clamp_min(0)
+
+
+class VicinityAttention(KernelAttention):
+    """Vicinity attention. Sun et al. 2022, "Vicinity Vision Transformer", arXiv:2206.10552.
+
+    Linear attention over image patches whose weights fall with the 2D Manhattan distance, each axis through a
+    cosine: patch i at row r_i, column c_i of an H x W grid,
+        s_ij = relu(q_i) . relu(k_j) (cos(pi/2 (r_i - r_j) / H) + cos(pi/2 (c_i - c_j) / W)),
+        y_i = sum_j s_ij v_j / (sum_j s_ij + 1e-4),
+    over all unpadded j. cos(a - b) = cos a cos b + sin a sin b makes it linear attention with features
+    [relu(x) cos(pi/2 r / H), relu(x) sin(pi/2 r / H), relu(x) cos(pi/2 c / W), relu(x) sin(pi/2 c / W)].
+    The grid: patches in raster order after LayerConfig.class_tokens leading tokens, patch_grid_width = W per row, H the
+    rows a sequence's patches fill (the last row may be partial; with padding, per sequence); train_vit.py sets both.
+    A class token has no place on the grid: trev gives its pairs the weight of distance 0, 2, both ways, through two
+    more blocks of relu features (F = 6D); with pool='mean' there is none.
+    Bidirectional only (an image has no order). Compared with the authors' VicinityVisionAttention
+    (OpenNLPLab/Vicinity-Vision-Transformer, classification/models/vvt/vvt.py, use_sum=True): the same features,
+    angles and eps; trev leaves out what surrounds the attention there (feature reduction of q, k, v, the spatial
+    reduction of keys, the squeeze-and-excitation gate, and clamping every intermediate's magnitude to [1e-4, 1e4]),
+    and uses trev's shared projections.
+    Time O(T F D), memory O(T (F + D) + F D) with F = 6D. Reference: the (T, T) matrix s written from positions.
+    """
+    supports_causal = False
+    eps = 1e-4
+
+    def __init__(self, config):
+        check_patch_grid(config, 'vicinity')  # first: a causal trainer lacks the grid before the mode
+        super().__init__(config)
+        self.grid_width, self.class_tokens = config.patch_grid_width, config.class_tokens
+
+    def vicinity_features(self, q, k, pad_mask):
+        T = q.size(2)
+        patch = torch.arange(T, device=q.device) - self.class_tokens          # a class token's is < 0
+        rows = (-(-patches_per_sequence(T, self.class_tokens, pad_mask, q.device) // self.grid_width)).clamp_min(1)
+        row, column = (patch.clamp_min(0) // self.grid_width).to(q.dtype), (patch.clamp_min(0) % self.grid_width).to(q.dtype)
+        row_angle = (math.pi / 2) * row / rows.to(q.dtype)                       # (B|1, T)
+        column_angle = (math.pi / 2) * column / self.grid_width                  # (T,)
+        angles = [row_angle[:, None, :, None], column_angle.expand_as(row_angle)[:, None, :, None]]
+        on_grid = (patch >= 0)[:, None].to(q.dtype)  # (T, 1)
+        off_grid = 1 - on_grid
+
+        def phi(x, class_block, patch_block):
+            x = F.relu(x)
+            grid = [x * f(angle) for angle in angles for f in (torch.cos, torch.sin)]
+            return torch.cat([g * on_grid for g in grid] + [class_block(x), patch_block(x)], dim=-1)
+        root2 = math.sqrt(2)
+        fq = phi(q, lambda x: root2 * x * off_grid, lambda x: root2 * x * on_grid)
+        fk = phi(k, lambda x: root2 * x, lambda x: root2 * x * off_grid)
+        return fq, fk
+
+    def attend_bidirectional(self, q, k, v, pad_mask):
+        with full_precision(q):
+            fq, fk = self.vicinity_features(cast(q, wide_dtype(q)), cast(k, wide_dtype(k)), pad_mask)
+        return self.bidirectional(fq, fk, v, pad_mask)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """s_ij = relu(q_i) . relu(k_j) w_ij, w_ij = cos(pi/2 dr / H) + cos(pi/2 dc / W) between patches, 2 where a
+        class token is in the pair; y_i = sum_j s_ij v_j / (sum_j s_ij + eps) over the unpadded j."""
+        B, H, T, D = q.shape
+        outputs = []
+        for b in range(B):
+            length = T if pad_mask is None else int((~pad_mask[b]).sum())
+            n_patches = max(length - self.class_tokens, 0)
+            n_rows = max(-(-n_patches // self.grid_width), 1)
+            weight = torch.full((T, T), 2.0, dtype=q.dtype)
+            for i in range(self.class_tokens, T):
+                for j in range(self.class_tokens, T):
+                    (ri, ci), (rj, cj) = divmod(i - self.class_tokens, self.grid_width), divmod(j - self.class_tokens,
+                                                                                                self.grid_width)
+                    weight[i, j] = (math.cos(math.pi / 2 * (ri - rj) / n_rows)
+                                    + math.cos(math.pi / 2 * (ci - cj) / self.grid_width))
+            scores = F.relu(q[b]) @ F.relu(k[b]).transpose(-2, -1) * weight  # (H, T, T)
+            if pad_mask is not None:
+                scores = scores.masked_fill(pad_mask[b][None, None, :], 0)
+            outputs.append(scores @ v[b] / (scores.sum(-1, keepdim=True) + self.eps))
+        return torch.stack(outputs)
+
+
+class SpatialReductionAttention(Attention):
+    """Spatial-reduction attention (SRA). Wang et al. 2021, "Pyramid Vision Transformer", arXiv:2102.12122.
+
+    Softmax attention whose keys and values come from the patch grid reduced R x R (R = sra_ratio):
+        SR(x) = LayerNorm(Reshape(x, R) W_S),  y = softmax(q SR(x)_k^T / sqrt(D)) SR(x)_v,
+    Reshape cutting the (rows x W) grid into R x R squares, each flattened to R^2 C and projected to C by W_S, which is
+    the strided convolution of the authors' attention (compared as copied into the VVT repository, pvt_Attention:
+    Conv2d(C, C, R, stride=R), then LayerNorm, then the k, v projection; whai362/PVT itself was not read): trev runs
+    that convolution, and its reference the reshape and matmul of the paper. Queries are every token's; the k, v projections are the shared `qkv`'s.
+    The grid as vicinity's (class_tokens, then patch_grid_width patches per row, set by train_vit.py); a grid that R does
+    not divide is zero-padded at the bottom and right (PVT's convolution would drop the remainder), and a reduced cell
+    holding no patch of a sequence is not a key of it. The class token is not on the grid: its key and value are its own,
+    from the shared projection without the reduction or its norm (PVT v1 adds its class token only in the last stage,
+    where R = 1). Bidirectional only, ViT only; R = 1 is softmax attention (use 'softmax'). trev's bias setting
+    applies to the convolution and the norm (PVT's convolution has a bias). attend and attend_reference take the
+    reduced keys' padding (B, T'), not the queries'.
+    Time O(T (T / R^2) D + T C^2) (the reduction), memory O(T T / R^2). Extra parameters: W_S (R^2 C^2) and the norm
+    (C, and C of biases with bias=True).
+    """
+    supports_causal = False
+    supports_short_conv = False  # its keys come from the grid
+
+    def __init__(self, config):
+        check_patch_grid(config, 'sra')  # first: a causal trainer lacks the grid before the mode
+        super().__init__(config)
+        if config.sra_ratio < 2:
+            raise ValueError(f"sra_ratio={config.sra_ratio}: must be at least 2 (R = 1 is softmax attention: use "
+                             f"attention='softmax')")
+        self.grid_width, self.class_tokens, self.ratio = config.patch_grid_width, config.class_tokens, config.sra_ratio
+        self.reduction = nn.Conv2d(config.n_embd, config.n_embd, self.ratio, stride=self.ratio, bias=config.bias)
+        self.reduction_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+
+    def forward(self, x, pad_mask=None, reference=False):
+        B, T, C = x.shape
+        q = F.linear(x, self.qkv.weight[:C], None if self.qkv.bias is None else self.qkv.bias[:C])
+        keys_from, key_pad = self.reduce(x, pad_mask, reference)
+        k, v = F.linear(keys_from, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:]).split(C, 2)
+        q, k, v = (t.view(B, t.size(1), self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        attend = self.attend_reference if reference else self.attend
+        return self.output(attend(q, k, v, key_pad), x)
+
+    def reduce(self, x, pad_mask, reference):
+        """x (B, T, C) -> the tokens keys and values come from, (B, T', C): the class tokens, then the grid's R x R
+        squares in raster order, each projected and normed; and their padding (B, T'), True where not a key."""
+        B, T, C = x.shape
+        R, W, c = self.ratio, self.grid_width, self.class_tokens
+        patches = x[:, c:] if pad_mask is None else x[:, c:].masked_fill(pad_mask[:, c:, None], 0)
+        N = patches.size(1)
+        rows = max(-(-N // W), 1)  # a sequence without patches keeps an empty row, whose cell is no key
+        height, width = -(-rows // R) * R, -(-W // R) * R
+        grid = F.pad(patches, (0, 0, 0, rows * W - N)).view(B, rows, W, C)
+        grid = F.pad(grid, (0, 0, 0, width - W, 0, height - rows))  # (B, height, width, C), zeros past the patches
+        if reference:  # the paper: R x R squares flattened to R^2 C, times W_S (R^2 C, C)
+            squares = grid.view(B, height // R, R, width // R, R, C).permute(0, 1, 3, 2, 4, 5).flatten(3)
+            w_s = self.reduction.weight.permute(0, 2, 3, 1).flatten(1)  # (C, R R C), in the squares' order
+            reduced = squares.flatten(1, 2) @ w_s.T
+            reduced = reduced if self.reduction.bias is None else reduced + self.reduction.bias
+        else:
+            reduced = self.reduction(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)  # (B, cells, C)
+        cell_row = torch.arange(height // R, device=x.device)[:, None] * R
+        cell_column = torch.arange(width // R, device=x.device)[None, :] * R
+        first_patch = (cell_row * W + cell_column).flatten()  # a cell holds a patch iff its first one is
+        held = first_patch[None, :] < patches_per_sequence(T, c, pad_mask, x.device)  # (B|1, cells)
+        class_pad = torch.zeros(1, min(c, T), dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask[:, :c]
+        key_pad = torch.cat([class_pad.expand(B, -1), ~held.expand(B, -1)], 1)
+        return torch.cat([x[:, :c], self.reduction_norm(reduced)], 1), key_pad
+
+    def attend(self, q, k, v, pad_mask):
+        if pad_mask is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad_mask[:, None, None, :])
+
+    def attend_reference(self, q, k, v, pad_mask):
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T')
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
 
 
 ATTENTION = {
@@ -1673,6 +2119,10 @@ ATTENTION = {
     'nystrom': Nystromformer,
     'synthesizer': Synthesizer,
     'fnet': FNet,
+    'aft': AttentionFreeTransformer,
+    'bigbird': BigBirdAttention,
+    'vicinity': VicinityAttention,
+    'sra': SpatialReductionAttention,
 }
 
 

@@ -75,11 +75,12 @@ from training import (ConfigError, apply_overrides, check_out_dir, git_commit, r
                       write_atomic)
 
 # LayerConfig fields bench sets itself (attention, n_embd, n_head, causal, block_size: from the variant, the head
-# shape, --causal and T), holds fixed (dropout 0) or leaves at LayerConfig's default (bias, norm, mlp_ratio).
+# shape, --causal and T), holds fixed (dropout 0) or leaves at LayerConfig's default (bias, norm, mlp_ratio; no patch
+# grid, which vicinity and sra refuse in one line: bench times token sequences, not images).
 # Every other field is a knob of the variants (chunk size, window, features, ...): a bench option of the same
 # name and default, passed through to LayerConfig (LMConfig for --model=gpt).
 STRUCTURAL_FIELDS = ('attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout',
-                     'bias', 'norm', 'mlp_ratio')
+                     'bias', 'norm', 'mlp_ratio', 'patch_grid_width', 'class_tokens')
 LAYER_KNOBS = tuple(f.name for f in fields(LayerConfig) if f.name not in STRUCTURAL_FIELDS)
 
 DEFAULTS = dict(

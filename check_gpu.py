@@ -55,6 +55,7 @@ DEFAULTS = dict(
     out='',                    # JSON file: every check's results
 )
 TRAIN_MODEL = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=256, dropout=0.0)  # the TransformerLM of train/compile
+GRID = dict(patch_grid_width=16, class_tokens=1)  # vicinity and sra read a token sequence as rows of 16 patches
 
 
 def synchronize(device):
@@ -99,7 +100,8 @@ def check_flash(device, dtype, cfg):
 
 def train_model(name, device, cfg):
     torch.manual_seed(0)
-    config = LMConfig(attention=name, causal=causal_mode(name), block_size=cfg['train_block_size'], **TRAIN_MODEL)
+    config = LMConfig(attention=name, causal=causal_mode(name), block_size=cfg['train_block_size'], **TRAIN_MODEL,
+                      **GRID)
     return TransformerLM(config).to(device)
 
 
@@ -145,7 +147,7 @@ def layer_case(name, T, device, dtype, cfg):
     ctx, _ = mixed_precision(str(device), dtype)
     torch.manual_seed(0)
     layer = build_attention(LayerConfig(attention=name, n_embd=H * D, n_head=H, causal=causal_mode(name),
-                                        block_size=T)).to(device)
+                                        block_size=T, **GRID)).to(device)
     x = torch.randn(B, T, H * D, device=device, requires_grad=True)
     dy = torch.randn_like(x)
 

@@ -80,6 +80,11 @@ head_norm = ''             # every variant: 'none', 'rmsnorm' or 'groupnorm' on 
 linformer_k = 256          # linformer: keys and values projected along the sequence to this many rows
 nystrom_landmarks = 64     # nystrom: landmarks, the means of this many segments of the queries and of the keys
 synthesizer_mode = 'dense' # synthesizer: 'dense' (weights from each token alone) or 'random' (a learned matrix)
+aft_window = 0             # aft: window s of AFT-local's learned position biases; 0 = AFT-simple
+bigbird_block = 16         # bigbird: tokens per block
+bigbird_global = 1         # bigbird: the first this many blocks are global
+bigbird_random = 3         # bigbird: random key blocks per query block (bidirectional only)
+sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4

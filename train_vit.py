@@ -92,6 +92,11 @@ head_norm = ''             # every variant: 'none', 'rmsnorm' or 'groupnorm' on 
 linformer_k = 256          # linformer: keys and values projected along the sequence to this many rows
 nystrom_landmarks = 64     # nystrom: landmarks, the means of this many segments of the queries and of the keys
 synthesizer_mode = 'dense' # synthesizer: 'dense' (weights from each token alone) or 'random' (a learned matrix)
+aft_window = 0             # aft: window s of AFT-local's learned position biases; 0 = AFT-simple
+bigbird_block = 16         # bigbird: tokens per block
+bigbird_global = 1         # bigbird: the first this many blocks are global
+bigbird_random = 3         # bigbird: random key blocks per query block (bidirectional only)
+sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -127,9 +132,15 @@ class ViTConfig(LayerConfig):
     pool: str = 'cls'
     causal: bool = False
     block_size: int = field(init=False)
+    patch_grid_width: int = field(init=False)
+    class_tokens: int = field(init=False)
 
     def __post_init__(self):
-        self.block_size = (self.image_size // self.patch_size) ** 2 + (self.pool == 'cls')
+        # the tokens: the class token (pool='cls'), then the patches in raster order, image_size / patch_size a row;
+        # vicinity and sra read this grid, every other variant sees a sequence
+        self.patch_grid_width = self.image_size // self.patch_size
+        self.class_tokens = int(self.pool == 'cls')
+        self.block_size = self.patch_grid_width ** 2 + self.class_tokens
 
 
 class ViT(nn.Module):

@@ -67,9 +67,13 @@ LINEAR_MEMORY = Selection(lambda name, cls: [(name, causal) for causal in modes(
                           if is_linear_family(cls) or issubclass(cls, attention.LocalAttention) else [])
 
 
+GRID = dict(patch_grid_width=4, class_tokens=1)  # ignored by every variant but vicinity and sra
+
+
 def make(name, causal, n_embd=30, n_head=2, seed=0, **knobs):
-    """A small float64 layer. head dim 15: odd; chunk 8 and window 6 so T = 37 crosses several of each."""
-    knobs = dict(chunk_size=8, local_window=6, performer_features=20, block_size=64) | knobs
+    """A small float64 layer. head dim 15: odd; chunk 8 and window 6 so T = 37 crosses several of each. A patch grid for
+    vicinity and sra (GRID): a class token, then rows of 4 patches, so any T is an image, its last row partial."""
+    knobs = dict(chunk_size=8, local_window=6, performer_features=20, block_size=64) | GRID | knobs
     torch.manual_seed(seed)
     config = LayerConfig(attention=name, n_embd=n_embd, n_head=n_head, causal=causal, **knobs)
     return build_attention(config).double()
@@ -538,7 +542,7 @@ def test_extra_parameters_are_the_variants_own():
 @pytest.mark.parametrize('name,causal', MODES)
 def test_block_runs_and_decodes(name, causal):
     config = LayerConfig(attention=name, n_embd=32, n_head=4, causal=causal, chunk_size=8, local_window=6,
-                         performer_features=16)
+                         performer_features=16, **GRID)
     torch.manual_seed(0)
     block = attention.Block(config).double()
     x = inputs(2, 19, 32)

@@ -249,7 +249,8 @@ def test_fit_and_floors():
     assert failed == ['linear decode time at T=16384 / T=1024']  # 100x slower at 16384 than at 1024
 
 
-STRUCTURAL = {'attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout', 'bias', 'norm', 'mlp_ratio'}
+STRUCTURAL = {'attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout', 'bias', 'norm', 'mlp_ratio',
+              'patch_grid_width', 'class_tokens'}
 
 
 def test_layer_config_knobs_are_options():

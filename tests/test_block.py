@@ -13,6 +13,7 @@ import train_lra
 import train_mqar
 import train_vit
 from attention import ATTENTION, LayerConfig
+from test_attention import GRID
 
 NORMS = ['layernorm', 'rmsnorm', 'scalenorm']
 MODES = [(name, causal) for name, cls in ATTENTION.items()
@@ -21,7 +22,7 @@ CAUSAL = [name for name, cls in ATTENTION.items() if cls.supports_causal]
 
 
 def config(name='softmax', causal=True, **fields):
-    fields = dict(n_embd=32, n_head=4, chunk_size=8, local_window=6, performer_features=16) | fields
+    fields = dict(n_embd=32, n_head=4, chunk_size=8, local_window=6, performer_features=16, **GRID) | fields
     return LayerConfig(attention=name, causal=causal, **fields)
 
 
@@ -128,9 +129,9 @@ def test_unknown_norm_settings_are_refused(field, value, message):
                          ids=lambda m: m.__name__)
 def test_every_trainer_exposes_the_layer_knobs(trainer):
     """Each LayerConfig field (the axes, every variant's knobs) is a commented global of every trainer, except those
-    a trainer sets itself (causal; a ViT's block_size follows from its patches) and the fixed MLP width."""
+    a trainer sets itself (causal; a ViT's block_size and patch grid follow from its patches) and the fixed MLP width."""
     missing = set(LayerConfig.__dataclass_fields__) - set(trainer.DEFAULTS)
-    assert missing <= {'causal', 'block_size', 'mlp_ratio'}, missing
+    assert missing <= {'causal', 'block_size', 'mlp_ratio', 'patch_grid_width', 'class_tokens'}, missing
 
 
 def test_performer_redraws_at_its_interval_from_seed_step_and_layer():

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import attention
 from attention import ATTENTION, LayerConfig, LMConfig, TransformerLM, build_attention
-from test_attention import CAUSAL, MODES, Selection, SoftplusAttention, registry_checks
+from test_attention import CAUSAL, GRID, MODES, Selection, SoftplusAttention, registry_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILED = Selection(lambda name, cls: [(name, cls.supports_causal)])  # one mode per class: see 3. above
@@ -62,7 +62,8 @@ def layer(name, causal, T):
     """One layer as in the issue's measurements: 2 heads of 64, float32 weights, 64 performer features, M = T for
     cosFormer, LayerConfig's chunk (64) and window (128)."""
     torch.manual_seed(0)
-    config = LayerConfig(attention=name, n_embd=128, n_head=2, causal=causal, block_size=T, performer_features=64)
+    config = LayerConfig(attention=name, n_embd=128, n_head=2, causal=causal, block_size=T, performer_features=64,
+                         **GRID)
     return build_attention(config)
 
 
@@ -181,7 +182,7 @@ def test_float16_training_with_grad_scaler(name, causal):
     """A 2-layer TransformerLM, 6 AdamW steps under float16 autocast with loss scaling, as the trainers do on a GPU
     without bfloat16: every loss finite, every parameter finite, and the parameters moved."""
     config = LMConfig(attention=name, causal=causal, n_layer=2, n_embd=64, n_head=2, block_size=256, vocab_size=64,
-                      chunk_size=32, local_window=32, performer_features=32)
+                      chunk_size=32, local_window=32, performer_features=32, **GRID)
     torch.manual_seed(0)
     model = TransformerLM(config)
     before = copy.deepcopy(model.state_dict())
@@ -210,7 +211,7 @@ def test_compiled_equals_eager(name, causal):
     and the gradients of the input and of every parameter for a loss that weighs each output differently."""
     torch.manual_seed(0)
     config = LayerConfig(attention=name, n_embd=32, n_head=2, causal=causal, block_size=160, chunk_size=8,
-                         local_window=6, performer_features=16)
+                         local_window=6, performer_features=16, **GRID)
     module = build_attention(config)
     x = torch.randn(2, 150, 32, generator=torch.Generator().manual_seed(1))
     weight = torch.randn(2, 150, 32, generator=torch.Generator().manual_seed(2))
