@@ -382,7 +382,10 @@ def train(cfg, dist):
         train_model = DDP(eval_model, device_ids=[dist.local_rank] if device.startswith('cuda') else None)
     attention_params = sum(p.numel() for block in model.blocks for p in block.attn.parameters())
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
-    cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
+    # the layers' sequence length and patch grid, derived from image_size, patch_size and pool, recorded with the rest
+    cfg.block_size, cfg.patch_grid_width, cfg.class_tokens = (model.config.block_size, model.config.patch_grid_width,
+                                                              model.config.class_tokens)
+    cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=CAUSAL), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
         print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import attention
 from attention import ATTENTION, LayerConfig, build_attention
-from test_attention import Selection, assert_padding_ignored, grads, inputs, make, modes, padding
+from test_attention import GRID, Selection, assert_padding_ignored, grads, inputs, make, modes, padding
 from test_precision import assert_close_to_float64, float64_output, sequence
 
 # CPU autocast hands the head norms a bfloat16 input and their float32 weight (as test_precision.py notes)
@@ -93,7 +93,7 @@ def test_axes_under_autocast_match_float64(name, causal, output_gate, head_norm,
     parts act on each token alone, so a shorter sequence than test_precision's covers them."""
     torch.manual_seed(0)
     module = build_attention(LayerConfig(attention=name, n_embd=128, n_head=2, causal=causal, block_size=512,
-                                         performer_features=64, output_gate=output_gate, head_norm=head_norm))
+                                         performer_features=64, output_gate=output_gate, head_norm=head_norm, **GRID))
     x = sequence(512)
     reference = float64_output(module, x)
     with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
