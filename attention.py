@@ -42,8 +42,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunked_delta_rule,
-                     chunked_linear_attention, full_precision, wide_dtype, wide_linear)
+from kernels import (KERNELS, MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunked_delta_rule,
+                     chunked_linear_attention, fla_delta_rule, fla_linear_attention, fla_unavailable, full_precision,
+                     wide_dtype, wide_linear)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class LayerConfig:
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
     recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
                                   # this many tokens, each recomputed (kernels.SegmentedRecompute); 0 = never
+    # GPU kernels
+    kernel: str = 'auto'          # linear family, causal: 'torch' (trev's kernels), 'fla' (flash-linear-attention's
+                                  # Triton ops, CUDA) or 'auto' (fla on CUDA where it is installed, else torch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +103,10 @@ class Attention(nn.Module):
             raise ValueError(f"short_conv={config.short_conv}: the convolution's kernel size must be 0 (off) or more")
         if config.recompute_segment < 0:
             raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
+        if config.kernel not in KERNELS:
+            raise ValueError(f"kernel={config.kernel!r}: choose one of {', '.join(KERNELS)}")
+        if config.kernel == 'fla' and fla_unavailable():
+            raise ValueError(fla_unavailable())
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
                            else None)
@@ -171,12 +179,33 @@ class RecurrentAttention(Attention):
     temporaries O(S C + S F), time one more forward of the attention core.
     Precision: features (positions, angles, exponents) are computed in float32 at least with autocast off
     (wide_features), as are the kernels' sums over the sequence; the output returns to the input's dtype.
+    Kernels: attend_chunkwise calls linear_attention or delta_rule, which run trev's kernels or, where this layer
+    runs fla (uses_fla: LayerConfig.kernel), their fla twins (kernels.fla_linear_attention, fla_delta_rule): fla's
+    Triton op of the same math for training, its fused recurrent op for decoding. `fla_ops` names the fla ops a
+    variant's causal path can take; a variant without any (empty) always runs trev's kernels.
     """
+    fla_ops = ()
 
     def __init__(self, config):
         super().__init__(config)
         self.chunk_size = config.chunk_size
         self.recompute_segment = config.recompute_segment
+        self.kernel = config.kernel if self.fla_ops and self.causal else 'torch'
+
+    def uses_fla(self, x):
+        """Whether this layer runs fla's ops on tensors like x: kernel 'fla', or 'auto' with x on CUDA where fla's
+        ops load."""
+        return self.kernel == 'fla' or (self.kernel == 'auto' and x.is_cuda and fla_unavailable() is None)
+
+    def linear_attention(self, q, k, v, log_decay=None, state=None):
+        """kernels.chunked_linear_attention(q, k, v, log_decay, state, chunk_size), or its fla twin (uses_fla)."""
+        kernel = fla_linear_attention if self.uses_fla(q) else chunked_linear_attention
+        return kernel(q, k, v, log_decay, state, self.chunk_size)
+
+    def delta_rule(self, q, k, v, beta, log_decay=None, state=None):
+        """kernels.chunked_delta_rule(q, k, v, beta, log_decay, state, chunk_size), or its fla twin (uses_fla)."""
+        kernel = fla_delta_rule if self.uses_fla(q) else chunked_delta_rule
+        return kernel(q, k, v, beta, log_decay, state, self.chunk_size)
 
     def features(self, q, k, offset):
         """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
@@ -210,9 +239,12 @@ class KernelAttention(RecurrentAttention):
     Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
     pass plus an anti-causal pass.
     Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
+    fla (kernel='fla'): fla's linear_attn op without decay, simple_gla with one, on the same features and values
+    (the normaliser is their column of ones: fla's own normalisation adds 1e-10, not the variant's eps).
     """
     normalise = True
     eps = 1e-6
+    fla_ops = ('linear_attn', 'simple_gla')
 
     def log_decay(self, like):
         """None (no decay) or (1, H, 1) log gamma_h <= 0, in like's dtype and on its device."""
@@ -260,8 +292,7 @@ class KernelAttention(RecurrentAttention):
         log_decay = self.log_decay(fq)
         if log_decay is not None:
             log_decay = log_decay.expand(1, -1, q.size(2))
-        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
+        y, kv = self.linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'])
         return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
 
     def attend_reference(self, q, k, v, pad_mask):
@@ -478,6 +509,7 @@ class LinearAttention(KernelAttention):
 
     phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
     z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
+    fla: linear_attn, v with its column of ones.
     """
 
     def features(self, q, k, offset):
@@ -506,6 +538,7 @@ class PerformerAttention(KernelAttention):
     the normaliser with it: 0 / 0 forward, 1 / normaliser^2 backward. The floor keeps the normaliser >= 1e-6,
     at the price of a bias the size of the floor; attend_reference writes the same floored features out.
     Complexity as KernelAttention with F = m.
+    fla: simple_gla, the stabiliser's rescaling as its per-token log decay g, v with its column of ones.
     """
     eps = 0.0  # the floor keeps the normaliser >= feature_floor
     feature_floor = 1e-6
@@ -568,8 +601,8 @@ class PerformerAttention(KernelAttention):
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
         # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
         fk = (wk + -(half_norm + running[..., None])).exp() + self.feature_floor
-        y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
+        y, kv = self.linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
+                                      None if state is None else state['kv'])
         return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}
 
 
@@ -581,6 +614,7 @@ class CosformerAttention(KernelAttention):
     [relu(x_t) cos(pi t / 2M), relu(x_t) sin(pi t / 2M)] and stays linear. M = block_size (not T), so a
     token's output does not depend on the sequence length and decoding matches the parallel form.
     F = 2D. Complexity as KernelAttention.
+    fla: linear_attn on the 2D features, v with its column of ones.
     """
 
     def __init__(self, config):
@@ -609,6 +643,7 @@ class Retention(KernelAttention):
     MSR(X) = (swish(X W_G) * GroupNorm_h(heads)) W_O; the gate W_G and the group norm are this variant's
     extra parameters. No normaliser: the group norm makes each head's output scale-free.
     Complexity as KernelAttention (F = D), the decay folded into the chunks.
+    fla: simple_gla with g = log gamma_h at every token (the rotated, scaled features as q and k; scale 1).
     """
     normalise = False
 
@@ -653,6 +688,7 @@ class NormLinearAttention(LinearAttention):
     O = RMSNorm(phi(Q) (phi(K)^T V)) with phi(x) = elu(x) + 1: linear attention without the denominator
     (whose unbounded gradients the paper blames for instability), the output normalised instead.
     The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
+    fla: linear_attn without a normaliser.
     """
     normalise = False
 
@@ -770,8 +806,10 @@ class GatedLinearAttention(RecurrentAttention):
     Causal: chunked_linear_attention with a decay per key channel, in chunks of 16: time O(T 16 D + T D^2),
     memory O(T 16 + (T / 16) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a
     time.
+    fla: gla (chunk_gla, fused_recurrent_gla), gk = log alpha_t clamped as above, q / sqrt(D) given with scale 1.
     """
     supports_bidirectional = False
+    fla_ops = ('gla',)
     gate_rank = 16
     gate_temperature = 16
 
@@ -794,8 +832,7 @@ class GatedLinearAttention(RecurrentAttention):
 
     def attend_chunkwise(self, q, k, v, state, log_alpha):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = chunked_linear_attention(fq, fk, v, log_alpha, None if state is None else state['kv'],
-                                         self.chunk_size)
+        y, kv = self.linear_attention(fq, fk, v, log_alpha, None if state is None else state['kv'])
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, log_alpha):
@@ -823,8 +860,12 @@ class DeltaNet(RecurrentAttention):
     Causal: chunked_delta_rule (the UT transform, a triangular solve per chunk), time O(T C (C + D) + T D^2),
     memory O(T (C + D) + (T / C) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one
     token at a time.
+    fla: the gated delta rule op with g = 0 (fla's chunk_delta_rule refuses float32), on trev's l2-normalised
+    features (no in-kernel l2 norm), scale 1, beta as a (B, T, H) tensor; fla's state is the transpose of the paper's
+    (K, V), as trev's.
     """
     supports_bidirectional = False
+    fla_ops = ('gated_delta_rule',)
 
     def __init__(self, config):
         super().__init__(config)
@@ -840,7 +881,7 @@ class DeltaNet(RecurrentAttention):
 
     def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = chunked_delta_rule(fq, fk, v, beta, log_alpha, None if state is None else state['kv'], self.chunk_size)
+        y, kv = self.delta_rule(fq, fk, v, beta, log_alpha, None if state is None else state['kv'])
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, beta, log_alpha=None):
@@ -870,7 +911,7 @@ class GatedDeltaNet(DeltaNet):
     dt_h)), A_h = log of U(0, 16) and dt_h = softplus^-1 of a log-uniform step in [0.001, 0.1] at initialisation
     (`log_decay_rate`, `step_bias`), and the paper's output gate: proj(swish(x W_g) * RMSNorm_h(heads)). Extra
     parameters: W_beta, W_alpha (C x H each), A and dt (H each), the norm's D weights and W_g (C x C). Causal only.
-    Complexity as DeltaNet.
+    Complexity as DeltaNet. fla: the gated delta rule op, g = log alpha_t, otherwise as DeltaNet.
     """
 
     def __init__(self, config):
@@ -907,6 +948,7 @@ class RandomFeatureAttention(KernelAttention):
     trev, at rfa_normaliser_floor (0.1 of a kernel value of 1: the gated normaliser is a weighted mean of kernel
     values, which are >= exp(-2 sigma^2) on unit vectors).
     Extra parameters: sigma (C), the gate (C x H + H) when gated. F = 2m. Complexity as KernelAttention.
+    fla: simple_gla with g = log g_t (gated), linear_attn (ungated), v with its column of ones.
     """
 
     def __init__(self, config):
@@ -938,8 +980,7 @@ class RandomFeatureAttention(KernelAttention):
         if gate_logit is not None:  # S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t
             gate_logit = cast(gate_logit, fq.dtype)
             log_decay, fk = F.logsigmoid(gate_logit), fk * torch.sigmoid(-gate_logit)[..., None]
-        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'],
-                                         self.chunk_size)
+        y, kv = self.linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'])
         return self.finish(y, v.dtype), {'kv': kv}
 
     def divide(self, numerator, normaliser):
@@ -983,6 +1024,7 @@ class BasedAttention(KernelAttention):
     k_a k_b, with F = 1 + d' + d' (d' + 1) / 2 features (153 for d' = 16) instead of the paper's 1 + d' + d'^2 (273),
     and the kernel's time and state in proportion.
     Extra parameters: the projections (H x D x d', for q and for k: 2 C d'). Complexity as KernelAttention.
+    fla: linear_attn on the F features (zero-padded to a multiple of 16), v with its column of ones.
     """
 
     def __init__(self, config):
@@ -1019,6 +1061,7 @@ class HedgehogAttention(KernelAttention):
     W initialised to the identity and b to 0, on queries and keys alike; normalised like softmax. The paper also
     trains the map to mimic softmax attention with a distillation loss; here it learns from the task's loss alone,
     like every other parameter. Extra parameters: W (H x D x D) and b (C). Complexity as KernelAttention.
+    fla: linear_attn on the 2D features, v with its column of ones.
     """
 
     def __init__(self, config):
@@ -1065,6 +1108,22 @@ def build_attention(config):
     if config.attention not in ATTENTION:
         raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
     return ATTENTION[config.attention](config)
+
+
+def resolve_kernel(kernel, attention, causal, device):
+    """The kernel a layer of variant `attention` built with LayerConfig.kernel = kernel runs on device: 'fla' where
+    its causal path maps onto fla's ops (RecurrentAttention.fla_ops) and kernel is 'fla', or 'auto' on CUDA where
+    fla's ops load; else 'torch'. What a trainer's config.json and bench's JSON record. ValueError (one line) for an
+    unknown kernel, or 'fla' where fla's ops cannot run on device."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}: choose one of {', '.join(KERNELS)}")
+    on_cuda = str(device).startswith('cuda')
+    if kernel == 'fla' and (fla_unavailable() or not on_cuda):
+        raise ValueError(fla_unavailable() or f"kernel='fla' runs on CUDA, device is {device}: use kernel='auto' "
+                                               "or 'torch'")
+    mapped = bool(getattr(ATTENTION.get(attention), 'fla_ops', ())) and causal
+    usable = kernel == 'fla' or (kernel == 'auto' and on_cuda and fla_unavailable() is None)
+    return 'fla' if mapped and usable else 'torch'
 
 
 def redraw_random_features(model, step, seed):

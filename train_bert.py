@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import LMConfig, TransformerLM, redraw_random_features
+from attention import LMConfig, TransformerLM, redraw_random_features, resolve_kernel
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -75,6 +75,7 @@ rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token 
 rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser to at least this (its estimate can be <= 0)
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
+kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
@@ -235,6 +236,10 @@ def train(cfg, dist):
     model_args.update(vocab_size=meta['vocab_size'] + 1, causal=False)  # + 1: the mask token
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
+    try:  # config.json records the kernel the attention runs here, 'auto' resolved
+        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+    except ValueError as e:  # 'fla' where it cannot run
+        raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
     # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
     optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,

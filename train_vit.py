@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import Block, LayerConfig, init_weights, make_final_norm, redraw_random_features
+from attention import Block, LayerConfig, init_weights, make_final_norm, redraw_random_features, resolve_kernel
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -87,6 +87,7 @@ rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token 
 rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser to at least this (its estimate can be <= 0)
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
+kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -351,6 +352,10 @@ def train(cfg, dist):
     model_args.update(num_classes=len(classes), causal=False)
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
+    try:  # config.json records the kernel the attention runs here, 'auto' resolved
+        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+    except ValueError as e:  # 'fla' where it cannot run
+        raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
     # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
     optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,
