@@ -21,7 +21,7 @@ Checks, each reported PASS / FAIL / SKIP on one line:
              gradients are finite.
     ddp      with 2 GPUs or more: 2 processes (torch.multiprocessing.spawn, NCCL) take one DistributedDataParallel step
              on different data and end with bitwise identical parameters; with fewer GPUs, a line says it was skipped.
-With --kernel=fla, two other checks instead (about 6 minutes on one H100 or H200):
+With --kernel=fla, two other checks instead (sized to finish in under 8 minutes on one H100 or H200):
     parity   every variant that maps onto fla's ops (attention.RecurrentAttention.fla_ops), causal, B=2, T=1000 (not a
              multiple of fla's 64-token chunk), 4 heads of 64: the fla path against the torch path (the same
              parameters), outputs and the gradients of x and every parameter, as relative RMS differences. fp32 with
