@@ -44,8 +44,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import (MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states, chunked_delta_rule,
-                     chunked_linear_attention, full_precision, in_chunks, wide_dtype, wide_linear)
+from kernels import (KERNELS, MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states,
+                     chunked_delta_rule, chunked_linear_attention, fla_delta_rule, fla_linear_attention, fla_unavailable,
+                     full_precision, in_chunks, wide_dtype, wide_linear)
 
 
 @dataclass
@@ -88,6 +89,9 @@ class LayerConfig:
     patch_grid_width: int = 0     # vicinity, sra: patches per image row; set by train_vit.py, not a knob (0: the
                                   # sequence is not an image, and vicinity and sra refuse it)
     class_tokens: int = 0         # vicinity, sra: tokens before the patches (ViT's class token); set by train_vit.py
+    # GPU kernels
+    kernel: str = 'auto'          # linear family, causal: 'torch' (trev's kernels), 'fla' (flash-linear-attention's
+                                  # Triton ops, CUDA) or 'auto' (fla on CUDA where it is installed, else torch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,6 +130,10 @@ class Attention(nn.Module):
                              f"convolution runs along; set short_conv=0")
         if config.recompute_segment < 0:
             raise ValueError(f"recompute_segment={config.recompute_segment}: use 0 (off) or a number of tokens")
+        if config.kernel not in KERNELS:
+            raise ValueError(f"kernel={config.kernel!r}: choose one of {', '.join(KERNELS)}")
+        if config.kernel == 'fla' and fla_unavailable():
+            raise ValueError(fla_unavailable())
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
                            else None)
@@ -222,12 +230,33 @@ class RecurrentAttention(Attention):
     temporaries O(S C + S F), time one more forward of the attention core.
     Precision: features (positions, angles, exponents) are computed in float32 at least with autocast off
     (wide_features), as are the kernels' sums over the sequence; the output returns to the input's dtype.
+    Kernels: attend_chunkwise calls linear_attention or delta_rule, which run trev's kernels or, where this layer
+    runs fla (uses_fla: LayerConfig.kernel), their fla twins (kernels.fla_linear_attention, fla_delta_rule): fla's
+    Triton op of the same math for training, its fused recurrent op for decoding. `fla_ops` names the fla ops a
+    variant's causal path can take; a variant without any (empty) always runs trev's kernels.
     """
+    fla_ops = ()
 
     def __init__(self, config):
         super().__init__(config)
         self.chunk_size = config.chunk_size
         self.recompute_segment = config.recompute_segment
+        self.kernel = config.kernel if self.fla_ops and self.causal else 'torch'
+
+    def uses_fla(self, x):
+        """Whether this layer runs fla's ops on tensors like x: kernel 'fla', or 'auto' with x on CUDA where fla's
+        ops load."""
+        return self.kernel == 'fla' or (self.kernel == 'auto' and x.is_cuda and fla_unavailable() is None)
+
+    def linear_attention(self, q, k, v, log_decay=None, state=None):
+        """kernels.chunked_linear_attention(q, k, v, log_decay, state, chunk_size), or its fla twin (uses_fla)."""
+        kernel = fla_linear_attention if self.uses_fla(q) else chunked_linear_attention
+        return kernel(q, k, v, log_decay, state, self.chunk_size)
+
+    def delta_rule(self, q, k, v, beta, log_decay=None, state=None):
+        """kernels.chunked_delta_rule(q, k, v, beta, log_decay, state, chunk_size), or its fla twin (uses_fla)."""
+        kernel = fla_delta_rule if self.uses_fla(q) else chunked_delta_rule
+        return kernel(q, k, v, beta, log_decay, state, self.chunk_size)
 
     def features(self, q, k, offset):
         """(B, H, T, D) queries/keys of tokens at positions offset, offset + 1, ... -> (B, H, T, F) features."""
@@ -261,9 +290,12 @@ class KernelAttention(RecurrentAttention):
     Bidirectional: phi(Q) (phi(K)^T V), time O(T F D), memory O(T (F + D) + F D); with decay, a causal
     pass plus an anti-causal pass.
     Reference: the (T, T) matrix s, time O(T^2 (F + D)), memory O(T^2).
+    fla (kernel='fla'): fla's linear_attn op without decay, simple_gla with one, on the same features and values
+    (the normaliser is their column of ones: fla's own normalisation adds 1e-10, not the variant's eps).
     """
     normalise = True
     eps = 1e-6
+    fla_ops = ('linear_attn', 'simple_gla')
 
     def log_decay(self, like):
         """None (no decay) or (1, H, 1) log gamma_h <= 0, in like's dtype and on its device."""
@@ -311,8 +343,7 @@ class KernelAttention(RecurrentAttention):
         log_decay = self.log_decay(fq)
         if log_decay is not None:
             log_decay = log_decay.expand(1, -1, q.size(2))
-        y, kv = chunked_linear_attention(fq, fk, self.values(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
+        y, kv = self.linear_attention(fq, fk, self.values(v), log_decay, None if state is None else state['kv'])
         return self.finish(y, v.dtype), {'kv': kv, 'offset': offset + q.size(2)}
 
     def attend_reference(self, q, k, v, pad_mask):
@@ -546,6 +577,7 @@ class LinearAttention(KernelAttention):
 
     phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
     z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
+    fla: linear_attn, v with its column of ones.
     """
 
     def features(self, q, k, offset):
@@ -574,6 +606,7 @@ class PerformerAttention(KernelAttention):
     the normaliser with it: 0 / 0 forward, 1 / normaliser^2 backward. The floor keeps the normaliser >= 1e-6,
     at the price of a bias the size of the floor; attend_reference writes the same floored features out.
     Complexity as KernelAttention with F = m.
+    fla: simple_gla, the stabiliser's rescaling as its per-token log decay g, v with its column of ones.
     """
     eps = 0.0  # the floor keeps the normaliser >= feature_floor
     feature_floor = 1e-6
@@ -636,8 +669,8 @@ class PerformerAttention(KernelAttention):
         log_decay = torch.diff(running, dim=-1, prepend=previous).neg()   # running_{t-1} - running_t <= 0
         # + (-shift) rather than - shift: a subtraction's backward would negate the whole (T, m) gradient
         fk = (wk + -(half_norm + running[..., None])).exp() + self.feature_floor
-        y, kv = chunked_linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
-                                         None if state is None else state['kv'], self.chunk_size)
+        y, kv = self.linear_attention(self.query_features(q), fk, append_ones(v), log_decay,
+                                      None if state is None else state['kv'])
         return self.finish(y, v.dtype), {'kv': kv, 'key_max': running[..., -1:].clone()}
 
 
@@ -649,6 +682,7 @@ class CosformerAttention(KernelAttention):
     [relu(x_t) cos(pi t / 2M), relu(x_t) sin(pi t / 2M)] and stays linear. M = block_size (not T), so a
     token's output does not depend on the sequence length and decoding matches the parallel form.
     F = 2D. Complexity as KernelAttention.
+    fla: linear_attn on the 2D features, v with its column of ones.
     """
 
     def __init__(self, config):
@@ -677,6 +711,7 @@ class Retention(KernelAttention):
     MSR(X) = (swish(X W_G) * GroupNorm_h(heads)) W_O; the gate W_G and the group norm are this variant's
     extra parameters. No normaliser: the group norm makes each head's output scale-free.
     Complexity as KernelAttention (F = D), the decay folded into the chunks.
+    fla: simple_gla with g = log gamma_h at every token (the rotated, scaled features as q and k; scale 1).
     """
     normalise = False
     paper_output = {'output_gate': 'swish', 'head_norm': 'groupnorm'}
@@ -722,6 +757,7 @@ class NormLinearAttention(LinearAttention):
     O = RMSNorm(phi(Q) (phi(K)^T V)) with phi(x) = elu(x) + 1: linear attention without the denominator
     (whose unbounded gradients the paper blames for instability), the output normalised instead.
     The RMSNorm over the C channels is this variant's extra parameters. Complexity as KernelAttention.
+    fla: linear_attn without a normaliser.
     """
     normalise = False
     paper_output = {'head_norm': 'rmsnorm over all heads'}
@@ -840,8 +876,10 @@ class GatedLinearAttention(RecurrentAttention):
     Causal: chunked_linear_attention with a decay per key channel, in chunks of 16: time O(T 16 D + T D^2),
     memory O(T 16 + (T / 16) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one token at a
     time.
+    fla: gla (chunk_gla, fused_recurrent_gla), gk = log alpha_t clamped as above, q / sqrt(D) given with scale 1.
     """
     supports_bidirectional = False
+    fla_ops = ('gla',)
     gate_rank = 16
     gate_temperature = 16
     paper_output = {'output_gate': 'swish', 'head_norm': 'groupnorm'}
@@ -865,8 +903,7 @@ class GatedLinearAttention(RecurrentAttention):
 
     def attend_chunkwise(self, q, k, v, state, log_alpha):
         fq, fk = self.wide_features(q, k, 0)
-        y, kv = chunked_linear_attention(fq, fk, v, log_alpha, None if state is None else state['kv'],
-                                         self.chunk_size)
+        y, kv = self.linear_attention(fq, fk, v, log_alpha, None if state is None else state['kv'])
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, log_alpha):
@@ -896,9 +933,13 @@ class DeltaNet(RecurrentAttention):
     Causal: chunked_delta_rule (the UT transform, a triangular solve per chunk), time O(T C (C + D) + T D^2),
     memory O(T (C + D) + (T / C) D^2); decoding keeps a (D, D) state per head. Reference: the recurrence, one
     token at a time.
+    fla: the gated delta rule op with g = 0 (fla's chunk_delta_rule refuses float32), on trev's l2-normalised
+    features (no in-kernel l2 norm), scale 1, beta as a (B, T, H) tensor; fla's state is the transpose of the paper's
+    (K, V), as trev's.
     """
     supports_bidirectional = False
     paper_output = {'head_norm': 'rmsnorm'}
+    fla_ops = ('gated_delta_rule',)
 
     def __init__(self, config):
         super().__init__(config)
@@ -915,8 +956,7 @@ class DeltaNet(RecurrentAttention):
     def attend_chunkwise(self, q, k, v, state, beta, log_alpha=None):
         fq, fk = self.wide_features(q, k, 0)
         values = F.silu(cast(v, fq.dtype))  # in float32 at least, as q's and k's maps
-        y, kv = chunked_delta_rule(fq, fk, values, beta, log_alpha, None if state is None else state['kv'],
-                                   self.chunk_size)
+        y, kv = self.delta_rule(fq, fk, values, beta, log_alpha, None if state is None else state['kv'])
         return cast(y, v.dtype), {'kv': kv}
 
     def attend_reference(self, q, k, v, pad_mask, beta, log_alpha=None):
@@ -947,7 +987,8 @@ class GatedDeltaNet(DeltaNet):
     softplus(x_t W_alpha + dt_h)), A_h = log of U(0, 16) and dt_h = softplus^-1 of a log-uniform step in [0.001, 0.1]
     at initialisation (`log_decay_rate`, `step_bias`), and the paper's output gate: proj(swish(x W_g) *
     RMSNorm_h(heads)). Extra parameters: W_beta, W_alpha (C x H each), A and dt (H each), the norm's D weights and W_g
-    (C x C). Causal only. Complexity as DeltaNet.
+    (C x C). Causal only. Complexity as DeltaNet. fla: the gated delta rule op, g = log alpha_t, otherwise as
+    DeltaNet.
     """
     paper_output = {'output_gate': 'swish', 'head_norm': 'rmsnorm'}
 
@@ -991,6 +1032,7 @@ class RandomFeatureAttention(KernelAttention):
     constant floor bounds no more tightly than its mean would be. The authors' released code (haopeng-uw/RFA,
     incremental_rfa) clamps the raw gated normaliser at a constant, so that its floor too binds early in a sequence.
     Extra parameters: sigma (C), the gate (C x H + H) when gated. F = 2m. Complexity as KernelAttention.
+    fla: simple_gla with g = log g_t (gated), linear_attn (ungated), v with its column of ones.
     """
 
     def __init__(self, config):
@@ -1020,15 +1062,14 @@ class RandomFeatureAttention(KernelAttention):
         fq, fk = self.wide_features(q, k, 0)
         kv = None if state is None else state['kv']
         if gate_logit is None:
-            y, kv = chunked_linear_attention(fq, fk, self.values(v), None, kv, self.chunk_size)
+            y, kv = self.linear_attention(fq, fk, self.values(v), None, kv)
             return self.finish(y, v.dtype), {'kv': kv}
         # S_t = g_t S_{t-1} + (1 - g_t) phi(k_t)^T v_t; log prod_{u<=t} g_u, from the start of the sequence, gives the
         # weights' sum W_t = 1 - prod_{u<=t} g_u (expm1: exact where W_t is small)
         gate_logit = cast(gate_logit, fq.dtype)
         log_decay = F.logsigmoid(gate_logit)
         log_kept = log_decay.cumsum(-1) + (0 if state is None else state['log_kept'])  # log prod g, (B, H, T)
-        y, kv = chunked_linear_attention(fq, fk * torch.sigmoid(-gate_logit)[..., None], self.values(v), log_decay,
-                                         kv, self.chunk_size)
+        y, kv = self.linear_attention(fq, fk * torch.sigmoid(-gate_logit)[..., None], self.values(v), log_decay, kv)
         y = self.divide(y[..., :-1], y[..., -1:], -torch.expm1(log_kept)[..., None])
         return cast(y, v.dtype), {'kv': kv, 'log_kept': log_kept[..., -1:].clone()}
 
@@ -1076,6 +1117,7 @@ class BasedAttention(KernelAttention):
     k_a k_b, with F = 1 + d' + d' (d' + 1) / 2 features (153 for d' = 16) instead of the paper's 1 + d' + d'^2 (273),
     and the kernel's time and state in proportion.
     Extra parameters: the projections (H x D x d', for q and for k: 2 C d'). Complexity as KernelAttention.
+    fla: linear_attn on the F features (zero-padded to a multiple of 16), v with its column of ones.
     """
 
     def __init__(self, config):
@@ -1112,6 +1154,7 @@ class HedgehogAttention(KernelAttention):
     W initialised to the identity and b to 0, on queries and keys alike; normalised like softmax. The paper also
     trains the map to mimic softmax attention with a distillation loss; here it learns from the task's loss alone,
     like every other parameter. Extra parameters: W (H x D x D) and b (C). Complexity as KernelAttention.
+    fla: linear_attn on the 2D features, v with its column of ones.
     """
 
     def __init__(self, config):
@@ -2132,6 +2175,22 @@ def build_attention(config):
     return ATTENTION[config.attention](config)
 
 
+def resolve_kernel(kernel, attention, causal, device):
+    """The kernel a layer of variant `attention` built with LayerConfig.kernel = kernel runs on device: 'fla' where
+    its causal path maps onto fla's ops (RecurrentAttention.fla_ops) and kernel is 'fla', or 'auto' on CUDA where
+    fla's ops load; else 'torch'. What a trainer's config.json and bench's JSON record. ValueError (one line) for an
+    unknown kernel, or 'fla' where fla's ops cannot run on device."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}: choose one of {', '.join(KERNELS)}")
+    on_cuda = str(device).startswith('cuda')
+    if kernel == 'fla' and (fla_unavailable() or not on_cuda):
+        raise ValueError(fla_unavailable() or f"kernel='fla' runs on CUDA, device is {device}: use kernel='auto' "
+                                               "or 'torch'")
+    mapped = bool(getattr(ATTENTION.get(attention), 'fla_ops', ())) and causal
+    usable = kernel == 'fla' or (kernel == 'auto' and on_cuda and fla_unavailable() is None)
+    return 'fla' if mapped and usable else 'torch'
+
+
 def redraw_random_features(model, step, seed):
     """Redraw the random features of every layer in model that has them (Performer: `redraw_interval` > 0) at a step
     that is a positive multiple of its interval; call once per training step, before its forward. The draw comes from
@@ -2306,7 +2365,7 @@ def fingerprint(settings, causal):
     fixed projection of r}, each projected on fixed directions. Behaviour, not source: moving code keeps it.
     Torch's RNG is left as it was."""
     fields = {key: value for key, value in settings.items() if key in LayerConfig.__dataclass_fields__}
-    config = LayerConfig(**{**fields, 'causal': causal})
+    config = LayerConfig(**{**fields, 'causal': causal, 'kernel': 'torch'})  # the same math on every machine
     T = min(config.block_size, PROBE_TOKENS)
     real = T if causal else T - T // 4
     with torch.random.fork_rng(devices=[]):  # the CPU generator alone: seeding CUDA's would change a GPU run's dropout

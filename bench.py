@@ -6,6 +6,8 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
     python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # training steps of train_gpt.py's model
     python bench.py --replot=bench_results/cpu.json --plot=bench_results/cpu.png   # redraw a JSON's figure
+    python bench.py --device=cuda --kernel=fla --n_head=16 --batch_tokens=32768 --seq_lens=1024,4096,16384 \
+        --modes=fwdbwd,decode --out=bench_results/gpu_fla.json                  # training's size, fla's kernels
 
 Layer benchmark (default): one attention layer from build_attention, its qkv and output projections
 included, on x of shape (batch_size, T, n_head * head_dim), in dtype (module and input cast to it).
@@ -19,7 +21,10 @@ on GPU when --peak_tflops gives the device's peak (flops per token 6 N + 12 L T 
 position embedding: nanoGPT's estimate from PaLM).
 Variant knobs: every LayerConfig field that bench does not set itself (STRUCTURAL_FIELDS) is an option of both
 benchmarks with LayerConfig's default, e.g. --chunk_size=64, --local_window=128, --performer_features=128;
-a field added to LayerConfig becomes one with no change here.
+a field added to LayerConfig becomes one with no change here. --kernel ('auto', 'torch', 'fla') picks the linear
+family's kernels; each record's `kernel` is the one its variant ran ('auto' resolved: attention.resolve_kernel).
+--batch_tokens=N sets the batch at each T to N / T sequences (the same tokens per call at every T, as training
+holds them), in place of --batch_size.
 
 Time: the cases of one mode are built and warmed up (`warmup` untimed calls each), then timed together in
 `repeats` interleaved rounds: in each round the cases take turns, one call each (synchronised on GPU), until
@@ -70,7 +75,8 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from attention import ATTENTION, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, build_attention
+from attention import (ATTENTION, KVState, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, build_attention,
+                       resolve_kernel)
 from training import (ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype,
                       write_atomic)
 
@@ -89,6 +95,7 @@ DEFAULTS = dict(
     seq_lens='',               # comma-separated; '' = 256 .. 16384 on GPU, 256 .. 8192 on CPU (powers of 2)
     modes='fwd,fwdbwd,decode',  # layer benchmark only
     batch_size=1,
+    batch_tokens=0,            # > 0: the batch at each T is batch_tokens / T sequences (replaces batch_size)
     n_head=8,
     head_dim=64,               # n_embd = n_head * head_dim
     dtype='auto',              # 'auto' = bfloat16 on GPU (float16 where unsupported), float32 on CPU
@@ -116,12 +123,24 @@ CASE_KEYS = ('batch_size', 'n_head', 'head_dim', 'dtype', 'device', 'threads', '
              'warmup', 'repeats', 'min_time', 'n_layer', 'vocab_size', 'peak_tflops', 'compile')  # config -> each case
 FLOORS = dict(
     # fwdbwd time / softmax's at T <= limit: {T: limit} per variant; a variant's own row replaces 'default'.
-    # performer, with the paper's default of 256 random features per head, is bound by its feature map and
-    # kernel matmuls at T=4096 and pulls ahead of softmax only at longer T.
-    fwdbwd_vs_softmax={'default': {4096: 0.5},
-                       'performer': {4096: 0.8, 16384: 0.3}},
+    # The plain kernels (a feature map of D or 2D features) hold 0.5 at T=4096; the variants whose papers add
+    # projections or gates, or wide feature maps, have their own rows at 4096: performer (256 random features per
+    # head, bound by its feature map and kernel matmuls), rfa (2 x 128 features and a gate), gla (a low-rank gate
+    # and 16-token chunks for its per-channel decay), deltanet and gated_deltanet (a triangular solve per chunk and
+    # a loop over chunks), based (153 features). Every variant is at most 0.3 at T=16384.
+    fwdbwd_vs_softmax={'default': {4096: 0.5, 16384: 0.3},
+                       'performer': {4096: 0.8, 16384: 0.3},
+                       'rfa': {4096: 0.85, 16384: 0.3},
+                       'gla': {4096: 0.65, 16384: 0.3},
+                       'deltanet': {4096: 0.65, 16384: 0.3},
+                       'gated_deltanet': {4096: 0.7, 16384: 0.3},
+                       'based': {4096: 0.6, 16384: 0.3}},
     time_exponent=1.2, memory_exponent=1.1,  # fitted over fit_range, fwd and fwdbwd
     decode_growth=(1024, 16384, 1.2),        # decode time at the longer context / at the shorter
+    # softmax's decoding reads its whole KV cache each token, so on a CPU it is bound by memory bandwidth: at T its
+    # decode time is judged against the time to read that cache once (decode records' cache_read_ms), not against
+    # another variant's
+    decode_vs_cache_read=(16384, 2.0),
     fit_range=(1024, 16384))
 
 
@@ -204,7 +223,11 @@ def layer_call(case, device, dtype):
     with torch.no_grad():
         _, state = layer.step(x)  # prefill the context
     token = torch.randn(B, 1, C, device=device, dtype=dtype)
-    return torch.no_grad()(lambda: layer.step(token, state))
+    step = torch.no_grad()(lambda: layer.step(token, state))
+    if isinstance(state, KVState):  # what bounds its time: reading the cache's filled prefix once
+        keys, values = state.cache.k[:, :, :state.length], state.cache.v[:, :, :state.length]
+        step.read_cache = torch.no_grad()(lambda: (keys.sum(), values.sum()))
+    return step
 
 
 def compiled(module, case):
@@ -270,6 +293,9 @@ def prepare(case, measure_memory):
             call()
         if measure_memory:
             record['peak_mem_mb'] = measure_peak_mb(call, device)
+        if hasattr(call, 'read_cache'):
+            record['cache_read_ms'] = float(np.median([timed_ms(call.read_cache, device)
+                                                       for _ in range(max(case['repeats'], 5))]))
     except (RuntimeError, MemoryError) as error:
         return None, oom_record(case, error)
     return call, record
@@ -359,6 +385,14 @@ def resolve(config):
         if mode not in ('fwd', 'fwdbwd', 'decode'):
             raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
     config['modes'] = ['train'] if config['model'] == 'gpt' else split_list(config, 'modes')
+    if config['batch_tokens'] and not all(0 < T <= config['batch_tokens'] for T in config['seq_lens']):
+        raise ConfigError(f"batch_tokens={config['batch_tokens']}: must be at least every T in seq_lens "
+                          f"({max(config['seq_lens'])}), or 0 to use batch_size")
+    try:  # per variant, the kernel it runs ('auto' resolved), recorded in each case
+        config['kernels'] = {name: resolve_kernel(config['kernel'], name, config['causal'], config['device'])
+                             for name in config['variants']}
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config['repeats'] < 1:
         raise ConfigError(f"repeats={config['repeats']}; time at least one round")
     if config['malloc'] not in ('reuse', 'default'):
@@ -419,7 +453,9 @@ def sweep(config, subprocess_memory=None, mode_done=lambda records: None):
     (subprocess_memory=None), else in this process. mode_done(records so far) runs as each mode finishes."""
     if subprocess_memory is None:
         subprocess_memory = config['device'] == 'cpu'
-    cases = [dict(variant=variant, mode=mode, seq_len=T, **{k: config[k] for k in CASE_KEYS})
+    cases = [dict({k: config[k] for k in CASE_KEYS}, variant=variant, mode=mode, seq_len=T,
+                  kernel=config['kernels'][variant],
+                  batch_size=config['batch_tokens'] // T if config['batch_tokens'] else config['batch_size'])
              for T in config['seq_lens'] for variant in config['variants'] for mode in config['modes']]
     records = [None] * len(cases)
     for mode in config['modes']:
@@ -432,11 +468,11 @@ def sweep(config, subprocess_memory=None, mode_done=lambda records: None):
     header = ''.join(f'{mode + " ms":>12}{mode + " MB":>12}' for mode in config['modes'])
     if config['model'] == 'gpt':
         header += f'{"tokens/s":>12}{"MFU":>12}'
-    print(f"\n{'variant':<12}{'T':>7}" + header)
+    print(f"\n{'variant':<16}{'kernel':>7}{'T':>7}" + header)
     n_modes = len(config['modes'])
     for start in range(0, len(records), n_modes):
         row = records[start:start + n_modes]
-        print(f"{row[0]['variant']:<12}{row[0]['seq_len']:>7}" + ''.join(cell(r) for r in row))
+        print(f"{row[0]['variant']:<16}{row[0]['kernel']:>7}{row[0]['seq_len']:>7}" + ''.join(cell(r) for r in row))
     return records
 
 
@@ -472,6 +508,11 @@ def check_floors(records):
         if short and long:
             lines.append((f'{variant} decode time at T={T_long} / T={T_short}',
                           long['time_ms'] / short['time_ms'], max_growth))
+    T_read, max_read_ratio = FLOORS['decode_vs_cache_read']
+    for record in (r for r in records if r['status'] == 'ok' and r['mode'] == 'decode' and r['seq_len'] == T_read
+                   and r.get('cache_read_ms')):
+        lines.append((f"{record['variant']} decode time / reading its cache at T={T_read}",
+                      record['time_ms'] / record['cache_read_ms'], max_read_ratio))
     for name, value, limit in lines:
         print(f"{name:<48}{value:>7.3f}  (<= {limit})  {'PASS' if value <= limit else 'FAIL'}")
     return lines

@@ -3,6 +3,7 @@ Verifies trev's CUDA paths on a machine with a GPU, in a few minutes:
 
     python check_gpu.py                                            # every registered variant
     python check_gpu.py --variants=softmax,linear --seq_lens=1024,4096 --out=gpu_check.json
+    python check_gpu.py --kernel=fla --out=bench_results/gpu_fla_check.json  # fla's kernels: parity and bench
 
 Checks, each reported PASS / FAIL / SKIP on one line:
     flash    SoftmaxAttention runs with F.scaled_dot_product_attention restricted to FLASH_ATTENTION
@@ -20,14 +21,33 @@ Checks, each reported PASS / FAIL / SKIP on one line:
              gradients are finite.
     ddp      with 2 GPUs or more: 2 processes (torch.multiprocessing.spawn, NCCL) take one DistributedDataParallel step
              on different data and end with bitwise identical parameters; with fewer GPUs, a line says it was skipped.
+With --kernel=fla, two other checks instead (sized to finish in under 8 minutes on one H100 or H200):
+    parity   every variant that maps onto fla's ops (attention.RecurrentAttention.fla_ops), causal, B=2, T=1000 (not a
+             multiple of fla's 64-token chunk), 4 heads of 64: the fla path against the torch path (the same
+             parameters), outputs and the gradients of x and every parameter, as relative RMS differences. fp32 with
+             TF32 off (torch's matmuls, and Triton's fp32 dots: TRITON_F32_DEFAULT=ieee): at most 1e-5; under bf16
+             autocast, fla's against the torch path in fp32: the output at most 1e-2, each gradient at most 1e-2 or
+             twice the torch path's own bf16 difference (recorded beside it), whichever is larger. Decoding (8 tokens after a prefill, fla's fused recurrent op) against the fla path's
+             parallel forward, fp32: at most 1e-5.
+    bench    bench.py in a subprocess at training's size (FLA_BENCH: 16 heads of 64, 32k tokens per call, bf16), for
+             softmax and the mapped variants at seq_lens, with --kernel=torch, then --kernel=fla, then fla without
+             recompute segments at the two longest T; the JSON files go to bench_dir (gpu_torch.json, gpu_fla.json,
+             gpu_fla_whole_sequence.json), where report.py makes RESULTS.md's tables of them. Judged on fla's: each
+             mapped variant's fwd+bwd time at most 0.5x softmax's at T=16384 and 1.5x at 4096, its decoding at
+             T=16384 at most softmax's (FLA_FLOORS).
+    --device=cpu --kernel=fla is their dry run: the parity check on fla's own reference ops (kernels.FLA_OPS =
+    kernels.fla_reference_ops(), tiny shapes), and bench on trev's kernels only, tiny, into a temporary folder.
 The exit status is 1 if any check failed. --out=FILE.json writes every result (a failure with its traceback).
 Without a CUDA device it stops at once with a one-line error. --device=cpu runs the same code on the CPU in float32
 (flash, peak memory and ddp skipped): a dry run of this script, which measures nothing a GPU does.
 """
+import json
 import math
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -35,7 +55,8 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 
-from attention import ATTENTION, LayerConfig, LMConfig, TransformerLM, build_attention
+import kernels
+from attention import ATTENTION, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, build_attention
 from training import ConfigError, apply_overrides, exit_with, mixed_precision, resolve_dtype, write_json
 
 DEFAULTS = dict(
@@ -52,6 +73,8 @@ DEFAULTS = dict(
     train_block_size=1024,     # train and compile checks: the TransformerLM's sequence length
     compile=True,              # compile check (the slowest: each variant compiles its own step)
     ddp=True,                  # ddp check (needs 2 GPUs)
+    kernel='',                 # 'fla': the parity and bench checks of fla's kernels instead of the checks above
+    bench_dir='bench_results', # kernel=fla: where bench's JSON files go
     out='',                    # JSON file: every check's results
 )
 TRAIN_MODEL = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=256, dropout=0.0)  # the TransformerLM of train/compile
@@ -276,6 +299,141 @@ CHECKS = {'flash': check_flash, 'train': check_train, 'layer': check_layer, 'com
 
 
 # ----------------------------------------------------------------------------------------------
+# kernel=fla: flash-linear-attention's kernels behind trev's layers
+
+PARITY = dict(cuda=dict(batch=2, seq_len=1000, n_head=4, head_dim=64), cpu=dict(batch=1, seq_len=100, n_head=2,
+                                                                                 head_dim=16))
+PARITY_LIMITS = dict(fp32=1e-5, bf16=1e-2, decode=1e-5)
+FLA_BENCH = ['--n_head=16', '--head_dim=64', '--batch_tokens=32768', '--modes=fwdbwd,decode', '--warmup=1',
+             '--repeats=3', '--min_time=0.3']
+FLA_FLOORS = {'fwdbwd_vs_softmax': {16384: 0.5, 4096: 1.5}, 'decode_vs_softmax': {16384: 1.0}}
+
+
+def fla_variants(cfg):
+    return [name for name in cfg['variants'] if issubclass(ATTENTION[name], RecurrentAttention)
+            and ATTENTION[name].supports_causal and ATTENTION[name].fla_ops]
+
+
+def relative_rms(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def parity_run(name, kernel, device, shape, autocast_dtype=None):
+    """(output, [grad of x, grads of the parameters]) of one layer of `name` with `kernel` on the fixed input."""
+    torch.manual_seed(0)
+    H, D = shape['n_head'], shape['head_dim']
+    layer = build_attention(LayerConfig(attention=name, n_embd=H * D, n_head=H, causal=True,
+                                        block_size=shape['seq_len'], kernel=kernel)).to(device)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(shape['batch'], shape['seq_len'], H * D, generator=generator).to(device).requires_grad_()
+    dy = torch.randn(x.shape, generator=generator).to(device)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        y = layer(x)
+    y.float().backward(dy)
+    return y.detach().float(), [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None], layer, x
+
+
+def differences(run, reference):
+    """Relative RMS differences of the output, then of each nonzero gradient, of two parity_run results."""
+    (y, grads), (y_ref, grads_ref) = run[:2], reference[:2]
+    return [relative_rms(y, y_ref)] + [relative_rms(g, r) for g, r in zip(grads, grads_ref, strict=True)
+                                       if r.norm() > 0]
+
+
+def check_parity(device, dtype, cfg):
+    names = fla_variants(cfg)
+    if not names:
+        return 'SKIP', 'no variant among --variants maps onto fla', {}
+    shape = PARITY['cuda' if device.type == 'cuda' else 'cpu']
+    results, failed = {}, []
+    for name in names:
+        fp32_torch = parity_run(name, 'torch', device, shape)
+        fp32_fla = parity_run(name, 'fla', device, shape)
+        bf16_fla = parity_run(name, 'fla', device, shape, torch.bfloat16)
+        bf16_torch = parity_run(name, 'torch', device, shape, torch.bfloat16)
+        layer, x = fp32_fla[2], fp32_fla[3]
+        with torch.no_grad():
+            prefix = shape['seq_len'] - 8
+            y, state = layer.step(x[:, :prefix])
+            steps = [y]
+            for t in range(prefix, shape['seq_len']):
+                y, state = layer.step(x[:, t:t + 1], state)
+                steps.append(y)
+        fla_bf16, torch_bf16 = differences(bf16_fla, fp32_torch), differences(bf16_torch, fp32_torch)
+        result = {'fp32': max(differences(fp32_fla, fp32_torch)),
+                  # bf16: the output within the limit; a gradient within the limit or twice the torch path's own
+                  # bf16 difference (a small gradient's rounding under bf16 autocast is the layer's, not fla's)
+                  'bf16': max(fla / max(PARITY_LIMITS['bf16'], 2 * own) * PARITY_LIMITS['bf16']
+                              for fla, own in zip(fla_bf16, [0.0] + torch_bf16[1:], strict=True)),
+                  'decode': relative_rms(torch.cat(steps, dim=1), fp32_fla[0]),
+                  'bf16_differences': fla_bf16, 'bf16_torch_path_differences': torch_bf16}
+        results[name] = result
+        if any(result[key] > limit for key, limit in PARITY_LIMITS.items()):
+            failed.append(name)
+    line = ', '.join(f"{name} {r['fp32']:.0e}/{r['bf16']:.0e}/{r['decode']:.0e}" for name, r in results.items())
+    limits = '/'.join(f'{limit:.0e}' for limit in PARITY_LIMITS.values())
+    status = 'FAIL' if failed else 'PASS'
+    return status, (f"fla against torch, fp32 / bf16 / decoding (limits {limits}): {line}" +
+                    (f"; over a limit: {', '.join(failed)}" if failed else '')), results
+
+
+def bench_runs(device, cfg, folder):
+    """(file name, bench.py arguments) of each bench run of the check."""
+    names = ','.join(['softmax'] + fla_variants(cfg))
+    if device.type != 'cuda':  # the dry run: trev's kernels, tiny
+        return [('gpu_torch.json', [f'--variants={names}', '--device=cpu', '--kernel=torch', '--n_head=2',
+                                    '--head_dim=8', '--batch_tokens=64', '--seq_lens=32,64', '--modes=fwdbwd,decode',
+                                    '--warmup=1', '--repeats=1', '--min_time=0', '--performer_features=8'])]
+    lengths = ','.join(map(str, cfg['seq_lens']))
+    longest = ','.join(map(str, cfg['seq_lens'][-2:]))
+    common = [f'--variants={names}', f'--device={device}', *FLA_BENCH]
+    return [('gpu_torch.json', common + ['--kernel=torch', f'--seq_lens={lengths}']),
+            ('gpu_fla.json', common + ['--kernel=fla', f'--seq_lens={lengths}']),
+            ('gpu_fla_whole_sequence.json', common + ['--kernel=fla', '--recompute_segment=0', '--modes=fwdbwd',
+                                                      f'--seq_lens={longest}'])]
+
+
+def fla_floors(records):
+    """[(name, value, limit)] of FLA_FLOORS on a bench JSON's records of the fla run."""
+    find = {(r['variant'], r['mode'], r['seq_len']): r for r in records if r['status'] == 'ok'}
+    lines = []
+    for variant in dict.fromkeys(r['variant'] for r in records if r.get('kernel') == 'fla'):
+        for (mode, key), limits in (((('fwdbwd', 'fwdbwd_vs_softmax')), FLA_FLOORS['fwdbwd_vs_softmax']),
+                                    ((('decode', 'decode_vs_softmax')), FLA_FLOORS['decode_vs_softmax'])):
+            for T, limit in limits.items():
+                ours, softmax = find.get((variant, mode, T)), find.get(('softmax', mode, T))
+                if ours and softmax:
+                    lines.append((f'{variant} {mode} / softmax at T={T}', ours['time_ms'] / softmax['time_ms'], limit))
+    return lines
+
+
+def check_bench(device, dtype, cfg):
+    folder = cfg['bench_dir'] if device.type == 'cuda' else tempfile.mkdtemp()
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_F32_DEFAULT'}  # fla as it trains
+    files = {}
+    for file, args in bench_runs(device, cfg, folder):
+        path = os.path.join(folder, file)
+        run = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench.py'),
+                              *args, f'--out={path}'], env=env, capture_output=True, text=True)
+        print(run.stdout[run.stdout.find('\nvariant'):], flush=True)  # bench's table
+        if run.returncode:
+            return 'FAIL', f"bench.py {' '.join(args)} failed: {run.stderr.strip().splitlines()[-1]}", {}
+        files[file] = path
+    lines = []
+    if 'gpu_fla.json' in files:
+        with open(files['gpu_fla.json']) as f:
+            lines = fla_floors(json.load(f)['results'])
+    failed = [name for name, value, limit in lines if value > limit]
+    details = {'files': files, 'floors': [dict(name=n, value=v, limit=l) for n, v, l in lines]}
+    summary = f"wrote {', '.join(files.values())}" + ''.join(
+        f"\n    {name:<44}{value:>7.3f}  (<= {limit})  {'PASS' if value <= limit else 'FAIL'}" for name, value, limit in lines)
+    return 'FAIL' if failed else 'PASS', summary, details
+
+
+FLA_CHECKS = {'parity': check_parity, 'bench': check_bench}
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def parse(argv):
@@ -302,7 +460,25 @@ def parse(argv):
         if os.path.isdir(cfg['out']) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise ConfigError(f"out={cfg['out']!r}: give a file in an existing folder you can write to")
     cfg['dtype'] = resolve_dtype(device, cfg['dtype'])
+    if cfg['kernel'] not in ('', 'fla'):
+        raise ConfigError(f"kernel={cfg['kernel']!r}: '' (the checks of trev's paths) or 'fla' (fla's kernels)")
+    if cfg['kernel'] == 'fla' and kind == 'cuda' and kernels.fla_unavailable():
+        raise ConfigError(kernels.fla_unavailable())
     return cfg
+
+
+def use_fla(device):
+    """kernel=fla: fp32 means fp32 (TF32 off in torch's matmuls and in Triton's fp32 dots, the parity check's
+    condition); on the CPU (the dry run) fla's reference ops stand in for its Triton ones. Returns a note or ''."""
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        os.environ['TRITON_F32_DEFAULT'] = 'ieee'
+        return ''
+    try:
+        kernels.FLA_OPS = kernels.fla_reference_ops()
+    except ImportError as error:
+        return f"fla-core is not installed ({error}): the parity dry run cannot run"
+    return "dry run: fla's reference ops (fla.ops.*.naive) in place of its Triton kernels"
 
 
 def main(argv):
@@ -312,7 +488,11 @@ def main(argv):
     print(f"{about}, torch {torch.__version__}, autocast {cfg['dtype']}, variants {', '.join(cfg['variants'])}",
           flush=True)
     report = {'device': about, 'torch': torch.__version__, 'config': cfg, 'checks': {}}
-    for check, run in CHECKS.items():
+    if cfg['kernel'] == 'fla':
+        note = use_fla(device)
+        if note:
+            print(note, flush=True)
+    for check, run in (FLA_CHECKS if cfg['kernel'] == 'fla' else CHECKS).items():
         try:
             status, line, details = run(device, cfg['dtype'], cfg)
         except Exception as error:  # a check that crashes fails; the others still run

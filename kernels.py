@@ -1,7 +1,9 @@
 """
 The numerics the attention variants share: precision helpers, the chunkwise linear-attention kernel and its
-backward, the chunked delta rule, training in recomputed segments. attention.py holds the layers that call them;
-this file imports torch only. tests/test_kernels.py checks each kernel against its naive form.
+backward, the chunked delta rule, training in recomputed segments, and the adapter that runs the same two kernels
+through flash-linear-attention's Triton ops on a GPU. attention.py holds the layers that call them; this file
+imports torch only (fla is imported on first use of the adapter, never on the CPU path). tests/test_kernels.py
+checks each kernel against its naive form, tests/test_fla.py the adapter against fla's own reference ops.
 
 One signature family, in attention.py's layout (batch, heads, tokens, channels):
     q, k        (B, H, T, F)  queries and keys, feature-mapped
@@ -16,6 +18,7 @@ the layers decode. N = ceil(T / C) chunks.
 Precision: whatever the inputs' dtype or the autocast, everything summed over the sequence (decays, states,
 normalisers) is float32 at least (float64 stays float64) with autocast off, and y comes back in that dtype.
 """
+import functools
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -471,3 +474,113 @@ def attend_in_segments(attend, q, k, v, gates, segment, params):
     """attend(q, k, v, None, **gates)[0], trained through SegmentedRecompute in segments of `segment` tokens."""
     params = [p for p in params if p.requires_grad]
     return SegmentedRecompute.apply(attend, segment, list(gates), q, k, v, *gates.values(), *params)
+
+
+# ----------------------------------------------------------------------------------------------
+# flash-linear-attention's GPU kernels
+
+
+KERNELS = ('auto', 'torch', 'fla')  # LayerConfig.kernel: 'torch' = the kernels above, 'fla' = the adapter below
+FLA_RECURRENT_TOKENS = 64  # a call of at most this many tokens without gradient (decoding) takes fla's fused
+                           # recurrent op rather than its chunk op, as fla's own layers choose
+FLA_OPS = None  # the adapter's op table (name -> callable); None = fla's Triton ops, loaded on first use. The tests
+                # and check_gpu.py's CPU dry run put fla_reference_ops() here
+
+
+@functools.cache
+def triton_fla_ops():
+    """fla's Triton ops under the names the adapter calls, or the reason they cannot run here (a one-line str)."""
+    if not torch.cuda.is_available():
+        return ("kernel='fla' runs flash-linear-attention's Triton kernels, which need a CUDA device: use "
+                "kernel='auto' (fla on CUDA where installed, else trev's kernels) or kernel='torch'")
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+        from fla.ops.gla import chunk_gla, fused_recurrent_gla
+        from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+    except Exception as error:  # ImportError, or a Triton that does not run on this GPU
+        return (f"kernel='fla' needs flash-linear-attention (pip install -r requirements-gpu.txt): "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return dict(chunk_linear_attn=chunk_linear_attn, fused_recurrent_linear_attn=fused_recurrent_linear_attn,
+                chunk_simple_gla=chunk_simple_gla, fused_recurrent_simple_gla=fused_recurrent_simple_gla,
+                chunk_gla=chunk_gla, fused_recurrent_gla=fused_recurrent_gla,
+                chunk_gated_delta_rule=chunk_gated_delta_rule,
+                fused_recurrent_gated_delta_rule=fused_recurrent_gated_delta_rule)
+
+
+def fla_reference_ops():
+    """fla's own pure-PyTorch references of the same ops (fla.ops.*.naive), under the Triton ops' names: what the
+    tests and check_gpu.py's CPU dry run put in FLA_OPS. They compute in float32, token by token or chunk by chunk.
+    Where fla has no reference of a chunk op, its recurrent reference stands in (the same recurrence); gla's has no
+    scale argument (it applies K^-1/2), so its shim scales q to give `scale`."""
+    from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule, naive_recurrent_gated_delta_rule
+    from fla.ops.gla.naive import naive_recurrent_gla
+    from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
+    from fla.ops.simple_gla.naive import naive_chunk_simple_gla, naive_recurrent_simple_gla
+
+    def recurrent_gla(q, k, v, gk, scale, initial_state, output_final_state):
+        return naive_recurrent_gla(q * (scale * q.size(-1) ** 0.5), k, v, gk, initial_state, output_final_state)
+    return dict(chunk_linear_attn=naive_recurrent_linear_attn, fused_recurrent_linear_attn=naive_recurrent_linear_attn,
+                chunk_simple_gla=naive_chunk_simple_gla, fused_recurrent_simple_gla=naive_recurrent_simple_gla,
+                chunk_gla=recurrent_gla, fused_recurrent_gla=recurrent_gla,
+                chunk_gated_delta_rule=naive_chunk_gated_delta_rule,
+                fused_recurrent_gated_delta_rule=naive_recurrent_gated_delta_rule)
+
+
+def fla_unavailable():
+    """None where the adapter can run (FLA_OPS is set, or fla's Triton ops load on this machine), else why not."""
+    ops = FLA_OPS if FLA_OPS is not None else triton_fla_ops()
+    return ops if isinstance(ops, str) else None
+
+
+def fla_linear_attention(q, k, v, log_decay=None, state=None, chunk_size=64):
+    """chunked_linear_attention through fla's ops: the same signature, layout and result. No decay: fla's linear_attn
+    (normalize=False: a normaliser is the layer's column of ones in v); a decay per token: simple_gla, its g; a decay
+    per key channel: gla, its gk, with log decays clamped at MIN_CHANNEL_LOG_DECAY as chunked_linear_attention
+    clamps them. chunk_size is trev's kernel's: fla's ops choose their own."""
+    if log_decay is None:
+        return run_fla('linear_attn', q, k, v, {'normalize': False}, state)
+    if log_decay.dim() == 4:
+        return run_fla('gla', q, k, v, {'gk': log_decay.clamp_min(MIN_CHANNEL_LOG_DECAY)}, state)
+    return run_fla('simple_gla', q, k, v, {'g': log_decay.expand(q.size(0), -1, -1)}, state)
+
+
+def fla_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64):
+    """chunked_delta_rule through fla's gated delta rule op (the same signature, layout and result); without a decay
+    its g is 0, the delta rule itself (fla's chunk_delta_rule refuses float32, which the parity check needs)."""
+    return run_fla('gated_delta_rule', q, k, v,
+                   {'g': torch.zeros_like(beta) if log_decay is None else log_decay, 'beta': beta}, state)
+
+
+def run_fla(name, q, k, v, gates, state):
+    """fla's op `name` on trev's q, k (B, H, T, F), v (B, H, T, E), gates (B, H, T[, F]) and state None or (B, H, F, E)
+    -> (y (B, H, T, E), the final state (B, H, F, E)), both in q's wide dtype, as trev's kernels return them: its
+    chunk form, or its fused recurrent form for at most FLA_RECURRENT_TOKENS tokens without gradient (decoding).
+    Every convention that differs from trev's is converted here, in one place:
+      layout   fla takes (B, T, H, .) and the state as trev's (B, H, K, V)
+      scale    fla multiplies q by `scale` (default K^-1/2); trev's features carry their own scaling: scale = 1
+      dtypes   fla's kernels run in bfloat16 or float32: bfloat16 where v is (under bfloat16 autocast, as trev's
+               kernel runs its intra-chunk matmuls), float32 otherwise; gates and the state in float32
+      widths   F and E zero-padded to a multiple of 16 (fla's 16-bit backward refuses odd widths; zero key channels
+               and zero value columns change nothing) and cut off again
+    A non-tensor gate (normalize) passes as it is. Autocast is off inside: fla casts nothing itself."""
+    ops = FLA_OPS if FLA_OPS is not None else triton_fla_ops()
+    if isinstance(ops, str):
+        raise ValueError(ops)
+    B, H, T, Fd = q.shape
+    E = v.size(-1)
+    wide = wide_dtype(q)
+    compute = torch.bfloat16 if v.dtype == torch.bfloat16 else torch.float32
+    recurrent = T <= FLA_RECURRENT_TOKENS and not torch.is_grad_enabled()
+    op = ops[('fused_recurrent_' if recurrent else 'chunk_') + name]
+
+    def fla_layout(x, dtype):  # (B, H, T, X) -> (B, T, H, X + pad) or (B, H, T) -> (B, T, H)
+        x = cast(x, dtype).transpose(1, 2)
+        return (F.pad(x, (0, -x.size(-1) % 16)) if x.dim() == 4 else x).contiguous()
+    with full_precision(q):
+        gates = {key: fla_layout(x, torch.float32) if torch.is_tensor(x) else x for key, x in gates.items()}
+        if state is not None:
+            state = F.pad(cast(state, torch.float32), (0, -E % 16, 0, -Fd % 16))  # (B, H, F + pad, E + pad)
+        y, final = op(q=fla_layout(q, compute), k=fla_layout(k, compute), v=fla_layout(v, compute), **gates,
+                      scale=1.0, initial_state=state, output_final_state=True)
+        return cast(y[..., :E].transpose(1, 2), wide), cast(final[:, :, :Fd, :E], wide)

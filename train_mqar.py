@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import LMConfig, TransformerLM, fingerprint, redraw_random_features
+from attention import LMConfig, TransformerLM, fingerprint, redraw_random_features, resolve_kernel
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -103,6 +103,7 @@ bigbird_block = 16         # bigbird: tokens per block
 bigbird_global = 1         # bigbird: the first this many blocks are global
 bigbird_random = 3         # bigbird: random key blocks per query block (bidirectional only)
 sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
+kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -284,6 +285,10 @@ def train(cfg, dist):
     model_args.update(causal=CAUSAL)
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
+    try:  # config.json records the kernel the attention runs here, 'auto' resolved
+        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+    except ValueError as e:  # 'fla' where it cannot run
+        raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
     # the optimizer, built here and nowhere else: swap this line to try another; resume restores whatever it is
     optimizer = training.build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.weight_decay,

@@ -216,9 +216,11 @@ def test_linear_family_is_read_from_the_registry(monkeypatch):
 
 
 def test_vs_softmax_floors():
-    assert bench.vs_softmax_floors('performer') == {4096: 0.8, 16384: 0.3}
-    others = [name for name in bench.linear_family() if name != 'performer']
-    assert others and all(bench.vs_softmax_floors(name) == {4096: 0.5} for name in others)
+    """The plain kernels hold 0.5x softmax at T=4096; the variants whose papers add projections, gates or wide
+    feature maps have their own rows; every variant is at most 0.3x at 16384."""
+    own = {'performer': 0.8, 'rfa': 0.85, 'gla': 0.65, 'deltanet': 0.65, 'gated_deltanet': 0.7, 'based': 0.6}
+    for name in bench.linear_family():
+        assert bench.vs_softmax_floors(name) == {4096: own.get(name, 0.5), 16384: 0.3}, name
 
 
 @pytest.mark.parametrize('variant', ['performer', 'linear'])
@@ -242,7 +244,7 @@ def test_fit_and_floors():
     assert bench.fit_exponent(records, 'linear', 'decode', 'peak_mem_mb') is None  # no positive points
     lines = floor_lines(records)
     assert set(lines) == floor_names('linear') | floor_names('performer')
-    assert len(lines) == 4 + 5 and all(value <= limit for value, limit in lines.values())
+    assert len(lines) == 5 + 5 and all(value <= limit for value, limit in lines.values())
     decode = {r['seq_len']: r for r in records if r['variant'] == 'linear' and r['mode'] == 'decode'}
     decode[16384]['time_ms'] = 100.0
     failed = [name for name, (value, limit) in floor_lines(records).items() if value > limit]
