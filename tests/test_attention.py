@@ -530,7 +530,8 @@ def test_step_and_padding_are_refused_where_undefined():
 
 def test_extra_parameters_are_the_variants_own():
     """Same projections everywhere: parameter counts differ only by what a variant adds."""
-    counts = {name: sum(p.numel() for p in make(name, True).parameters()) for name in VARIANTS}
+    counts = {name: sum(p.numel() for p in make(name, ATTENTION[name].supports_causal).parameters())
+              for name in VARIANTS}
     base = counts['softmax']
     C = 30
     assert counts['retention'] == base + C * C + 2 * C  # gate and group norm

@@ -1,5 +1,6 @@
 """attention.fingerprint, what a run records of its block: deterministic, the global RNG left alone, a behaviour change
 beyond the tolerance and a different summation order within it, every variant told apart from every other."""
+import functools
 import itertools
 
 import pytest
@@ -8,8 +9,15 @@ import torch.nn.functional as F
 
 import attention
 from attention import ATTENTION, fingerprint, same_behaviour
+from test_attention import GRID
 
-SETTINGS = {'n_embd': 32, 'n_head': 2, 'block_size': 48, 'chunk_size': 8, 'local_window': 8, 'performer_features': 16}
+SETTINGS = {'n_embd': 32, 'n_head': 2, 'block_size': 48, 'chunk_size': 8, 'local_window': 8, 'performer_features': 16,
+            **GRID}
+
+
+@functools.cache
+def probe(name, causal):
+    return fingerprint({**SETTINGS, 'attention': name}, causal)
 
 
 def modes(cls):
@@ -28,13 +36,13 @@ def test_deterministic_and_the_rng_left_alone():
 @pytest.mark.parametrize('name', ATTENTION)
 def test_every_variant_is_told_apart_from_every_other(name):
     """The probe reaches the attention: no two variants (or modes of one) agree within the tolerance."""
-    mine = [fingerprint({**SETTINGS, 'attention': name}, causal) for causal in modes(ATTENTION[name])]
+    mine = [probe(name, causal) for causal in modes(ATTENTION[name])]
     assert all(torch.isfinite(torch.tensor(numbers)).all() for f in mine for numbers in f.values())
     assert not any(same_behaviour(a, b) for a, b in itertools.combinations(mine, 2))
     for other, cls in ATTENTION.items():
         if other != name:
             for causal in modes(cls):
-                theirs = fingerprint({**SETTINGS, 'attention': other}, causal)
+                theirs = probe(other, causal)
                 assert not any(same_behaviour(f, theirs) for f in mine), f"{name} and {other} (causal={causal})"
 
 
