@@ -45,8 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import (KERNELS, MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states,
-                     chunked_delta_rule, chunked_linear_attention, fla_delta_rule, fla_linear_attention, fla_unavailable,
-                     full_precision, in_chunks, wide_dtype, wide_linear)
+                     chunked_delta_rule, chunked_generalized_delta_rule, chunked_linear_attention, fla_delta_rule,
+                     fla_linear_attention, fla_unavailable, full_precision, in_chunks, wide_dtype, wide_linear)
 
 
 @dataclass
@@ -2141,6 +2141,199 @@ class SpatialReductionAttention(Attention):
         return torch.softmax(scores, dim=-1) @ v
 
 
+class LowRankSigmoidGate(nn.Module):
+    """The output gate of Kimi Delta Attention: sigmoid(x W_down W_up) * y, from the layer input x (B, T, C), on the
+    merged heads y (B, T, C); W_down: C -> rank, W_up: rank -> C (nn.Linear, initialised as any)."""
+
+    def __init__(self, n_embd, rank, bias):
+        super().__init__()
+        self.down = nn.Linear(n_embd, rank, bias=False)
+        self.up = nn.Linear(rank, n_embd, bias=bias)
+
+    def forward(self, y, x):
+        return torch.sigmoid(self.up(self.down(x))) * y
+
+
+class KimiDeltaAttention(RecurrentAttention):
+    """Kimi Delta Attention (KDA). Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Attention Architecture",
+    arXiv:2510.26692.
+
+    S_t = (I - beta_t k_t^T k_t) Diag(alpha_t) S_{t-1} + beta_t k_t^T v_t, y_t = q_t S_t / sqrt(D) (row layout; the
+    paper's column layout is its transpose): Gated DeltaNet with a decay per key channel. As the paper and its
+    released code: q, k <- L2Norm(SiLU(q)), L2Norm(SiLU(k)) and v <- SiLU(v) on the shared projections (the paper's
+    short convolution is trev's short_conv axis: --short_conv=4); beta_t = sigmoid(x_t W_beta) per head; the
+    per-channel decay log alpha_t = -exp(A_h) softplus(x_t W_down W_up + dt), rank D, A_h = log of U(1, 16) (the
+    released code's initialisation) and dt = softplus^-1 of a log-uniform step in [0.001, 0.1] per channel (the
+    released code loads dt from its checkpoints; this is Gated DeltaNet's initialisation); the output
+    proj(sigmoid(x W_g_down W_g_up) * RMSNorm_h(heads)), rank D. The 1 / sqrt(D) is the released kernel's scale
+    (fla's chunk_kda default); the paper writes y_t = q_t S_t, which the RMSNorm after it makes the same up to its eps.
+    Like GLA, log alpha_t >= -8 (kernels.MIN_CHANNEL_LOG_DECAY), in the reference too. Extra parameters: W_beta
+    (C x H), the decay's C x D + D x C, dt (C) and A (H), the output gate's C x D + D x C, the norm's D weights.
+    Causal only (the paper defines no bidirectional form).
+    Causal: chunked_generalized_delta_rule (read = alpha_t k_t, write = -beta_t k_t, key beta_t k_t), chunks of 16:
+    time O(T 16 D + T D^2), memory O(T (16 + D) + (T / 16) D^2); decoding keeps a (D, D) state per head.
+    Reference: the paper's recurrence, one token at a time; test_generalized_delta_rule.py also checks the kernel
+    against fla's naive_recurrent_kda (fla.ops.kda.naive).
+    """
+    supports_bidirectional = False
+    paper_output = {'head_norm': 'rmsnorm', 'output_gate': 'sigmoid(x W_down W_up), low rank'}
+
+    def __init__(self, config):
+        super().__init__(config)
+        C, H, D = config.n_embd, config.n_head, self.head_dim
+        self.beta = nn.Linear(C, H, bias=False)
+        self.decay_down = nn.Linear(C, D, bias=False)
+        self.decay_up = nn.Linear(D, C, bias=False)
+        self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A_h
+        step = torch.exp(torch.rand(C) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+        self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
+        self.head_norm = self.paper_part('head_norm', config)
+        self.gate = LowRankSigmoidGate(C, D, config.bias) if self.keeps_paper('output_gate') else None
+        self.set_output(norm=self.head_norm, gate=self.gate)
+
+    def gates(self, x):
+        B, T, C = x.shape
+        step = wide_linear(self.decay_up, wide_linear(self.decay_down, x))  # (B, T, C)
+        step = F.softplus(step + cast(self.step_bias, step.dtype)).view(B, T, self.n_head, self.head_dim)
+        log_alpha = -cast(self.log_decay_rate, step.dtype).exp()[:, None] * step
+        return {'beta': torch.sigmoid(wide_linear(self.beta, x)).transpose(1, 2),  # (B, H, T)
+                'log_alpha': log_alpha.transpose(1, 2)}                         # (B, H, T, D)
+
+    def features(self, q, k, offset):
+        return F.normalize(F.silu(q), dim=-1) / math.sqrt(q.size(-1)), F.normalize(F.silu(k), dim=-1)
+
+    def attend_chunkwise(self, q, k, v, state, beta, log_alpha):
+        fq, fk = self.wide_features(q, k, 0)
+        log_alpha = cast(log_alpha, fq.dtype).clamp_min(MIN_CHANNEL_LOG_DECAY)
+        key = cast(beta, fq.dtype)[..., None] * fk
+        y, kv = chunked_generalized_delta_rule(fq, key, F.silu(cast(v, fq.dtype)), log_alpha, log_alpha.exp() * fk,
+                                               -key, None if state is None else state['kv'], self.chunk_size)
+        return cast(y, v.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask, beta, log_alpha):
+        """The paper's recurrence token by token, in its layout: S (E, D), S_t = S_{t-1} Diag(alpha_t) (I - beta_t
+        k_t k_t^T) + beta_t v_t k_t^T, y_t = S_t q_t / sqrt(D), with log alpha_t >= MIN_CHANNEL_LOG_DECAY."""
+        B, H, T, D = q.shape
+        unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        q, k, v = unit(q * torch.sigmoid(q)), unit(k * torch.sigmoid(k)), v * torch.sigmoid(v)
+        alpha = log_alpha.clamp_min(MIN_CHANNEL_LOG_DECAY).exp()
+        S = q.new_zeros(B, H, v.size(-1), D)
+        identity = torch.eye(D, dtype=q.dtype, device=q.device)
+        outputs = []
+        for t in range(T):
+            kt, bt = k[:, :, t, :, None], beta[:, :, t, None, None]  # (B, H, D, 1), (B, H, 1, 1)
+            S = (S * alpha[:, :, t, None, :]) @ (identity - bt * kt @ kt.transpose(-2, -1)) \
+                + bt * v[:, :, t, :, None] @ kt.transpose(-2, -1)
+            outputs.append((S @ q[:, :, t, :, None]).squeeze(-1) / D ** 0.5)
+        return torch.stack(outputs, dim=2)
+
+
+class RWKV7Gate(nn.Module):
+    """RWKV-7's output gate: (sigmoid(x W_1) W_2) * y, from the layer input x (B, T, C), on the merged heads y; no
+    sigmoid after W_2 (the paper's g_t)."""
+
+    def __init__(self, n_embd, rank):
+        super().__init__()
+        self.down = nn.Linear(n_embd, rank, bias=False)
+        self.up = nn.Linear(rank, n_embd, bias=False)
+
+    def forward(self, y, x):
+        return self.up(torch.sigmoid(self.down(x))) * y
+
+
+class RWKV7Attention(RecurrentAttention):
+    """RWKV-7 "Goose" time mixing. Peng et al. 2025, "RWKV-7 "Goose" with Expressive Dynamic State Evolution",
+    arXiv:2503.14456.
+
+    The generalised delta rule with a vector decay and an in-context learning rate, in the paper's layout (S: (E, D)):
+    S_t = S_{t-1} (Diag(w_t) - kappa_t^T (a_t * kappa_t)) + v_t^T ktilde_t, wkv_t = S_t r_t, with r, k, v the shared
+    q, k, v; the removal key kappa_t = L2Norm_h(k_t * xi), the replacement key ktilde_t = k_t * (1 + (a_t - 1) * alpha);
+    the decay w_t = exp(-e^(-1/2) sigmoid(d_t)), d_t = tanh(x_t W_w1) W_w2 + w_0, and the learning rate
+    a_t = sigmoid(x_t W_a1 W_a2 + a_0), both per channel; the output
+    p_t = GroupNorm_h(wkv_t) + (sum_h r_t * rho * ktilde_t) v_t, then proj(g_t * p_t), g_t = sigmoid(x_t W_g1) W_g2.
+    Low ranks as the paper's code: max(32, 32 round(1.8 sqrt(C) / 32)) for w and a, max(32, 32 round(0.6 C^0.8 / 32))
+    for g. Initialisation: w_0 = -6.5 + 5 (c / (C - 1))^0.85 over the channels c, a_0 = 0, xi = 0.85, alpha = 1,
+    rho = -0.04 (the paper's code, which also makes some depend on the layer's depth: a trev layer does not know it),
+    the low-rank matrices as every nn.Linear. GroupNorm eps D 1e-5, as fla's layer. No scale on r (fla's scale=1).
+    The rest of the RWKV-7 block is trev's block: no token shift (the lerp of x_t and x_{t-1} before each projection;
+    trev's short_conv axis mixes neighbouring tokens instead), no value residual across layers, trev's MLP for the
+    channel mixing. Extra parameters: the three low-rank maps, w_0, a_0, xi, alpha, rho (C each), the group norm (2C).
+    Causal only (the paper defines no bidirectional form).
+    Causal: chunked_generalized_delta_rule (read = kappa_t, write = -(a_t kappa_t), key ktilde_t), chunks of 16: time
+    O(T 16 D + T D^2), memory O(T (16 + D) + (T / 16) D^2); decoding keeps a (D, D) state per head. Reference: the
+    paper's recurrence, one token at a time; test_generalized_delta_rule.py also checks the kernel against fla's
+    dplr_recurrence (fla.ops.generalized_delta_rule.dplr.naive), the op fla's chunk_rwkv7 calls.
+    """
+    supports_bidirectional = False
+    paper_output = {'output_gate': 'sigmoid(x W_1) W_2, low rank'}
+
+    def __init__(self, config):
+        super().__init__(config)
+        C = config.n_embd
+        decay_rank = max(32, 32 * round(1.8 * C ** 0.5 / 32))
+        gate_rank = max(32, 32 * round(0.6 * C ** 0.8 / 32))
+        self.decay_down = nn.Linear(C, decay_rank, bias=False)
+        self.decay_up = nn.Linear(decay_rank, C, bias=False)
+        self.decay_bias = nn.Parameter(-6.5 + 5 * (torch.arange(C) / max(C - 1, 1)) ** 0.85)  # w_0
+        self.learning_rate_down = nn.Linear(C, decay_rank, bias=False)
+        self.learning_rate_up = nn.Linear(decay_rank, C, bias=True)  # bias a_0 = 0
+        self.removal_key_scale = nn.Parameter(torch.full((C,), 0.85))      # xi
+        self.replacement_key_mix = nn.Parameter(torch.ones(C))             # alpha
+        self.bonus_scale = nn.Parameter(torch.full((C,), -0.04))           # rho
+        self.group_norm = HeadGroupNorm(config.n_head, C, eps=self.head_dim * 1e-5)
+        self.gate = RWKV7Gate(C, gate_rank) if self.keeps_paper('output_gate') else None
+        self.set_output(gate=self.gate)
+
+    def gates(self, x):
+        B, T, C = x.shape
+        heads = lambda t: t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
+        decay = wide_linear(self.decay_up, torch.tanh(wide_linear(self.decay_down, x)))
+        log_decay = -math.exp(-0.5) * torch.sigmoid(decay + cast(self.decay_bias, decay.dtype))
+        rate = torch.sigmoid(wide_linear(self.learning_rate_up, wide_linear(self.learning_rate_down, x)))
+        return {'log_decay': heads(log_decay), 'learning_rate': heads(rate)}
+
+    def per_head(self, parameter, like):
+        """A (C,) parameter as (H, 1, D), in like's dtype."""
+        return cast(parameter, like.dtype).view(self.n_head, 1, self.head_dim)
+
+    def attend_chunkwise(self, q, k, v, state, log_decay, learning_rate):
+        wide = wide_dtype(q)
+        with full_precision(q):
+            r, k, v, rate = cast(q, wide), cast(k, wide), cast(v, wide), cast(learning_rate, wide)
+            removal = F.normalize(k * self.per_head(self.removal_key_scale, k), dim=-1)  # kappa
+            replacement = k * (1 + (rate - 1) * self.per_head(self.replacement_key_mix, k))  # ktilde
+            wkv, kv = chunked_generalized_delta_rule(r, replacement, v, log_decay, removal, -rate * removal,
+                                                     None if state is None else state['kv'], self.chunk_size)
+            bonus = (r * self.per_head(self.bonus_scale, r) * replacement).sum(-1, keepdim=True) * v
+            y = self.group_norm(wkv) + bonus
+        return cast(y, q.dtype), {'kv': kv}
+
+    def attend_reference(self, q, k, v, pad_mask, log_decay, learning_rate):
+        """The paper's recurrence token by token, in its layout: S (E, D), S_t = S_{t-1} (Diag(w_t) - kappa_t^T (a_t *
+        kappa_t)) + v_t^T ktilde_t, p_t = GroupNorm_h(S_t r_t) + (r_t . (rho * ktilde_t)) v_t, the norm written out."""
+        B, H, T, D = q.shape
+        xi, alpha, rho = (p.view(H, 1, D) for p in (self.removal_key_scale, self.replacement_key_mix,
+                                                    self.bonus_scale))
+        kappa = k * xi
+        kappa = kappa / kappa.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        ktilde = k * (1 + (learning_rate - 1) * alpha)
+        w = log_decay.exp()
+        S = q.new_zeros(B, H, v.size(-1), D)
+        outputs = []
+        for t in range(T):
+            kap, a = kappa[:, :, t, None, :], learning_rate[:, :, t, None, :]  # (B, H, 1, D)
+            transition = torch.diag_embed(w[:, :, t]) - kap.transpose(-2, -1) @ (a * kap)  # (B, H, D, D)
+            S = S @ transition + v[:, :, t, :, None] @ ktilde[:, :, t, None, :]
+            wkv = (S @ q[:, :, t, :, None]).squeeze(-1)  # (B, H, E)
+            mean = wkv.mean(-1, keepdim=True)
+            variance = ((wkv - mean) ** 2).mean(-1, keepdim=True)
+            normed = (wkv - mean) / torch.sqrt(variance + self.group_norm.eps)
+            normed = normed * self.group_norm.weight.view(H, D) + self.group_norm.bias.view(H, D)
+            bonus = (q[:, :, t] * rho[:, 0] * ktilde[:, :, t]).sum(-1, keepdim=True) * v[:, :, t]
+            outputs.append(normed + bonus)
+        return torch.stack(outputs, dim=2)
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -2166,6 +2359,8 @@ ATTENTION = {
     'bigbird': BigBirdAttention,
     'vicinity': VicinityAttention,
     'sra': SpatialReductionAttention,
+    'kda': KimiDeltaAttention,
+    'rwkv7': RWKV7Attention,
 }
 
 

@@ -1,9 +1,10 @@
 """
 The numerics the attention variants share: precision helpers, the chunkwise linear-attention kernel and its
-backward, the chunked delta rule, training in recomputed segments, and the adapter that runs the same two kernels
-through flash-linear-attention's Triton ops on a GPU. attention.py holds the layers that call them; this file
-imports torch only (fla is imported on first use of the adapter, never on the CPU path). tests/test_kernels.py
-checks each kernel against its naive form, tests/test_fla.py the adapter against fla's own reference ops.
+backward, the chunked delta rule and its generalised form with a decay per key channel, training in recomputed
+segments, and the adapter that runs the linear-attention kernel and the delta rule through flash-linear-attention's
+Triton ops on a GPU. attention.py holds the layers that call them; this file imports torch only (fla is imported on
+first use of the adapter, never on the CPU path). tests/test_kernels.py and tests/test_generalized_delta_rule.py
+check each kernel against its naive form, tests/test_fla.py the adapter against fla's own reference ops.
 
 One signature family, in attention.py's layout (batch, heads, tokens, channels):
     q, k        (B, H, T, F)  queries and keys, feature-mapped
@@ -390,6 +391,65 @@ def chunked_delta_rule(q, k, v, beta, log_decay=None, state=None, chunk_size=64)
         starts, news = torch.stack(starts, dim=2), torch.stack(news, dim=2)  # (B, H, N, F, E), (B, H, N, C, E)
         y = (q * b[..., None].exp()) @ starts + ((q @ k.transpose(-2, -1)) * decay) @ news
     return y.reshape(B, H, N * C, E)[:, :, :T], S
+
+
+def chunked_generalized_delta_rule(q, k, v, log_decay, read, write, state=None, chunk_size=64):
+    """The generalised delta rule with a decay per key channel, S_t = (Diag(a_t) + write_t^T read_t) S_{t-1} +
+    k_t^T v_t, y_t = q_t S_t (row layout, a_t = exp(log_decay_t)): the state decays per channel, and read_t S_{t-1}, a
+    value read from the state, is written back along write_t. Kimi Delta Attention is read = a_t k_t, write = -beta_t
+    k_t and beta_t k_t for the key (S_t = (I - beta_t k_t^T k_t) Diag(a_t) S_{t-1} + beta_t k_t^T v_t); RWKV-7 is
+    read = kappa_t, write = -(a_t kappa_t) (its in-context learning rate a_t). q, k, read, write and log_decay:
+    (B, H, T, F); fla's generalized_delta_rule.dplr names read `a` (alpha) and write `b` (beta).
+    Chunkwise as in Yang et al. 2024 (arXiv:2406.06484), with b_i the log decay summed from the chunk's start to
+    token i and b'_i = b_i - log_decay_i (to token i - 1): every token's read of the state it meets,
+    u_i = read_i S_{i-1}, solves the unit lower-triangular system (I - A_rw) U = A_rk V + (read exp(b')) S_0, with
+    A_rw[i, j] = (read_i exp(b'_i - b_j)) . write_j and A_rk likewise with k_j, for j < i (S_0: the state entering the
+    chunk). The triangular solve (all chunks at once) gives U = U_0 + W S_0; the states follow one another in a loop
+    over chunks (their transition is a full (F, F) matrix), and
+    y_i = (q_i exp(b_i)) S_0 + sum_{j<=i} (q_i exp(b_i - b_j)) . (k_j v_j + write_j u_j),
+    S_C = exp(b_C) S_0 + sum_j exp(b_C - b_j) (k_j^T v_j + write_j^T u_j).
+    The (C, C) products take the per-channel decay as chunked_linear_attention does (chunk_decays): chunks of at most
+    CHANNEL_DECAY_CHUNK tokens, each factor exp(b_i - r), exp(r - b_j) taken from the chunk's middle r, log decays
+    raised to MIN_CHANNEL_LOG_DECAY (no gradient below it), so no factor overflows float32. Backward is autograd's.
+    Time O(T C (F + E) + T F E), memory O(T (C + F + E) + (T / C) F E), C <= 16.
+    """
+    B, H, T, Fd = q.shape
+    C = min(chunk_size, CHANNEL_DECAY_CHUNK, T)
+    wide = wide_dtype(q)
+    with full_precision(q):
+        log_decay = cast(log_decay, wide).clamp_min(MIN_CHANNEL_LOG_DECAY)
+        # zero keys, reads, writes and no decay after the last token change nothing before it
+        q, k, v, read, write, log_decay = (in_chunks(cast(t, wide), C) for t in (q, k, v, read, write, log_decay))
+        b = log_decay.cumsum(3)                  # (B, H, N, C, F): from the chunk's start to token i
+        b_before = b - log_decay                 # ... to token i - 1
+        r = b[..., (C - 1) // 2, None, :]        # (B, H, N, 1, F): the chunk's middle
+        q_in, read_in = q * (b - r).exp(), read * (b_before - r).exp()
+        k_in, write_in = k * (r - b).exp(), write * (r - b).exp()
+        up_to = causal_mask(C, C, q.device)      # j <= i
+        before = up_to.tril(-1)                  # j < i
+        # products above the diagonal can overflow (exp(b_i - b_j) > 1 there): masked_fill, never a multiplication
+        read_write = (read_in @ write_in.transpose(-2, -1)).masked_fill(~before, 0)  # A_rw, (B, H, N, C, C)
+        read_key = (read_in @ k_in.transpose(-2, -1)).masked_fill(~before, 0)      # A_rk
+        query_key = (q_in @ k_in.transpose(-2, -1)).masked_fill(~up_to, 0)         # with j = i
+        query_write = (q_in @ write_in.transpose(-2, -1)).masked_fill(~up_to, 0)
+        # unitriangular: the solve reads only -A_rw below the diagonal, i.e. the matrix I - A_rw
+        U = torch.linalg.solve_triangular(-read_write, read_key @ v, upper=False, unitriangular=True)
+        W = torch.linalg.solve_triangular(-read_write, read * b_before.exp(), upper=False, unitriangular=True)
+        chunk_decay = b[..., -1, :, None].exp()  # (B, H, N, F, 1)
+        to_end = (b[..., -1:, :] - b).exp()      # (B, H, N, C, F)
+        k_end, write_end = k * to_end, write * to_end
+        S = q.new_zeros(B, H, Fd, v.size(-1)) if state is None else cast(state, wide)
+        starts, reads = [], []
+        # unbind, not indexing: see chunked_delta_rule
+        for U_n, W_n, decay_n, k_n, write_n, v_n in zip(*(t.unbind(2) for t in (U, W, chunk_decay, k_end, write_end,
+                                                                                 v))):
+            starts.append(S)
+            u = U_n + W_n @ S  # u_j = read_j S_{j-1} of the chunk's tokens, (B, H, C, E)
+            reads.append(u)
+            S = decay_n * S + k_n.transpose(-2, -1) @ v_n + write_n.transpose(-2, -1) @ u
+        starts, reads = torch.stack(starts, dim=2), torch.stack(reads, dim=2)  # (B, H, N, F, E), (B, H, N, C, E)
+        y = (q * b.exp()) @ starts + query_key @ v + query_write @ reads
+    return y.flatten(2, 3)[:, :, :T], S
 
 
 # ----------------------------------------------------------------------------------------------
