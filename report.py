@@ -668,7 +668,8 @@ def csv_text(rows):
 
 # Curve colours by family, derived from the registry class (the first base class that matches): shades of one hue
 # per family, then line styles, then markers, so no two rows share all three.
-FAMILIES = ((attention.DeltaNet, ('#54278f', '#c51b8a', '#9e9ac8')),                  # delta rule: purples
+FAMILIES = (((attention.DeltaNet, attention.KimiDeltaAttention, attention.RWKV7Attention),
+             ('#54278f', '#c51b8a', '#9e9ac8')),                  # delta rule: purples
             ((attention.Retention, attention.GatedLinearAttention, attention.Mamba2, attention.HGRN2,
               attention.LightningAttention), ('#006d2c', '#41ab5d', '#a1d99b')),        # gated / decay: greens
             (attention.RecurrentAttention, ('#08306b', '#2b8cbe', '#7fcdbb')),        # kernel / feature map: blues
