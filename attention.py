@@ -107,6 +107,7 @@ class Attention(nn.Module):
     supports_causal = True
     supports_bidirectional = True
     paper_output = {}  # the output parts of the variant's paper, axis -> kind, e.g. {'output_gate': 'swish'}; else none
+    needs_patch_grid = False  # True where the layer reads an image's 2D grid of patches (only train_vit.py has one)
     supports_short_conv = True  # False where q, k, v do not come from the token sequence the convolution runs along
 
     def __init__(self, config):
@@ -2009,6 +2010,8 @@ class VicinityAttention(KernelAttention):
     supports_causal = False
     eps = 1e-4
 
+    needs_patch_grid = True
+
     def __init__(self, config):
         check_patch_grid(config, 'vicinity')  # first: a causal trainer lacks the grid before the mode
         super().__init__(config)
@@ -2083,6 +2086,8 @@ class SpatialReductionAttention(Attention):
     """
     supports_causal = False
     supports_short_conv = False  # its keys come from the grid
+
+    needs_patch_grid = True
 
     def __init__(self, config):
         check_patch_grid(config, 'sra')  # first: a causal trainer lacks the grid before the mode

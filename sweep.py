@@ -89,14 +89,14 @@ SET_BY_SWEEP = ('seed', 'out_dir', 'init_from', 'eval_only', 'mode')  # keys a s
 READ_TIMEOUT_S = 300       # reading a trainer's DEFAULTS (a torch import)
 STOP_WAIT_S = 600          # a stopped trainer's time to save and exit before it is killed
 Run = namedtuple('Run', 'name out_dir args max_iters')
-LAYER_KEYS = set(LayerConfig.__dataclass_fields__) - {'causal'}  # the trainer decides the mode
+LAYER_KEYS = set(LayerConfig.__dataclass_fields__) - {'causal', 'patch_grid_width'}  # the trainer decides these
 
 
 def trainer_defaults(trainer):
-    """The trainer's config keys and defaults (its DEFAULTS) and its attention mode (CAUSAL), read in a subprocess:
-    sweep.py imports no trainer."""
+    """(DEFAULTS, CAUSAL, PATCH_GRID) of a trainer: its config keys and defaults, its attention's mode, and whether its
+    layers see an image's patch grid; read in a subprocess: sweep.py imports no trainer."""
     code = ('import json, runpy, sys; script = runpy.run_path(sys.argv[1]); '
-            'print(json.dumps([script["DEFAULTS"], script["CAUSAL"]]))')
+            'print(json.dumps([script["DEFAULTS"], script["CAUSAL"], script.get("PATCH_GRID", False)]))')
     try:
         result = subprocess.run([sys.executable, '-c', code, trainer], capture_output=True, text=True,
                                 timeout=READ_TIMEOUT_S)
@@ -151,10 +151,13 @@ def check_settings(settings, where, path):
         check_setting(key, value, where, path)
 
 
-def axis_values(key, values, path):
-    """An axis's list of values, a shorthand of the 'attention' axis expanded from the registry."""
+def axis_values(key, values, path, causal, patch_grid):
+    """An axis's list of values, a shorthand of the 'attention' axis expanded from the registry to the variants that
+    pass its test and that the trainer can run (its mode; an image's patch grid for those that need one)."""
     if key == 'attention' and isinstance(values, str) and values in SHORTHANDS:
-        return [name for name, cls in ATTENTION.items() if SHORTHANDS[values](cls)]
+        return [name for name, cls in ATTENTION.items() if SHORTHANDS[values](cls) and
+                (cls.supports_causal if causal else cls.supports_bidirectional) and
+                (patch_grid or not cls.needs_patch_grid)]
     if not isinstance(values, list) or not values:
         also = f", or one of {', '.join(SHORTHANDS)}" if key == 'attention' else ''
         raise ConfigError(f"{path}: axes[{key!r}] = {values!r}; expected a non-empty list of values{also}")
@@ -191,11 +194,11 @@ def sweep_dir(sweep, path):
 def plan_runs(sweep, path):
     """Every run of the sweep, in order (seeds outermost), each checked as its trainer would: keys, types and ranges,
     the layer it builds in the trainer's mode, and the trainer's own check_settings."""
-    axes = {key: axis_values(key, values, path) for key, values in sweep.axes.items()}
+    defaults, causal, patch_grid = trainer_defaults(sweep.trainer)
+    axes = {key: axis_values(key, values, path, causal, patch_grid) for key, values in sweep.axes.items()}
     combinations = [{**combination, **dict(zip(axes, values))}
                     for combination in sweep.runs or [{}] for values in itertools.product(*axes.values())]
     out_dir = sweep_dir(sweep, path)
-    defaults, causal = trainer_defaults(sweep.trainer)
     runs, configs = [], []
     for seed in sweep.seeds:
         for combination in combinations:
@@ -207,9 +210,10 @@ def plan_runs(sweep, path):
                 config = training.apply_overrides(defaults, args)
             except ConfigError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
-            try:  # the layer the trainer would build: its mode and knobs, refused now rather than hours in
+            try:  # the layer the trainer would build: its mode and knobs, refused now rather than hours in; an image
+                # trainer derives the patch grid itself (and checks it when it starts): one row stands in for it here
                 build_attention(LayerConfig(**{key: value for key, value in config.items() if key in LAYER_KEYS},
-                                            causal=causal))
+                                            causal=causal, patch_grid_width=int(patch_grid)))
             except ValueError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
             runs.append(Run(name, config['out_dir'], args, config['max_iters']))

@@ -118,6 +118,7 @@ compile = False            # torch.compile the model (off: compile support and s
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 CAUSAL = False  # the attention's mode in this task (sweep.py checks each planned variant against it)
+PATCH_GRID = True  # the layers see each image's 2D grid of patches (vicinity and sra need it; the others ignore it)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # -----------------------------------------------------------------------------------------------

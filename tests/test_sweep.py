@@ -51,7 +51,8 @@ def in_root(monkeypatch):
 @pytest.fixture
 def known_trainers(monkeypatch, in_root):
     """The trainers' DEFAULTS and modes without a subprocess each (tests may import the scripts; sweep.py may not)."""
-    monkeypatch.setattr(sweep, 'trainer_defaults', lambda trainer: (TRAINERS[trainer].DEFAULTS, TRAINERS[trainer].CAUSAL))
+    monkeypatch.setattr(sweep, 'trainer_defaults', lambda trainer: (
+        TRAINERS[trainer].DEFAULTS, TRAINERS[trainer].CAUSAL, getattr(TRAINERS[trainer], 'PATCH_GRID', False)))
     monkeypatch.setattr(sweep, 'trainer_refusal', lambda trainer, named_configs: None)  # tested on its own below
 
 
@@ -67,11 +68,16 @@ def test_dry_run_prints_one_command_per_run(tmp_path, in_root, capsys):
 
 
 def test_registry_shorthands_and_explicit_runs(tmp_path, known_trainers, capsys):
-    causal = [name for name, cls in ATTENTION.items() if cls.supports_causal]
-    path = write_sweep(tmp_path / 'all.py', trainer='train_gpt.py', axes={'attention': '*causal'}, seeds=[3])
-    sweep.main([path, '--dry_run=True'])
-    lines = [shlex.join(['python', 'sweep.py', path, f'--only=attention={name},seed=3']) for name in causal]
-    assert capsys.readouterr().out == '\n'.join(lines) + '\n'
+    causal = [name for name, cls in ATTENTION.items() if cls.supports_causal and not cls.needs_patch_grid]
+    for shorthand in ('*causal', '*'):  # '*': every variant the trainer can run
+        path = write_sweep(tmp_path / 'all.py', trainer='train_gpt.py', axes={'attention': shorthand}, seeds=[3])
+        sweep.main([path, '--dry_run=True'])
+        lines = [shlex.join(['python', 'sweep.py', path, f'--only=attention={name},seed=3']) for name in causal]
+        assert capsys.readouterr().out == '\n'.join(lines) + '\n'
+    images = [name for name, cls in ATTENTION.items() if cls.supports_bidirectional]
+    assert {'vicinity', 'sra'} <= set(images)
+    assert sweep.axis_values('attention', '*bidirectional', 'x.py', causal=False, patch_grid=True) == images
+    assert 'vicinity' not in sweep.axis_values('attention', '*', 'x.py', causal=False, patch_grid=False)
     path = write_sweep(tmp_path / 'runs.py', trainer='train_bert.py', axes={'attention': ['softmax', 'linear']},
                        runs=[{'norm': 'rmsnorm'}, {'norm': 'layernorm', 'bias': True}], seeds=[1],
                        out_dir=str(tmp_path / 'here'))
@@ -224,8 +230,8 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     path = os.path.join('sweeps', name)
     sweep.main([path, '--dry_run=True'])
     lines = capsys.readouterr().out.splitlines()
-    variants = {'causal': sum(cls.supports_causal for cls in ATTENTION.values()),
-                'bidirectional': sum(cls.supports_bidirectional for cls in ATTENTION.values())}
+    variants = {'causal': sum(cls.supports_causal and not cls.needs_patch_grid for cls in ATTENTION.values()),
+                'bidirectional': sum(cls.supports_bidirectional and not cls.needs_patch_grid for cls in ATTENTION.values())}
     expected = {'shakespeare_gpt.py': 3 * variants['causal'], 'shakespeare_bert.py': 2 * variants['bidirectional'],
                 'ablation_norm.py': 24, 'ablation_heads.py': 8, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
