@@ -30,7 +30,7 @@ from train_lra import LRAClassifier, LRAConfig
 from training import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional]
+BIDIRECTIONAL = [v for v in ATTENTION if ATTENTION[v].supports_bidirectional and not ATTENTION[v].needs_patch_grid]
 @pytest.fixture(scope='module')
 def retrieval(tmp_path_factory):
     folder = tmp_path_factory.mktemp('retrieval')
