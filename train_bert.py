@@ -75,6 +75,7 @@ rfa_gate = True            # rfa: gated RFA in causal mode (a learned per-token 
 rfa_normaliser_floor = 0.1 # rfa: clamp the normaliser to at least this (its estimate can be <= 0)
 based_feature_dim = 16     # based: q and k projected to this many dims before the Taylor feature map
 recompute_segment = 1024   # linear family, causal: train longer sequences in segments of this, recomputed; 0 = never
+n_kv_head = 0              # GQA / MQA: key/value heads, each read by n_head / n_kv_head query heads (0 = n_head)
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
