@@ -17,6 +17,9 @@ A variant whose gates or step sizes depend on the input (gla, deltanet, gated_de
 from the layer input x in gates(x) -> dict, which forward and step pass to these three methods as keyword arguments
 (attend(q, k, v, pad_mask, **gates)): one extension of the interface for every such variant, none for the others.
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
+With n_kv_head < n_head (LayerConfig.n_kv_head, grouped-query attention; variants with supports_kv_groups), k and v
+come to attend and attend_step with n_kv_head heads, query head h reading kv head h // (n_head / n_kv_head), and to
+attend_reference one per query head (Attention.reference picks them).
 
 All variants share the q/k/v projection (`qkv`), the optional short convolution on q, k, v (LayerConfig.short_conv)
 and the output path (Attention.output): an output norm and gate where a variant has them (set_output), the output
