@@ -17,6 +17,9 @@ A variant whose gates or step sizes depend on the input (gla, deltanet, gated_de
 from the layer input x in gates(x) -> dict, which forward and step pass to these three methods as keyword arguments
 (attend(q, k, v, pad_mask, **gates)): one extension of the interface for every such variant, none for the others.
 pad_mask is for bidirectional attention only; a causal batch puts its padding at the end.
+With n_kv_head < n_head (LayerConfig.n_kv_head, grouped-query attention; variants with supports_kv_groups), k and v
+come to attend and attend_step with n_kv_head heads, query head h reading kv head h // (n_head / n_kv_head), and to
+attend_reference one per query head (Attention.reference picks them).
 
 All variants share the q/k/v projection (`qkv`), the optional short convolution on q, k, v (LayerConfig.short_conv)
 and the output path (Attention.output): a norm of the heads' outputs and an output gate, the output projection
@@ -44,9 +47,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import (KERNELS, MIN_CHANNEL_LOG_DECAY, attend_in_segments, cast, causal_mask, chunk_states,
-                     chunked_delta_rule, chunked_generalized_delta_rule, chunked_linear_attention, fla_delta_rule,
-                     fla_linear_attention, fla_unavailable, full_precision, in_chunks, wide_dtype, wide_linear)
+from kernels import (KERNELS, MIN_CHANNEL_LOG_DECAY, attend_in_segments, blocked_attention, cast, causal_mask,
+                     chunk_states, chunked_delta_rule, chunked_generalized_delta_rule, chunked_linear_attention,
+                     fla_delta_rule, fla_linear_attention, fla_unavailable, full_precision, in_chunks, wide_dtype,
+                     wide_linear)
 
 
 @dataclass
@@ -92,6 +96,8 @@ class LayerConfig:
     # GPU kernels
     kernel: str = 'auto'          # linear family, causal: 'torch' (trev's kernels), 'fla' (flash-linear-attention's
                                   # Triton ops, CUDA) or 'auto' (fla on CUDA where it is installed, else torch)
+    # grouped-query attention (GQA, MQA)
+    n_kv_head: int = 0            # heads of keys and values, each read by n_head / n_kv_head query heads; 0 = n_head
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,6 +115,7 @@ class Attention(nn.Module):
     paper_output = {}  # the output parts of the variant's paper, axis -> kind, e.g. {'output_gate': 'swish'}; else none
     needs_patch_grid = False  # True where the layer reads an image's 2D grid of patches (only train_vit.py has one)
     supports_short_conv = True  # False where q, k, v do not come from the token sequence the convolution runs along
+    supports_kv_groups = False  # n_kv_head < n_head: what the variant keeps per head is built from k and v alone
 
     def __init__(self, config):
         super().__init__()
@@ -121,7 +128,16 @@ class Attention(nn.Module):
                              f"for bidirectional attention pick one of: {accepted}")
         if config.n_embd % config.n_head:
             raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+        if config.n_kv_head < 0 or config.n_head % (config.n_kv_head or config.n_head):
+            raise ValueError(f"n_kv_head={config.n_kv_head}: must divide n_head={config.n_head} (0 = n_head)")
+        if config.n_kv_head not in (0, config.n_head) and not self.supports_kv_groups:
+            accepted = ', '.join(key for key, cls in ATTENTION.items() if cls.supports_kv_groups)
+            raise ValueError(f"{name} keeps a state per query head (built with per-head parameters), so it cannot "
+                             f"share keys and values between heads: set n_kv_head=0 (= n_head), or for "
+                             f"n_kv_head < n_head pick one of: {accepted}")
         self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head or config.n_head
+        self.group_size = self.n_head // self.n_kv_head  # query heads per key/value head
         self.head_dim = config.n_embd // config.n_head
         self.causal = config.causal
         if config.short_conv < 0:
@@ -135,8 +151,9 @@ class Attention(nn.Module):
             raise ValueError(f"kernel={config.kernel!r}: choose one of {', '.join(KERNELS)}")
         if config.kernel == 'fla' and fla_unavailable():
             raise ValueError(fla_unavailable())
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.short_conv = (ShortConvolution(3 * config.n_embd, config.short_conv, config.bias) if config.short_conv
+        kv_width = self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)  # 3C without groups
+        self.short_conv = (ShortConvolution(self.qkv.out_features, config.short_conv, config.bias) if config.short_conv
                            else None)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -158,7 +175,7 @@ class Attention(nn.Module):
         if pad_mask is not None and self.causal:
             raise ValueError("pad_mask is for bidirectional attention; in causal mode put padding at the end")
         q, k, v, _ = self.split_heads(x, pad_mask)
-        attend = self.attend_reference if reference else self.attend
+        attend = self.reference if reference else self.attend
         return self.output(attend(q, k, v, pad_mask, **self.gates(x)), x)
 
     def step(self, x, state=None):
@@ -174,14 +191,29 @@ class Attention(nn.Module):
         return self.output(y, x), state if history is None else {'attention': state, 'short_conv': history}
 
     def split_heads(self, x, pad_mask=None, history=None):
-        """q, k, v (B, H, T, D) from x (B, T, C): the shared projection, then the short convolution where it is on
-        (continuing from history, its last inputs). Returns q, k, v and the convolution's new history (None if off)."""
+        """q (B, H, T, D) and k, v (B, n_kv_head, T, D) from x (B, T, C): the shared projection, then the short
+        convolution where it is on (continuing from history, its last inputs). Returns q, k, v and the convolution's
+        new history (None if off)."""
         B, T, C = x.shape
-        qkv = self.qkv(x)  # (B, T, 3C)
+        kv_width = self.n_kv_head * self.head_dim
+        qkv = self.qkv(x)  # (B, T, C + 2 kv_width)
         if self.short_conv is not None:
             qkv, history = self.short_conv(qkv, pad_mask, history)
-        q, k, v = qkv.split(C, dim=2)
-        return [t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v)] + [history]
+        q, k, v = qkv.split([C, kv_width, kv_width], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
+        return q, k, v, history
+
+    def repeat_kv(self, x):
+        """(B, n_kv_head, T, D) keys or values -> (B, n_head, T, D), query head h reading kv head h // group_size
+        (the grouping of SDPA's enable_gqa); x itself without groups."""
+        return x if self.group_size == 1 else x.repeat_interleave(self.group_size, dim=1)
+
+    def reference(self, q, k, v, pad_mask, **gates):
+        """What forward(reference=True) runs: attend_reference with each query head given its group's keys and values
+        (kv head h // group_size, picked by index here, independently of repeat_kv)."""
+        kv_head = torch.arange(self.n_head, device=k.device) // self.group_size
+        return self.attend_reference(q, k[:, kv_head], v[:, kv_head], pad_mask, **gates)
 
     def gates(self, x):
         """What a variant computes per token from the layer input x (B, T, C) besides q, k, v (data-dependent
@@ -235,6 +267,9 @@ class RecurrentAttention(Attention):
     runs fla (uses_fla: LayerConfig.kernel), their fla twins (kernels.fla_linear_attention, fla_delta_rule): fla's
     Triton op of the same math for training, its fused recurrent op for decoding. `fla_ops` names the fla ops a
     variant's causal path can take; a variant without any (empty) always runs trev's kernels.
+    GQA (supports_kv_groups, where the state is built from k and v alone, never with per-head parameters or decays):
+    k and v are repeated to the query heads for the kernels, the arithmetic of n_kv_head = n_head, and a decoding
+    state is kept once per kv head (n_kv_head / n_head of its size).
     """
     fla_ops = ()
 
@@ -270,13 +305,22 @@ class RecurrentAttention(Attention):
 
     def attend(self, q, k, v, pad_mask, **gates):
         if not self.causal:
-            return self.attend_bidirectional(q, k, v, pad_mask)
+            return self.attend_bidirectional(q, self.repeat_kv(k), self.repeat_kv(v), pad_mask)
         if torch.is_grad_enabled() and 0 < self.recompute_segment < q.size(2):
-            return attend_in_segments(self.attend_chunkwise, q, k, v, gates, self.recompute_segment, self.parameters())
-        return self.attend_chunkwise(q, k, v, None, **gates)[0]
+            return attend_in_segments(self.attend_step, q, k, v, gates, self.recompute_segment, self.parameters())
+        return self.attend_step(q, k, v, None, **gates)[0]
 
     def attend_step(self, q, k, v, state, **gates):
-        return self.attend_chunkwise(q, k, v, state, **gates)
+        """attend_chunkwise on k, v of n_kv_head heads, the state kept once per kv head: the causal forward (in
+        segments or whole), and decoding."""
+        if self.group_size == 1:
+            return self.attend_chunkwise(q, k, v, state, **gates)
+        # grouped (supports_kv_groups): the query heads of a group share their state, kept once per kv head, given
+        # to each query head of the group for the step and taken back from its first
+        if state is not None:
+            state = {key: self.repeat_kv(x) if torch.is_tensor(x) else x for key, x in state.items()}
+        y, state = self.attend_chunkwise(q, self.repeat_kv(k), self.repeat_kv(v), state, **gates)
+        return y, {key: x[:, ::self.group_size].clone() if torch.is_tensor(x) else x for key, x in state.items()}
 
 
 class KernelAttention(RecurrentAttention):
@@ -521,6 +565,30 @@ class KVState:
         self.cache, self.length = cache, length
         cache.readers.add(self)
 
+    @staticmethod
+    def extended(state, k, v, first_capacity):
+        """The state after `state` (None: the start of a sequence) and the T tokens whose keys and values are k, v
+        (B, H, T, D), token t at slot t: a cache of first_capacity tokens at the start, doubled whenever a sequence
+        outlives it (the copies stay O(1) per token on average), written in place where KVCache.to_write allows."""
+        start = 0 if state is None else state.length
+        end = start + k.size(2)
+        capacity = first_capacity if state is None else state.cache.capacity
+        if end > capacity:
+            capacity = max(end, 2 * capacity)
+        cache = KVCache.to_write(state, k, v, capacity)
+        cache.k[:, :, start:end] = k
+        cache.v[:, :, start:end] = v
+        return KVState(cache, end)
+
+    @property
+    def keys(self):
+        """The keys of the state's tokens, (B, H, length, D): a view of the cache (softmax's layout)."""
+        return self.cache.k[:, :, :self.length]
+
+    @property
+    def values(self):
+        return self.cache.v[:, :, :self.length]
+
 
 # ----------------------------------------------------------------------------------------------
 # the variants, in registry order
@@ -534,43 +602,45 @@ class SoftmaxAttention(Attention):
     Time O(T^2 D); memory O(T) with a fused kernel, O(T^2) without. Decoding keeps a KV cache (KVCache) allocated
     for block_size tokens, doubled whenever a sequence outlives it, written in place: a token at position t costs
     O(t D) time (attention over the filled prefix) and O(D) new memory, nothing copied.
+    GQA / MQA (Ainslie et al. 2023, arXiv:2305.13245; Shazeer 2019, arXiv:1911.02150): with n_kv_head < n_head, a
+    group of n_head / n_kv_head query heads reads one head of keys and values (SDPA's enable_gqa), and the cache
+    holds n_kv_head heads.
     """
+    supports_kv_groups = True
 
     def __init__(self, config):
         super().__init__(config)
         self.cache_size = config.block_size  # the KV cache's first allocation, in tokens
 
     def attend(self, q, k, v, pad_mask):
+        grouped = self.group_size > 1
         if pad_mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad_mask[:, None, None, :])
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=grouped)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad_mask[:, None, None, :], enable_gqa=grouped)
 
     def attend_reference(self, q, k, v, pad_mask):
         return masked_softmax_attention(q, k, v, reference_mask(q.size(2), self.causal, pad_mask, q.device))
 
     def attend_step(self, q, k, v, state):
         start = 0 if state is None else state.length
-        T = q.size(2)
-        end = start + T
-        capacity = self.cache_size if state is None else state.cache.capacity
-        if end > capacity:  # the sequence outlives its cache: doubling keeps the copies O(1) per token on average
-            capacity = max(end, 2 * capacity)
-        cache = KVCache.to_write(state, k, v, capacity)
-        cache.k[:, :, start:end] = k
-        cache.v[:, :, start:end] = v
-        k, v = cache.k[:, :, :end], cache.v[:, :, :end]  # the filled prefix, (B, H, end, D)
+        B, H, T, D = q.shape
+        state = KVState.extended(state, k, v, self.cache_size)
+        end, grouped = state.length, self.group_size > 1
+        k, v = state.keys, state.values  # the filled prefix, (B, n_kv_head, end, D)
         if T == 1 and q.dtype in (torch.float32, torch.float64):
             # one query: two matrix-vector products, each reading the cache once, take about half SDPA's time on CPU
             # (bench.py decode); half precision keeps SDPA, whose kernels keep the scores in float32
-            scores = (k @ q.transpose(-2, -1)).transpose(-2, -1) * q.size(-1) ** -0.5  # (B, H, 1, end)
-            y = torch.softmax(scores, dim=-1) @ v
+            q = q.view(B, self.n_kv_head, self.group_size, D)  # a kv head's queries (T = 1), read the cache once
+            scores = (k @ q.transpose(-2, -1)).transpose(-2, -1) * D ** -0.5  # (B, n_kv_head, group_size, end)
+            y = (torch.softmax(scores, dim=-1) @ v).view(B, H, 1, D)
         elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
         elif start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, end, q.device, offset=start))
-        return y, KVState(cache, end)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, end, q.device, offset=start),
+                                               enable_gqa=grouped)
+        return y, state
 
 
 class LinearAttention(KernelAttention):
@@ -579,7 +649,9 @@ class LinearAttention(KernelAttention):
     phi(x) = elu(x) + 1; y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps), S_i = sum_j phi(k_j) v_j^T,
     z_i = sum_j phi(k_j), over j <= i (causal) or all j. F = D. Complexity as KernelAttention.
     fla: linear_attn, v with its column of ones.
+    S and z are built from k and v alone: with n_kv_head < n_head a group of query heads shares them (GQA).
     """
+    supports_kv_groups = True
 
     def features(self, q, k, offset):
         return F.elu(q) + 1, F.elu(k) + 1
@@ -608,7 +680,10 @@ class PerformerAttention(KernelAttention):
     at the price of a bias the size of the floor; attend_reference writes the same floored features out.
     Complexity as KernelAttention with F = m.
     fla: simple_gla, the stabiliser's rescaling as its per-token log decay g, v with its column of ones.
+    W is shared by all heads and the running max is the keys', so the state is built from k and v alone: with
+    n_kv_head < n_head a group of query heads shares it (GQA).
     """
+    supports_kv_groups = True
     eps = 0.0  # the floor keeps the normaliser >= feature_floor
     feature_floor = 1e-6
 
@@ -684,7 +759,9 @@ class CosformerAttention(KernelAttention):
     token's output does not depend on the sequence length and decoding matches the parallel form.
     F = 2D. Complexity as KernelAttention.
     fla: linear_attn on the 2D features, v with its column of ones.
+    The state is built from k, v and positions alone: with n_kv_head < n_head a group of query heads shares it (GQA).
     """
+    supports_kv_groups = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -778,7 +855,9 @@ class LocalAttention(Attention):
     Fast path: queries in blocks of w attend to their own and neighbouring key blocks (2w causal, 3w
     bidirectional keys). Time O(T w D), memory O(T w). Decoding keeps the last w keys and values in a
     ring (KVCache, token t at slot t % w), written in place: a token costs O(w D) whatever its position.
+    GQA / MQA as softmax's: the ring holds n_kv_head heads.
     """
+    supports_kv_groups = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -795,6 +874,7 @@ class LocalAttention(Attention):
     def attend(self, q, k, v, pad_mask):
         B, H, T, D = q.shape
         w = self.window
+        k, v = self.repeat_kv(k), self.repeat_kv(v)
         before, after = (1, 0) if self.causal else (1, 1)  # neighbouring key blocks each query block sees
         pad = -T % w
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
@@ -840,7 +920,8 @@ class LocalAttention(Attention):
             cache.k[:, :, slot:slot + 1] = k
             cache.v[:, :, slot:slot + 1] = v
             held = min(start + 1, w)  # every held key is in the window: no mask (softmax ignores the slots' order)
-            y = F.scaled_dot_product_attention(q, cache.k[:, :, :held], cache.v[:, :, :held])
+            y = F.scaled_dot_product_attention(q, cache.k[:, :, :held], cache.v[:, :, :held],
+                                               enable_gqa=self.group_size > 1)
             return y, KVState(cache, start + 1)
         # T > 1: the held keys a new query can see (the last w - 1), in order, then the new ones. Written in place,
         # the new tokens would overwrite keys the continued state still needs: their last w go into a new ring.
@@ -851,7 +932,8 @@ class LocalAttention(Attention):
         cached = k.size(2) - T
         if T <= w:  # the new queries against held and new keys, O(T (w + T))
             position = torch.arange(cached + T, device=q.device)
-            y = masked_softmax_attention(q, k, v, self.allowed(position[cached:, None] - position, True))
+            y = masked_softmax_attention(q, self.repeat_kv(k), self.repeat_kv(v),
+                                         self.allowed(position[cached:, None] - position, True))
         else:  # a long prefill: the blocked path, with zero queries standing in for the held tokens
             y = self.attend(F.pad(q, (0, 0, cached, 0)), k, v, None)[:, :, cached:]
         end = start + T
@@ -2339,6 +2421,267 @@ class RWKV7Attention(RecurrentAttention):
         return torch.stack(outputs, dim=2)
 
 
+class BlockedAttention(Attention):
+    """The softmax-like variants whose weights SDPA cannot compute: query i's weight for key j, w_ij, is a function of
+    its own row of scores q_i . k_j (and of per-token gates), y_i = sum_j w_ij v_j. A subclass writes the weights of a
+    block of queries in weigh(scores, first, ...) and, straight from its paper, attend_reference.
+    Fast path: kernels.blocked_attention, queries in blocks of c = chunk_size, each block's (c, T) scores weighed and
+    recomputed in backward: time O(T^2 D) (causal: half of it), memory O(T D) kept for backward and O(c T) per batch
+    and head for one block's temporaries, never (T, T). Decoding keeps a KV cache as softmax does (KVState.extended,
+    block_size tokens at first): a token at position t costs O(t D).
+    GQA: k and v are repeated to the query heads for the kernel (the cache holds n_kv_head heads, repeated at each
+    step: O(t D) more per token).
+    """
+    supports_kv_groups = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.chunk_size = config.chunk_size
+        self.cache_size = config.block_size  # the KV cache's first allocation, in tokens
+
+    def weigh(self, scores, first, pad_mask=None):
+        """scores (B, H, c, K): q_i . k_j of the queries at positions first .. first + c - 1 and the keys 0 .. K - 1
+        (causal: K = first + c) -> the weights w_ij (B, H, c, K), in float32 at least; 0 where key j is not allowed
+        (after i when causal, padding)."""
+        raise NotImplementedError
+
+    def attend(self, q, k, v, pad_mask):
+        weigh = lambda scores, first: self.weigh(scores, first, pad_mask)
+        return blocked_attention(q, self.repeat_kv(k), self.repeat_kv(v), weigh, self.chunk_size, self.causal)
+
+    def attend_step(self, q, k, v, state):
+        start = 0 if state is None else state.length
+        state = KVState.extended(state, k, v, self.cache_size)
+        keys, values = self.repeat_kv(state.keys), self.repeat_kv(state.values)
+        return blocked_attention(q, keys, values, self.weigh, self.chunk_size, True, offset=start), state
+
+    def wide_scores(self, scores):
+        """q . k / sqrt(D) in float32 at least: the matmul runs in the autocast dtype, what follows does not."""
+        return cast(scores, wide_dtype(scores)) * self.head_dim ** -0.5
+
+    def allowed(self, scores, first, pad_mask):
+        """(B|1, 1, c, K) bool: the keys each query of the block may use (causal: j <= i; not padding)."""
+        c, K = scores.shape[-2:]
+        allowed = causal_mask(c, K, scores.device, offset=first) if self.causal else scores.new_ones(c, K, dtype=bool)
+        return allowed if pad_mask is None else allowed & ~pad_mask[:, None, None, :]
+
+
+class SigmoidAttention(BlockedAttention):
+    """Sigmoid attention. Ramapuram et al. 2024, "Theory, Analysis, and Best Practices for Sigmoid Self-Attention",
+    arXiv:2409.04431.
+
+    y_i = sum_j sigmoid(q_i . k_j / sqrt(D) + b) v_j over j <= i (causal) or all unpadded j, with the paper's bias
+    b = -log n, n = block_size (the training length; fixed, so that an output does not depend on T and decoding
+    matches the parallel form): each weight on its own, no normaliser across keys. The paper pairs it with LayerScale
+    and a hybrid norm in its block; here it is the attention layer in trev's block. FlashSigmoid, the paper's kernel,
+    is a fused GPU kernel; trev's fast path is BlockedAttention's. Complexity as BlockedAttention.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.score_bias = -math.log(config.block_size)
+
+    def weigh(self, scores, first, pad_mask=None):
+        weights = torch.sigmoid(self.wide_scores(scores) + self.score_bias)
+        return weights.masked_fill(~self.allowed(scores, first, pad_mask), 0)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The (T, T) matrix of weights 1 / (1 + exp(-(q_i . k_j / sqrt(D) + b))), zero where j is not allowed."""
+        logits = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + self.score_bias
+        weights = 1 / (1 + torch.exp(-logits))
+        return (weights * reference_mask(q.size(2), self.causal, pad_mask, q.device)) @ v
+
+
+class DifferentialHeadNorm(nn.RMSNorm):
+    """The Differential Transformer's per-head norm on (B, H, T, D): RMSNorm over each head's D channels (one weight
+    vector for all heads, eps 1e-5, as the authors' code), times the fixed factor 1 - lambda_init."""
+
+    def __init__(self, head_dim, factor):
+        super().__init__(head_dim, eps=1e-5)
+        self.factor = factor
+
+    def forward(self, y):
+        return super().forward(y) * self.factor
+
+
+class DifferentialAttention(Attention):
+    """Differential attention. Ye et al. 2024, "Differential Transformer", arXiv:2410.05258.
+
+    Each head's query and key split in two, [q1, q2] and [k1, k2], of d = D / 2 channels (the paper's heads: D = 2d,
+    H = C / 2d, so the projections are the shared ones); the value keeps all D:
+    y = (softmax(q1 k1^T / sqrt(d)) - lambda softmax(q2 k2^T / sqrt(d))) v, over j <= i (causal) or all unpadded j,
+    lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (learned vectors of d, N(0, 0.1^2) at initialisation,
+    shared by the layer's heads), then the paper's per-head norm, (1 - lambda_init) RMSNorm(y) (DifferentialHeadNorm).
+    lambda_init = 0.8 for every layer: the paper's 0.8 - 0.6 exp(-0.3 (l - 1)) needs the layer's depth, which a layer
+    does not know; the paper's ablation gives 0.8 for every layer a loss within 0.003 of it. An odd D splits into
+    ceil(D / 2) and floor(D / 2) channels, each map scaled by its own width. The paper's model is causal; the
+    difference of two softmax maps is defined as well without the mask, and trev allows both.
+    Extra parameters: the four lambda vectors (2D) and the norm's D weights.
+    Fast path: two SDPA calls (flash or memory-efficient where available). Time O(T^2 D), memory O(T) with a fused
+    kernel. Decoding keeps a KV cache as softmax does (KVState.extended); GQA through SDPA's enable_gqa.
+    """
+    supports_kv_groups = True
+    paper_output = {'head_norm': 'rmsnorm per head x (1 - lambda_init)'}
+    lambda_init = 0.8
+
+    def __init__(self, config):
+        super().__init__(config)
+        D = self.head_dim
+        if D < 2:
+            raise ValueError(f"diff splits each head's queries and keys in two: the head dim n_embd / n_head = {D} "
+                             f"must be at least 2")
+        self.first_half = (D + 1) // 2  # channels of q1 and k1; q2 and k2 have the other D // 2
+        self.lambda_q1, self.lambda_k1 = (nn.Parameter(torch.randn(self.first_half) * 0.1) for _ in range(2))
+        self.lambda_q2, self.lambda_k2 = (nn.Parameter(torch.randn(D - self.first_half) * 0.1) for _ in range(2))
+        self.head_norm = DifferentialHeadNorm(D, 1 - self.lambda_init) if self.keeps_paper('head_norm') else None
+        self.set_output(norm=self.head_norm)
+        self.cache_size = config.block_size  # the KV cache's first allocation, in tokens
+
+    def difference_weight(self):
+        """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init, a 0-dim tensor."""
+        return (torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2)
+                + self.lambda_init)
+
+    def differential(self, q, k, v, **mask):
+        """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale."""
+        d = self.first_half
+        grouped = self.group_size > 1
+        first = F.scaled_dot_product_attention(q[..., :d], k[..., :d], v, scale=d ** -0.5, enable_gqa=grouped, **mask)
+        second = F.scaled_dot_product_attention(q[..., d:], k[..., d:], v, scale=(q.size(-1) - d) ** -0.5,
+                                                enable_gqa=grouped, **mask)
+        return first - self.difference_weight() * second
+
+    def attend(self, q, k, v, pad_mask):
+        if pad_mask is None:
+            return self.differential(q, k, v, is_causal=self.causal)
+        return self.differential(q, k, v, attn_mask=~pad_mask[:, None, None, :])
+
+    def attend_step(self, q, k, v, state):
+        start = 0 if state is None else state.length
+        state = KVState.extended(state, k, v, self.cache_size)
+        mask = causal_mask(q.size(2), state.length, q.device, offset=start)
+        return self.differential(q, state.keys, state.values, attn_mask=mask), state
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The paper's DiffAttn on the (T, T) maps: (softmax(Q1 K1^T / sqrt(d1)) - lambda softmax(Q2 K2^T / sqrt(d2)))
+        V."""
+        allowed = reference_mask(q.size(2), self.causal, pad_mask, q.device)
+        d = self.first_half
+        first = masked_softmax_attention(q[..., :d], k[..., :d], v, allowed)  # scaled by its own width
+        second = masked_softmax_attention(q[..., d:], k[..., d:], v, allowed)
+        lam = (self.lambda_q1 * self.lambda_k1).sum().exp() - (self.lambda_q2 * self.lambda_k2).sum().exp()
+        return first - (lam + self.lambda_init) * second
+
+
+class ForgettingAttention(BlockedAttention):
+    """Forgetting attention (FoX). Lin et al. 2025, "Forgetting Transformer: Softmax Attention with a Forget Gate",
+    arXiv:2503.02130.
+
+    y_i = sum_{j<=i} F_ij exp(q_i . k_j / sqrt(D)) v_j / sum_{j<=i} F_ij exp(q_i . k_j / sqrt(D)), F_ij = prod_{l=j+1}^i
+    f_l, with a forget gate per head and token f_t = sigmoid(x_t w_f + b_f): softmax of the scores plus the log decay
+    c_i - c_j, c_t = sum_{l<=t} log f_l (the cumulative log forget gate, float32 at least). This is the paper's
+    forgetting attention in a LLaMA-style block (trev's); FoX (Pro)'s output gate, QK-norm and key shift are not
+    included (short_conv is trev's own axis). Causal only (the gate decays the past). Extra parameters: w_f and b_f
+    (C x H + H; b_f starts at 0, as every bias in trev).
+    fla's naive_forgetting_attn (tests/test_zoo_softmax_like.py, where fla-core is installed) takes g = log f per
+    token and query head, and adds the same c_i - c_j: the same convention; it computes in float32 whatever the
+    inputs' dtype.
+    Fast path: BlockedAttention's, each block's softmax over its rows whole (the block holds all of a row's keys).
+    Complexity as BlockedAttention; decoding also keeps c of every token (B, H, t), appended at each step (O(t)).
+    """
+    supports_bidirectional = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.forget_gate = nn.Linear(config.n_embd, config.n_head, bias=True)
+
+    def gates(self, x):
+        return {'log_forget': F.logsigmoid(wide_linear(self.forget_gate, x)).transpose(1, 2)}  # (B, H, T)
+
+    def weigh(self, scores, first, cumulative):
+        """softmax_j(q_i . k_j / sqrt(D) + c_i - c_j) over j <= i; cumulative: c of every position up to the block's
+        end, (B, H, >= first + c)."""
+        c, K = scores.shape[-2:]
+        decay = cumulative[..., first:first + c, None] - cumulative[..., None, :K]  # c_i - c_j, (B, H, c, K)
+        logits = (self.wide_scores(scores) + decay).masked_fill(~self.allowed(scores, first, None), float('-inf'))
+        return torch.softmax(logits, dim=-1)
+
+    def attend(self, q, k, v, pad_mask, log_forget):
+        cumulative = cast(log_forget, wide_dtype(log_forget)).cumsum(-1)
+        weigh = lambda scores, first: self.weigh(scores, first, cumulative)
+        return blocked_attention(q, self.repeat_kv(k), self.repeat_kv(v), weigh, self.chunk_size, True)
+
+    def attend_step(self, q, k, v, state, log_forget):
+        """state: {'kv': the KVState, 'cumulative_log_forget': c of every token so far (B, H, t)}."""
+        cumulative = cast(log_forget, wide_dtype(log_forget)).cumsum(-1)
+        kv = None
+        if state is not None:
+            kv, before = state['kv'], state['cumulative_log_forget']
+            cumulative = torch.cat([before, before[..., -1:] + cumulative], dim=-1)
+        start = 0 if kv is None else kv.length
+        kv = KVState.extended(kv, k, v, self.cache_size)
+        weigh = lambda scores, first: self.weigh(scores, first, cumulative)
+        y = blocked_attention(q, self.repeat_kv(kv.keys), self.repeat_kv(kv.values), weigh, self.chunk_size, True,
+                              offset=start)
+        return y, {'kv': kv, 'cumulative_log_forget': cumulative}
+
+    def attend_reference(self, q, k, v, pad_mask, log_forget):
+        """The paper's form: F_ij = exp(sum of log f_l over j < l <= i), summed on a (T, T, T) mask, weights
+        F_ij exp(s_ij) normalised over j <= i."""
+        T = q.size(2)
+        position = torch.arange(T, device=q.device)
+        i, j, l = position[:, None, None], position[None, :, None], position[None, None, :]
+        between = ((j < l) & (l <= i)).to(log_forget.dtype)                    # (T, T, T): l in (j, i]
+        log_decay = torch.einsum('bhl,ijl->bhij', log_forget, between)          # log F_ij, (B, H, T, T)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + log_decay
+        logits = logits - logits.amax(-1, keepdim=True).detach()
+        weights = torch.exp(logits) * (position[None, :] <= position[:, None])  # j <= i
+        return (weights / weights.sum(-1, keepdim=True)) @ v
+
+
+class StickBreakingAttention(BlockedAttention):
+    """Stick-breaking attention. Tan et al. 2024, "Scaling Stick-Breaking Attention: An Efficient Implementation and
+    In-depth Study", arXiv:2410.17980.
+
+    Query i breaks a stick of length 1 over the keys before it, nearest first: beta_ij = sigmoid(q_i . k_j / sqrt(D)),
+    A_ij = beta_ij prod_{j<l<i} (1 - beta_il) for j < i, and what is left, 1 - sum_j A_ij = prod_{l<i} (1 - beta_il),
+    goes to the query's own value, as the authors' layer does: y_i = sum_{j<i} A_ij v_j + (1 - sum_j A_ij) v_i.
+    No position embedding is needed (the order is in the weights); trev's block still adds its own. Causal only.
+    Fast path in log space, a block's rows whole: log A_ij = log sigmoid(z_ij) + sum_{j<l<i} log sigmoid(-z_il), the
+    sums as suffix sums over the row (flip, cumsum). fla's naive_stickbreaking_attn (attend_current=False, the
+    default) returns sum_{j<i} A_ij v_j and the remainder apart; trev adds them as above (tests/test_zoo_softmax_like.py
+    checks it against fla where fla-core is installed). Complexity as BlockedAttention.
+    """
+    supports_bidirectional = False
+
+    def weigh(self, scores, first, pad_mask=None):
+        z = self.wide_scores(scores)
+        c, K = z.shape[-2:]
+        query, key = first + torch.arange(c, device=z.device)[:, None], torch.arange(K, device=z.device)
+        earlier = key < query  # (c, K): the keys that break query i's stick
+        log_left = F.logsigmoid(-z).masked_fill(~earlier, 0)  # log(1 - beta_il), 0 where l is not before i
+        suffix = log_left.flip(-1).cumsum(-1).flip(-1)      # sum_{l >= j} log(1 - beta_il)
+        after = F.pad(suffix[..., 1:], (0, 1))              # sum_{l > j}, i.e. j < l < i
+        weights = (F.logsigmoid(z) + after).exp().masked_fill(~earlier, 0)
+        return torch.where(key == query, suffix[..., :1].exp(), weights)  # the remainder, prod_{l<i} (1 - beta_il)
+
+    def attend_reference(self, q, k, v, pad_mask):
+        """The stick broken key by key: for each distance d = 1, 2, ..., every query i takes beta_{i,i-d} of what it has
+        left; the remainder stays on v_i."""
+        B, H, T, D = q.shape
+        beta = 1 / (1 + torch.exp(-(q @ k.transpose(-2, -1)) / math.sqrt(D)))  # (B, H, T, T)
+        weights = q.new_zeros(B, H, T, T)
+        left = q.new_ones(B, H, T)  # of query i's stick
+        position = torch.arange(T, device=q.device)
+        for distance in range(1, T):
+            i = position[distance:]
+            taken = left[..., distance:] * beta[:, :, i, i - distance]
+            weights[:, :, i, i - distance] = taken
+            left = torch.cat([left[..., :distance], left[..., distance:] - taken], dim=-1)
+        weights[:, :, position, position] = left
+        return weights @ v
+
+
 ATTENTION = {
     'softmax': SoftmaxAttention,
     'linear': LinearAttention,
@@ -2366,6 +2709,10 @@ ATTENTION = {
     'sra': SpatialReductionAttention,
     'kda': KimiDeltaAttention,
     'rwkv7': RWKV7Attention,
+    'sigmoid': SigmoidAttention,
+    'diff': DifferentialAttention,
+    'fox': ForgettingAttention,
+    'stickbreaking': StickBreakingAttention,
 }
 
 

@@ -18,6 +18,8 @@ Recurrence S_t = Diag(a_t) S_{t-1} + k_t^T v_t (plus each kernel's own term), ou
 the layers decode. N = ceil(T / C) chunks.
 Precision: whatever the inputs' dtype or the autocast, everything summed over the sequence (decays, states,
 normalisers) is float32 at least (float64 stays float64) with autocast off, and y comes back in that dtype.
+blocked_attention (the last section) serves the softmax-like variants whose weights SDPA cannot compute (sigmoid,
+forgetting and stick-breaking attention): every key's weight from its score, queries in blocks recomputed in backward.
 """
 import functools
 from contextlib import nullcontext
@@ -25,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,3 +647,36 @@ def run_fla(name, q, k, v, gates, state):
         y, final = op(q=fla_layout(q, compute), k=fla_layout(k, compute), v=fla_layout(v, compute), **gates,
                       scale=1.0, initial_state=state, output_final_state=True)
         return cast(y[..., :E].transpose(1, 2), wide), cast(final[:, :, :Fd, :E], wide)
+# attention whose weights come from each query's row of scores, in blocks of queries
+
+
+def blocked_attention(q, k, v, weigh, block_size, causal, offset=0):
+    """y_i = sum_j w_ij v_j, where query i's weights over the keys are any function of its row of scores q_i . k_j
+    (sigmoid attention, softmax with a forget-gate bias, stick-breaking), without a (T, T) matrix: the queries go in
+    blocks of c = block_size, each block's (c, K) scores turned into weights by weigh(scores, first) -> weights of the
+    same shape (any dtype), where `first` is the position of the block's first query and the keys are positions
+    0 .. K - 1: causal, K = the position after the block's last query (later keys have weight 0 and are left out);
+    else every key.
+    q (B, H, T, D): queries at positions offset .. offset + T - 1; k (B, H, Tk, D), v (B, H, Tk, E): keys and values
+    at positions 0 .. Tk - 1 (causal: Tk = offset + T). Returns (B, H, T, E).
+    With autograd on, each block runs under torch.utils.checkpoint: between forward and backward only the inputs are
+    kept (the blocks' scores and weights are not), and backward recomputes one block at a time, flash attention's
+    trade of one more forward for O(T) memory. Python loops over the T / c blocks, never over tokens.
+    Time O(T Tk (D + E)) (causal: half of it), memory O(B H c Tk) for a block's temporaries, O(B H T E) for y.
+    """
+    blocks = []
+    for start in range(0, q.size(2), block_size):
+        query = q[:, :, start:start + block_size]
+        first = offset + start
+        keys = first + query.size(2) if causal else k.size(2)
+        inputs = (weigh, query, k[:, :, :keys], v[:, :, :keys], first)
+        if torch.is_grad_enabled():
+            blocks.append(checkpoint(weighted_values, *inputs, use_reentrant=False))
+        else:
+            blocks.append(weighted_values(*inputs))
+    return torch.cat(blocks, dim=2)
+
+
+def weighted_values(weigh, q, k, v, first):
+    """One block of blocked_attention: weigh(q k^T, first) @ v, the weights in v's dtype."""
+    return cast(weigh(q @ k.transpose(-2, -1), first), v.dtype) @ v

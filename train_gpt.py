@@ -85,6 +85,7 @@ bigbird_global = 1         # bigbird: the first this many blocks are global
 bigbird_random = 3         # bigbird: random key blocks per query block (bidirectional only)
 sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
+n_kv_head = 0              # GQA / MQA: key/value heads, each read by n_head / n_kv_head query heads (0 = n_head)
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4

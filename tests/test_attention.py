@@ -150,12 +150,13 @@ def test_attend_gradients_of_q_k_v(name, causal):
     """The attend step alone: gradients of q, k and v directly (not only through the projection), and of the gates
     a variant computes from the layer input (decays, step sizes), as attend takes them."""
     module = make(name, causal)
-    q, k, v = (inputs(2, 29, 15, seed=s).view(2, 29, 1, 15).expand(2, 29, 2, 15).transpose(1, 2).contiguous()
-               for s in (1, 2, 3))
+    D = module.head_dim
+    q, k, v = (inputs(2, 29, D, seed=s).view(2, 29, 1, D).expand(2, 29, heads, D).transpose(1, 2).contiguous()
+               for s, heads in ((1, module.n_head), (2, module.n_kv_head), (3, module.n_kv_head)))
     with torch.no_grad():
         gates = module.gates(inputs(2, 29, 30, seed=4))
     results = []
-    for attend in (module.attend, module.attend_reference):
+    for attend in (module.attend, module.reference):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         gate_leaves = {key: t.clone().requires_grad_() for key, t in gates.items()}
         y = attend(*leaves, None, **gate_leaves)
@@ -351,10 +352,11 @@ def test_training_in_segments_keeps_only_the_inputs(name):
     """Between forward and backward the segmented layer keeps q, k, v, the gates and the parameters, nothing it
     computed from them (the states entering the segments aside); one pass over the sequence keeps more. This also
     shows that the variant's causal training goes through the segments at all."""
-    q, k, v = (inputs(2, 50, 30, seed=s).view(2, 50, 2, 15).transpose(1, 2).requires_grad_() for s in (1, 2, 3))
     kept = {}
     for segment in (16, 0):
         module = make(name, True, recompute_segment=segment)
+        q, k, v = (inputs(2, 50, heads * module.head_dim, seed=s).view(2, 50, heads, -1).transpose(1, 2)
+                   .requires_grad_() for s, heads in ((1, module.n_head), (2, module.n_kv_head), (3, module.n_kv_head)))
         gates = module.gates(inputs(2, 50, 30))
         given = {t.untyped_storage().data_ptr() for t in (q, k, v, *gates.values(), *module.parameters())}
         kept[segment] = kept_for_backward(lambda: module.attend(q, k, v, None, **gates)) <= given
