@@ -56,8 +56,8 @@ block_size = 512           # sequence length
 mask_prob = 0.15           # fraction of tokens selected for prediction (80% mask, 10% random, 10% unchanged)
 eval_seed = 1234           # the evaluation masks; keep it fixed across runs that are compared
 # model
-attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (gla, deltanet, gated_deltanet
-                           # are causal only: refused, with the list of those accepted); always run bidirectionally
+attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (the causal-only ones, gla,
+                           # deltanet, mamba2, fox, ..., are refused with the list of those accepted); run bidirectionally
 n_layer = 8
 n_head = 8
 n_embd = 512

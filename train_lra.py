@@ -355,7 +355,7 @@ def get_lr(it, cfg):
 
 def check_bidirectional(name):
     """A registered variant that cannot attend both ways is refused, naming those that can."""
-    accepted = [variant for variant, cls in ATTENTION.items() if cls.supports_bidirectional]
+    accepted = [variant for variant, cls in ATTENTION.items() if cls.supports_bidirectional and not cls.needs_patch_grid]
     if name in ATTENTION and name not in accepted:
         raise ConfigError(f"attention={name!r} is causal only and LRA encodes both directions; choose one of: "
                           f"{', '.join(accepted)}")

@@ -67,8 +67,8 @@ gradient_accumulation_steps = 1  # micro-steps per optimizer step, whatever the 
 num_workers = 4            # DataLoader processes per rank; augmentation is seeded per image, so no result depends on it
 label_smoothing = 0.1      # on the training loss only
 # model
-attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (gla, deltanet, gated_deltanet
-                           # are causal only: refused, with the list of those accepted); always run bidirectionally
+attention = 'softmax'      # a name in attention.ATTENTION with a bidirectional form (the causal-only ones, gla,
+                           # deltanet, mamba2, fox, ..., are refused with the list of those accepted); run bidirectionally
 patch_size = 4
 pool = 'cls'               # 'cls': classify the class token; 'mean': the mean of the patch tokens
 n_layer = 7

@@ -33,6 +33,7 @@ A trainer's main() raises ConfigError for any input the user can fix; its `__mai
 """
 import ast
 import copy
+import dataclasses
 import gc
 import hashlib
 import json
@@ -631,12 +632,16 @@ def build_optimizer(name, model, learning_rate, weight_decay, betas, device):
     raise ConfigError(f"optimizer={name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def check_resume(checkpoint, model_args, optimizer, path):
-    """ConfigError when a checkpoint holds another model (any model_args key but dropout differs) or was trained
-    with another optimizer class than the one this run built."""
-    saved = checkpoint['model_args']
-    diff = [f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config"
-            for k, v in model_args.items() if k != 'dropout' and saved.get(k) != v]
+NOT_THE_MODEL = ('dropout', 'kernel')  # model_args a resume may change: regularisation, and which kernels compute it
+
+
+def check_resume(checkpoint, model_args, optimizer, path, defaults=None):
+    """ConfigError when a checkpoint holds another model (a model_args key but NOT_THE_MODEL differs) or was trained
+    with another optimizer class than the one this run built. A key the checkpoint lacks (a knob newer than it) passes
+    at its default in `defaults` (the model config's), the value that leaves the model as it was before the knob."""
+    saved, defaults = checkpoint['model_args'], defaults or {}
+    diff = [f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config" for k, v in model_args.items()
+            if k not in NOT_THE_MODEL and (saved[k] != v if k in saved else k not in defaults or defaults[k] != v)]
     if diff:
         raise ConfigError(f"{path} is a different model: {'; '.join(diff)}")
     built = type(optimizer).__name__
@@ -718,7 +723,9 @@ def start_or_resume(cfg, ckpt_path, model, optimizer, scaler, model_args, genera
         check_fresh(cfg.out_dir, ckpt_path)
         return 0, 0.0, None
     checkpoint = load_checkpoint(ckpt_path)
-    check_resume(checkpoint, model_args, optimizer, ckpt_path)
+    defaults = {field.name: field.default for field in dataclasses.fields(unwrap(model).config)
+                if field.default is not dataclasses.MISSING}  # a knob's value before it existed
+    check_resume(checkpoint, model_args, optimizer, ckpt_path, defaults)
     model.load_state_dict(checkpoint['model'])
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])

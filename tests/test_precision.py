@@ -9,9 +9,9 @@ runs this file's checks on it: test_a_variant_registered_at_run_time_is_checked_
    1e-2 over the whole output and in every window of 256 positions (error that grows with the position shows at the
    end first): test_autocast_matches_float64; the layer cast to that dtype instead of autocast (bench.py on a GPU),
    the same: test_low_precision_model_matches_float64; decoding token by token under autocast, the same:
-   test_decoding_under_autocast_matches_float64. At T = 16384 in float16: finite, and the same bound:
-   test_float16_at_16k_is_finite_and_close. The test_autocast_catches_* tests show that a variant with the flaws
-   this guards against (positions in bfloat16, a normaliser summed in float16) fails these checks.
+   test_decoding_under_autocast_matches_float64. At long T in float16 (16384; 4096 for quadratic-time variants):
+   finite, and the same bound: test_float16_at_long_lengths_is_finite_and_close. The test_autocast_catches_* tests
+   show that a variant with the flaws this guards against (positions in bfloat16, a normaliser summed in float16) fails these checks.
 2. Training under float16 autocast with torch.amp.GradScaler: finite losses, parameters that move:
    test_float16_training_with_grad_scaler.
 3. torch.compile (inductor, fullgraph, static shapes) equals eager in float32, forward and backward (the input's and
@@ -134,12 +134,16 @@ def test_decoding_under_autocast_matches_float64(name, dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name,causal', MODES)
-def test_float16_at_16k_is_finite_and_close(name, causal):
-    module, x = layer(name, causal, 16384), sequence(16384)
+def test_float16_at_long_lengths_is_finite_and_close(name, causal):
+    """T = 16384 for the variants whose time is linear in T (the linear family, local) and softmax (SDPA); 4096 for
+    the other quadratic ones, whose float64 reference at 16384 would take minutes each on a CPU."""
+    linear_time = issubclass(ATTENTION[name], attention.RecurrentAttention) or name in ('softmax', 'local')
+    T = 16384 if linear_time else 4096
+    module, x = layer(name, causal, T), sequence(T)
     reference = float64_output(module, x)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         y = module(x)
-    assert_close_to_float64(y, reference, f"{name} causal={causal} float16 T=16384")
+    assert_close_to_float64(y, reference, f"{name} causal={causal} float16 T={T}")
 
 
 class RetentionWithPositionsInTheInputDtype(attention.Retention):
@@ -213,8 +217,8 @@ def test_compiled_equals_eager(name, causal):
     config = LayerConfig(attention=name, n_embd=32, n_head=2, causal=causal, block_size=160, chunk_size=8,
                          local_window=6, performer_features=16, **GRID)
     module = build_attention(config)
-    x = torch.randn(2, 150, 32, generator=torch.Generator().manual_seed(1))
-    weight = torch.randn(2, 150, 32, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 19, 32, generator=torch.Generator().manual_seed(1))  # 3 chunks, the last one partial: the
+    weight = torch.randn(2, 19, 32, generator=torch.Generator().manual_seed(2))  # loops over chunks unroll 3 times
 
     def run(layer):
         module.zero_grad()
@@ -231,7 +235,8 @@ def test_compiled_equals_eager(name, causal):
         torch._dynamo.reset()
     assert compiled.keys() == eager.keys()
     for key in eager:
-        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5, msg=f"{key} ({name})")
+        scale = max(1.0, eager[key].abs().max().item())  # float32 rounding grows with a gradient's largest entries
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5 * scale, msg=f"{key} ({name})")
 
 
 @pytest.mark.slow
@@ -241,7 +246,7 @@ def test_a_variant_registered_at_run_time_is_checked_here(monkeypatch):
     assert {check.split('(')[0] for check in checks} == {
         'test_autocast_matches_float64', 'test_low_precision_model_matches_float64',
         'test_decoding_under_autocast_matches_float64',
-        'test_float16_at_16k_is_finite_and_close', 'test_float16_training_with_grad_scaler',
+        'test_float16_at_long_lengths_is_finite_and_close', 'test_float16_training_with_grad_scaler',
         'test_compiled_equals_eager'}
     assert "test_autocast_matches_float64(name='throwaway', causal=False, dtype=torch.float16)" in checks
 

@@ -214,8 +214,11 @@ def test_check_resume_names_what_differs():
     training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'dropout': 0.0}, optimizer, 'c.pt')
     with pytest.raises(ConfigError, match="c.pt is a different model: attention='linear' in the checkpoint, 'local'"):
         training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'local', 'dropout': 0.1}, optimizer, 'c.pt')
-    with pytest.raises(ConfigError, match="chunk_size=None in the checkpoint, 8 in the config"):  # a new knob
-        training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'chunk_size': 8}, optimizer, 'c.pt')
+    with pytest.raises(ConfigError, match="chunk_size=None in the checkpoint, 8 in the config"):  # a new knob,
+        training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'chunk_size': 8}, optimizer, 'c.pt',
+                              {'chunk_size': 64})  # set to another value than the one the model had without it
+    training.check_resume(checkpoint, {'n_layer': 2, 'attention': 'linear', 'chunk_size': 64, 'kernel': 'fla'},
+                          optimizer, 'c.pt', {'chunk_size': 64})  # at its default; and the kernel may change
     with pytest.raises(ConfigError, match='c.pt was trained with SGD, this run builds AdamW'):
         training.check_resume(checkpoint | {'optimizer_class': 'SGD'}, checkpoint['model_args'], optimizer, 'c.pt')
 
