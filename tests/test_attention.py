@@ -184,18 +184,31 @@ def test_recurrent_equals_parallel(name, prefill):
     torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize('name', CAUSAL)
-def test_decoding_in_uneven_pieces(name):
-    module = make(name, True)
-    x = inputs(1, 40, 30)
+def assert_decodes_in_pieces(module, x, sizes):
+    """Decoding x (B, T, C) in pieces of these sizes (summing to T) gives the parallel forward; returns the last state."""
     with torch.no_grad():
         expected = module(x)
         outputs, state, start = [], None, 0
-        for size in (5, 1, 11, 2, 21):
+        for size in sizes:
             y, state = module.step(x[:, start:start + size], state)
             outputs.append(y)
             start += size
     torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
+    return state
+
+
+def outputs_with_token_changed(module, t, T=20):
+    """The module's outputs on a sequence of T tokens and on the same with token t changed: (y, y_changed)."""
+    x = inputs(1, T, 30)
+    changed = x.clone()
+    changed[:, t] += 5
+    with torch.no_grad():
+        return module(x), module(changed)
+
+
+@pytest.mark.parametrize('name', CAUSAL)
+def test_decoding_in_uneven_pieces(name):
+    assert_decodes_in_pieces(make(name, True), inputs(1, 40, 30), (5, 1, 11, 2, 21))
 
 
 def branches_match_forward(module):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import attention
 from attention import ATTENTION, LayerConfig, build_attention
-from test_attention import GRID, Selection, assert_padding_ignored, grads, inputs, make, modes, padding
+from test_attention import (GRID, Selection, assert_decodes_in_pieces, assert_padding_ignored, grads, inputs, make,
+                            modes, outputs_with_token_changed, padding)
 from test_precision import assert_close_to_float64, float64_output, sequence
 
 # CPU autocast hands the head norms a bfloat16 input and their float32 weight (as test_precision.py notes)
@@ -58,25 +59,12 @@ def test_axes_fast_path_equals_reference(name, causal, output_gate, head_norm):
 @pytest.mark.parametrize('name,output_gate,head_norm', CAUSAL_AXES)
 def test_axes_decode_in_uneven_pieces(name, output_gate, head_norm):
     module = make(name, True, output_gate=output_gate, head_norm=head_norm)
-    x = inputs(2, 30, 30)
-    with torch.no_grad():
-        expected = module(x)
-        outputs, state, start = [], None, 0
-        for size in (1, 2, 1, 9, 1, 16):
-            y, state = module.step(x[:, start:start + size], state)
-            outputs.append(y)
-            start += size
-    torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
+    assert_decodes_in_pieces(module, inputs(2, 30, 30), (1, 2, 1, 9, 1, 16))
 
 
 @pytest.mark.parametrize('name,output_gate,head_norm', CAUSAL_AXES)
 def test_axes_do_not_leak(name, output_gate, head_norm):
-    module = make(name, True, output_gate=output_gate, head_norm=head_norm)
-    x = inputs(1, 20, 30)
-    changed = x.clone()
-    changed[:, 11] += 5
-    with torch.no_grad():
-        y, y_changed = module(x), module(changed)
+    y, y_changed = outputs_with_token_changed(make(name, True, output_gate=output_gate, head_norm=head_norm), 11)
     torch.testing.assert_close(y_changed[:, :11], y[:, :11], rtol=0, atol=1e-12)
     assert not torch.allclose(y_changed[:, 11], y[:, 11])
 

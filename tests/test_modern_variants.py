@@ -12,8 +12,8 @@ import torch
 import attention
 import kernels
 from attention import ATTENTION, LayerConfig, build_attention
-from test_attention import (CAUSAL, BIDIRECTIONAL, MODES, Selection, assert_padding_ignored, inputs, make, padding,
-                            registry_checks)
+from test_attention import (CAUSAL, BIDIRECTIONAL, MODES, Selection, assert_decodes_in_pieces, assert_padding_ignored,
+                            inputs, make, outputs_with_token_changed, padding, registry_checks)
 import training
 from training import ConfigError
 
@@ -59,26 +59,13 @@ def test_short_conv_fast_path_equals_reference(name, causal):
 def test_short_conv_decodes_in_uneven_pieces(name):
     """The state carries the convolution's last K - 1 inputs: pieces shorter than K - 1 (1, 2) continue exactly."""
     module = make(name, True, short_conv=4)
-    x = inputs(2, 30, 30)
-    with torch.no_grad():
-        expected = module(x)
-        outputs, state, start = [], None, 0
-        for size in (1, 2, 1, 9, 1, 16):
-            y, state = module.step(x[:, start:start + size], state)
-            outputs.append(y)
-            start += size
+    state = assert_decodes_in_pieces(module, inputs(2, 30, 30), (1, 2, 1, 9, 1, 16))
     assert state['short_conv'].shape == (2, 3, module.qkv.out_features)  # 3C, or C + 2 n_kv_head D with groups
-    torch.testing.assert_close(torch.cat(outputs, dim=1), expected, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize('name', CAUSAL)
 def test_short_conv_does_not_leak(name):
-    module = make(name, True, short_conv=4)
-    x = inputs(1, 20, 30)
-    changed = x.clone()
-    changed[:, 11] += 5
-    with torch.no_grad():
-        y, y_changed = module(x), module(changed)
+    y, y_changed = outputs_with_token_changed(make(name, True, short_conv=4), 11)
     torch.testing.assert_close(y_changed[:, :11], y[:, :11], rtol=0, atol=1e-12)
     assert not torch.allclose(y_changed[:, 11:14], y[:, 11:14])
 
