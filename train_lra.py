@@ -356,7 +356,7 @@ def get_lr(it, cfg):
 def check_bidirectional(name):
     """A registered variant that cannot attend both ways is refused, naming those that can."""
     accepted = [variant for variant, cls in ATTENTION.items() if cls.supports_bidirectional and not cls.needs_patch_grid]
-    if name in ATTENTION and name not in accepted:
+    if name in ATTENTION and not ATTENTION[name].supports_bidirectional:  # (vicinity, sra refuse with their own line)
         raise ConfigError(f"attention={name!r} is causal only and LRA encodes both directions; choose one of: "
                           f"{', '.join(accepted)}")
 

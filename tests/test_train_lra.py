@@ -89,7 +89,7 @@ def test_a_causal_only_variant_is_refused_naming_those_that_are_not(lra, tmp_pat
 
     monkeypatch.setitem(ATTENTION, 'causal_only', CausalOnly)
     monkeypatch.setitem(ATTENTION, 'softplus', SoftplusAttention)  # registered at run time: accepted, no other edit
-    accepted = ', '.join(name for name, cls in ATTENTION.items() if cls.supports_bidirectional)
+    accepted = ', '.join(name for name, cls in ATTENTION.items() if cls.supports_bidirectional and not cls.needs_patch_grid)
     with pytest.raises(ConfigError, match=re.escape(f"attention='causal_only' is causal only and LRA encodes both "
                                                     f"directions; choose one of: {accepted}")):
         lra.train(tmp_path / 'a', '--attention=causal_only')
