@@ -160,6 +160,19 @@ def test_a_failing_run_stops_the_sweep_naming_it(tmp_path, known_trainers, sigte
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.name == 'nt', reason="Windows has no SIGINT disposition to inherit")
+def test_a_trainer_starts_with_ctrl_c_ignored_until_its_loop_takes_it(capfd):
+    """A Ctrl-C landing while a trainer imports torch would print a KeyboardInterrupt traceback: the sweep starts it
+    with SIGINT ignored, and the trainer's loop (training.StopSignal) takes the signal over once it runs."""
+    child = [sys.executable, '-c', 'import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)']
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if this suite is not
+    try:
+        assert sweep.run_command(child, sweep.Run('probe', '', [], 1), timeout_hours=0.1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capfd.readouterr().out.splitlines()[-1] == 'True'
+
+
 def test_a_run_past_its_time_is_stopped(tmp_path, known_trainers, sigterm_kept):
     data_dir = write_byte_corpus(tmp_path)
     path = write_sweep(tmp_path / 'slow.py', trainer='train_gpt.py', overrides={**TINY, 'max_iters': 100000,
