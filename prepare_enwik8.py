@@ -29,8 +29,6 @@ import tempfile
 import urllib.request
 import zipfile
 
-from training import ConfigError, FolderLock, check_out_dir
-
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_BYTES = 100_000_000
 ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"  # of the unzipped file, as Matt Mahoney publishes it
@@ -38,7 +36,7 @@ SPLITS = ("train", "val", "test")
 # some servers (wikitext.smerity.com) refuse Python's default User-Agent
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 # what a bad input, a failed download or a full disk raises: reported in one line, no traceback
-ERRORS = (OSError, ValueError, zipfile.BadZipFile, http.client.HTTPException, ConfigError)
+ERRORS = (OSError, ValueError, zipfile.BadZipFile, http.client.HTTPException)
 
 
 def progress(label, done, total):
@@ -106,10 +104,14 @@ def holds(meta):
 
 
 def refuse_another_dataset(data_dir, meta, src=None):
-    """ConfigError or ValueError, before anything is read or fetched, if data_dir cannot be a folder, src does not
-    exist, or data_dir's meta.json says it holds another kind of data than meta describes: a prepare script never
-    writes over another's data (a new source of the same kind replaces the old one, as a re-run should)"""
-    check_out_dir(data_dir, "data_dir")
+    """ValueError, before anything is read or fetched, if data_dir cannot be a folder, src does not exist, or
+    data_dir's meta.json says it holds another kind of data than meta describes: a prepare script never writes over
+    another's data (a new source of the same kind replaces the old one, as a re-run should)"""
+    existing = os.path.abspath(data_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"data_dir={data_dir!r}: {existing} is a file, not a folder; choose another --data_dir")
     if src is not None and not os.path.exists(src):
         raise ValueError(f"--src={src}: no such file or folder")
     path = os.path.join(data_dir, "meta.json")
@@ -133,21 +135,25 @@ def staging(data_dir):
     holds data_dir alone (a second prepare of it stops with one line), so temp dirs a killed run left are removed."""
     data_dir = os.path.abspath(data_dir)
     prefix = f".{os.path.basename(data_dir)}.tmp-"
-    with FolderLock(data_dir, "wait for it to finish, or give another --data_dir"):
-        for name in os.listdir(os.path.dirname(data_dir)):
-            if name.startswith(prefix):
-                shutil.rmtree(os.path.join(os.path.dirname(data_dir), name), ignore_errors=True)
-        tmp = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(data_dir))
-        try:
-            yield tmp
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(data_dir, "meta.json"))  # no meta.json = not a complete set, while files move
-            for name in sorted(os.listdir(tmp), key=lambda name: name == "meta.json"):
-                with open(os.path.join(tmp, name), "rb+") as f:  # on disk before it is published
-                    os.fsync(f.fileno())
-                os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    from training import FolderBusy, FolderLock  # torch comes with it: imported only when there is data to write
+    try:
+        with FolderLock(data_dir, "wait for it to finish, or give another --data_dir"):
+            for name in os.listdir(os.path.dirname(data_dir)):
+                if name.startswith(prefix):
+                    shutil.rmtree(os.path.join(os.path.dirname(data_dir), name), ignore_errors=True)
+            tmp = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(data_dir))
+            try:
+                yield tmp
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(data_dir, "meta.json"))  # no meta.json = not a complete set, while moving
+                for name in sorted(os.listdir(tmp), key=lambda name: name == "meta.json"):
+                    with open(os.path.join(tmp, name), "rb+") as f:  # on disk before it is published
+                        os.fsync(f.fileno())
+                    os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except FolderBusy as busy:
+        raise ValueError(str(busy)) from None
 
 
 def write_meta(folder, meta):
