@@ -264,6 +264,7 @@ def test_check_gpu_refuses_without_cuda():
     assert done.stdout == ''
 
 
+@pytest.mark.slow
 def test_check_gpu_dry_run(tmp_path):
     """--device=cpu runs the checks' code on every registered variant, tiny: flash, compile and ddp skip."""
     out = tmp_path / 'check.json'

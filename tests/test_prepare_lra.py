@@ -296,6 +296,7 @@ def damaged(kind):
     return b"this is not an archive at all" * 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["retrieval", "pathfinder"])
 @pytest.mark.parametrize("kind", ["truncated", "cut trailer", "flipped byte", "not an archive"])
 def test_a_damaged_archive_is_refused_in_one_line(tmp_path, task, kind):

@@ -56,6 +56,7 @@ def known_trainers(monkeypatch, in_root):
     monkeypatch.setattr(sweep, 'trainer_refusal', lambda trainer, named_configs: None)  # tested on its own below
 
 
+@pytest.mark.slow
 def test_dry_run_prints_one_command_per_run(tmp_path, in_root, capsys):
     path = write_sweep(tmp_path / 'grid.py', trainer='train_gpt.py', configs=['configs/cpu_small.py'],
                        overrides={'max_iters': 500}, axes={'attention': ['softmax', 'linear'], 'n_head': [1, 4]},
@@ -173,6 +174,7 @@ def test_a_trainer_starts_with_ctrl_c_ignored_until_its_loop_takes_it(capfd):
     assert capfd.readouterr().out.splitlines()[-1] == 'True'
 
 
+@pytest.mark.slow
 def test_a_run_past_its_time_is_stopped(tmp_path, known_trainers, sigterm_kept):
     data_dir = write_byte_corpus(tmp_path)
     path = write_sweep(tmp_path / 'slow.py', trainer='train_gpt.py', overrides={**TINY, 'max_iters': 100000,
@@ -197,6 +199,7 @@ def test_a_run_another_sweep_process_holds_is_left_to_it(tmp_path, known_trainer
     assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').rglob('*.*'))
 
 
+@pytest.mark.slow
 def test_a_setting_the_trainer_itself_refuses_stops_the_sweep_before_any_run(tmp_path, in_root):
     path = write_sweep(tmp_path / 'pairs.py', trainer='train_mqar.py', configs=['configs/mqar/cpu.py'],
                        axes={'num_kv_pairs': [4, 40]}, out_dir=str(tmp_path / 'out'))

@@ -257,6 +257,7 @@ def test_configs_follow_the_trainer():
         assert training.apply_overrides(train_lra.DEFAULTS, [str(ROOT / 'configs' / f'{name}.py')])['attention'] == name
 
 
+@pytest.mark.slow
 def test_sweeps_cover_the_bidirectional_variants(monkeypatch):
     monkeypatch.chdir(ROOT)
     for path, variants in (('sweeps/lra.py', BIDIRECTIONAL),
