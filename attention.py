@@ -41,7 +41,7 @@ against float64, and under torch.compile against eager.
 import math
 import weakref
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -98,6 +98,9 @@ class LayerConfig:
                                   # Triton ops, CUDA) or 'auto' (fla on CUDA where it is installed, else torch)
     # grouped-query attention (GQA, MQA)
     n_kv_head: int = 0            # heads of keys and values, each read by n_head / n_kv_head query heads; 0 = n_head
+    # hybrid stacks
+    layer_attention: str = ''     # each layer's attention, e.g. 'gated_deltanet*3,softmax' (names, each *count),
+                                  # repeated to n_layer; '' = `attention` in every layer (layer_configs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2717,23 +2720,64 @@ ATTENTION = {
 
 
 def build_attention(config):
+    if config.layer_attention:
+        raise ValueError(f"layer_attention={config.layer_attention!r} is a stack's pattern, not one layer's: build "
+                         "each layer from layer_configs(config, n_layer)")
     if config.attention not in ATTENTION:
         raise ValueError(f"unknown attention '{config.attention}'; choose one of: {', '.join(ATTENTION)}")
     return ATTENTION[config.attention](config)
 
 
-def resolve_kernel(kernel, attention, causal, device):
-    """The kernel a layer of variant `attention` built with LayerConfig.kernel = kernel runs on device: 'fla' where
-    its causal path maps onto fla's ops (RecurrentAttention.fla_ops) and kernel is 'fla', or 'auto' on CUDA where
-    fla's ops load; else 'torch'. What a trainer's config.json and bench's JSON record. ValueError (one line) for an
-    unknown kernel, or 'fla' where fla's ops cannot run on device."""
+def attention_pattern(config):
+    """One period of the stack's attentions: config.layer_attention parsed ('gated_deltanet*3,softmax' ->
+    [gated_deltanet, gated_deltanet, gated_deltanet, softmax]), or [config.attention] where it is ''. ValueError (one
+    line) for an unknown name or a count that is not a positive integer."""
+    if not config.layer_attention:
+        return [config.attention]
+    pattern = []
+    for part in config.layer_attention.split(','):
+        name, star, count = part.partition('*')
+        if name not in ATTENTION:
+            raise ValueError(f"layer_attention={config.layer_attention!r}: unknown attention {name!r}; write names "
+                             f"from {', '.join(ATTENTION)}, each optionally *count, e.g. 'gated_deltanet*3,softmax'")
+        if star and not (count.isdigit() and int(count) > 0):
+            raise ValueError(f"layer_attention={config.layer_attention!r}: {part!r} needs a positive count after *, "
+                             "e.g. 'gated_deltanet*3,softmax'")
+        pattern += [name] * (int(count) if star else 1)
+    return pattern
+
+
+def layer_configs(config, n_layer):
+    """Hybrid stacks (Gated DeltaNet's and fla's hybrids: a few softmax layers among recurrent ones): one config per
+    layer, config with that layer's attention, the pattern (attention_pattern) repeated to n_layer, e.g.
+    'gated_deltanet*3,softmax' at n_layer = 8: three gated_deltanet then a softmax, twice. Every other field is
+    shared. ValueError (one line) where n_layer is not a multiple of the pattern's length."""
+    pattern = attention_pattern(config)
+    if n_layer % len(pattern):
+        raise ValueError(f"layer_attention={config.layer_attention!r} is {len(pattern)} layers, which does not repeat "
+                         f"to n_layer={n_layer}: make n_layer a multiple of {len(pattern)}")
+    return [replace(config, attention=name, layer_attention='') for name in pattern * (n_layer // len(pattern))]
+
+
+def stack_name(config):
+    """The stack's attention as run folders and logs name it: the variant, or the hybrid pattern with x for *
+    ('gated_deltanetx3,softmax': * is not allowed in a Windows file name)."""
+    return config.layer_attention.replace('*', 'x') or config.attention
+
+
+def resolve_kernel(kernel, attentions, causal, device):
+    """The kernel layers of the variants `attentions` (a list of names: a stack's attention_pattern) built with
+    LayerConfig.kernel = kernel run on device: 'fla' where a causal path maps onto fla's ops
+    (RecurrentAttention.fla_ops) and kernel is 'fla', or 'auto' on CUDA where fla's ops load; else 'torch'. What a
+    trainer's config.json and bench's JSON record. ValueError (one line) for an unknown kernel, or 'fla' where fla's
+    ops cannot run on device."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r}: choose one of {', '.join(KERNELS)}")
     on_cuda = str(device).startswith('cuda')
     if kernel == 'fla' and (fla_unavailable() or not on_cuda):
         raise ValueError(fla_unavailable() or f"kernel='fla' runs on CUDA, device is {device}: use kernel='auto' "
                                                "or 'torch'")
-    mapped = bool(getattr(ATTENTION.get(attention), 'fla_ops', ())) and causal
+    mapped = any(getattr(ATTENTION.get(name), 'fla_ops', ()) for name in attentions) and causal
     usable = kernel == 'fla' or (kernel == 'auto' and on_cuda and fla_unavailable() is None)
     return 'fla' if mapped and usable else 'torch'
 
@@ -2849,7 +2893,7 @@ class TransformerLM(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(layer) for layer in layer_configs(config, config.n_layer)])
         self.norm = make_final_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
@@ -2910,9 +2954,18 @@ def fingerprint(settings, causal):
     seed (probe_block), in float64 on a fixed input x (1, T, C), T = min(block_size, PROBE_TOKENS), its last quarter
     padding where bidirectional. {'output': r = block(x) - x at the real tokens, 'input_gradient': the gradient of a
     fixed projection of r}, each projected on fixed directions. Behaviour, not source: moving code keeps it.
-    Torch's RNG is left as it was."""
+    Torch's RNG is left as it was. A hybrid stack's (layer_attention) is the Block of each attention of its
+    pattern in turn, the lists joined."""
     fields = {key: value for key, value in settings.items() if key in LayerConfig.__dataclass_fields__}
     config = LayerConfig(**{**fields, 'causal': causal, 'kernel': 'torch'})  # the same math on every machine
+    probes = [probe(replace(config, attention=name, layer_attention=''))
+              for name in dict.fromkeys(attention_pattern(config))]
+    return {key: [number for numbers in probes for number in numbers[key]] for key in probes[0]}
+
+
+def probe(config):
+    """fingerprint's numbers for the Block of one LayerConfig."""
+    causal = config.causal
     T = min(config.block_size, PROBE_TOKENS)
     real = T if causal else T - T // 4
     with torch.random.fork_rng(devices=[]):  # the CPU generator alone: seeding CUDA's would change a GPU run's dropout

@@ -5,6 +5,7 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py --variants=softmax,linear --seq_lens=1024,4096 --modes=fwdbwd --out=bench_results/a.json
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
     python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # training steps of train_gpt.py's model
+    python bench.py --model=gpt --n_layer=4 --variants=softmax,gated_deltanet --layer_attention='gated_deltanet*3,softmax'
     python bench.py --replot=bench_results/cpu.json --plot=bench_results/cpu.png   # redraw a JSON's figure
     python bench.py --device=cuda --kernel=fla --n_head=16 --batch_tokens=32768 --seq_lens=1024,4096,16384 \
         --modes=fwdbwd,decode --out=bench_results/gpu_fla.json                  # training's size, fla's kernels
@@ -23,8 +24,9 @@ Variant knobs: every LayerConfig field that bench does not set itself (STRUCTURA
 benchmarks with LayerConfig's default, e.g. --chunk_size=64, --local_window=128, --performer_features=128;
 a field added to LayerConfig becomes one with no change here. --kernel ('auto', 'torch', 'fla') picks the linear
 family's kernels; each record's `kernel` is the one its variant ran ('auto' resolved: attention.resolve_kernel).
---batch_tokens=N sets the batch at each T to N / T sequences (the same tokens per call at every T, as training
-holds them), in place of --batch_size.
+--layer_attention=PATTERN (--model=gpt) times a hybrid stack as one more row, named by its pattern (each layer's
+attention: attention.layer_configs). --batch_tokens=N sets the batch at each T to N / T sequences (the same tokens
+per call at every T, as training holds them), in place of --batch_size.
 
 Time: the cases of one mode are built and warmed up (`warmup` untimed calls each), then timed together in
 `repeats` interleaved rounds: in each round the cases take turns, one call each (synchronised on GPU), until
@@ -75,8 +77,8 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from attention import (ATTENTION, KVState, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, build_attention,
-                       resolve_kernel)
+from attention import (ATTENTION, KVState, LayerConfig, LMConfig, RecurrentAttention, TransformerLM, attention_pattern,
+                       build_attention, layer_configs, resolve_kernel)
 from training import (ConfigError, apply_overrides, check_out_dir, git_commit, resolve_device, resolve_dtype,
                       write_atomic)
 
@@ -381,6 +383,17 @@ def resolve(config):
     for name in config['variants']:
         if name not in ATTENTION:
             raise ConfigError(f"unknown variant '{name}'; choose from: {', '.join(ATTENTION)}")
+    if config['layer_attention']:  # a hybrid stack: one more row, named by its pattern
+        if config['model'] != 'gpt':
+            raise ConfigError(f"layer_attention={config['layer_attention']!r} is a stack's pattern: bench it with "
+                              "--model=gpt")
+        try:
+            pattern = attention_pattern(LayerConfig(layer_attention=config['layer_attention']))
+            layer_configs(LayerConfig(layer_attention=config['layer_attention']), config['n_layer'])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        config['variants'] = [name for name in config['variants'] if name != config['layer_attention']] + [
+            config['layer_attention']]
     for mode in split_list(config, 'modes'):
         if mode not in ('fwd', 'fwdbwd', 'decode'):
             raise ConfigError(f"unknown mode '{mode}'; choose from: fwd, fwdbwd, decode")
@@ -389,7 +402,8 @@ def resolve(config):
         raise ConfigError(f"batch_tokens={config['batch_tokens']}: must be at least every T in seq_lens "
                           f"({max(config['seq_lens'])}), or 0 to use batch_size")
     try:  # per variant, the kernel it runs ('auto' resolved), recorded in each case
-        config['kernels'] = {name: resolve_kernel(config['kernel'], name, config['causal'], config['device'])
+        config['kernels'] = {name: resolve_kernel(config['kernel'], pattern if name == config['layer_attention'] else
+                                                  [name], config['causal'], config['device'])
                              for name in config['variants']}
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -454,7 +468,7 @@ def sweep(config, subprocess_memory=None, mode_done=lambda records: None):
     if subprocess_memory is None:
         subprocess_memory = config['device'] == 'cpu'
     cases = [dict({k: config[k] for k in CASE_KEYS}, variant=variant, mode=mode, seq_len=T,
-                  kernel=config['kernels'][variant],
+                  kernel=config['kernels'][variant], layer_attention=variant if variant == config['layer_attention'] else '',
                   batch_size=config['batch_tokens'] // T if config['batch_tokens'] else config['batch_size'])
              for T in config['seq_lens'] for variant in config['variants'] for mode in config['modes']]
     records = [None] * len(cases)
@@ -468,11 +482,13 @@ def sweep(config, subprocess_memory=None, mode_done=lambda records: None):
     header = ''.join(f'{mode + " ms":>12}{mode + " MB":>12}' for mode in config['modes'])
     if config['model'] == 'gpt':
         header += f'{"tokens/s":>12}{"MFU":>12}'
-    print(f"\n{'variant':<16}{'kernel':>7}{'T':>7}" + header)
+    width = max(16, *(len(name) + 2 for name in config['variants']))  # a hybrid's pattern is a long name
+    print(f"\n{'variant':<{width}}{'kernel':>7}{'T':>7}" + header)
     n_modes = len(config['modes'])
     for start in range(0, len(records), n_modes):
         row = records[start:start + n_modes]
-        print(f"{row[0]['variant']:<16}{row[0]['kernel']:>7}{row[0]['seq_len']:>7}" + ''.join(cell(r) for r in row))
+        print(f"{row[0]['variant']:<{width}}{row[0]['kernel']:>7}{row[0]['seq_len']:>7}" +
+              ''.join(cell(r) for r in row))
     return records
 
 

@@ -208,7 +208,7 @@ def load_runs(folders):
             unfinished.append(f"{path} (iter {evaluation.get('iter')} of {config.get('max_iters')})")
             continue
         rows = training.read_log_rows(log_path) if os.path.exists(log_path) else []
-        runs.append(Run(path, config, evaluation, rows, segments))
+        runs.append(Run(path, as_shown(config), evaluation, rows, segments))
     if unevaluated:
         print(f"note: left out, not evaluated (no eval.json): {', '.join(unevaluated)}", file=sys.stderr)
     if unfinished:
@@ -216,6 +216,14 @@ def load_runs(folders):
     if not runs:
         raise ConfigError(f"no finished run in {', '.join(folders)}: train and evaluate first (see sweep.py)")
     return runs
+
+
+def as_shown(config):
+    """A run's config as the report groups and labels it: a hybrid stack's pattern (layer_attention) stands in the
+    attention column, where the variant of every layer stands for the other runs."""
+    pattern = config.get('layer_attention')
+    return {**{key: value for key, value in config.items() if key != 'layer_attention'},
+            **({'attention': pattern} if pattern else {})}
 
 
 def parse_where(text, option='where'):

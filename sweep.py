@@ -63,7 +63,7 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 import training
-from attention import ATTENTION, LayerConfig, build_attention
+from attention import ATTENTION, LayerConfig, build_attention, layer_configs
 from training import ConfigError
 
 DEFAULTS = dict(
@@ -210,10 +210,13 @@ def plan_runs(sweep, path):
                 config = training.apply_overrides(defaults, args)
             except ConfigError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
-            try:  # the layer the trainer would build: its mode and knobs, refused now rather than hours in; an image
-                # trainer derives the patch grid itself (and checks it when it starts): one row stands in for it here
-                build_attention(LayerConfig(**{key: value for key, value in config.items() if key in LAYER_KEYS},
-                                            causal=causal, patch_grid_width=int(patch_grid)))
+            try:  # the layers the trainer would build (each variant of a hybrid stack once): their mode and knobs,
+                # refused now rather than hours in; an image trainer derives the patch grid itself (and checks it when it
+                # starts): one row stands in for it here
+                layer = LayerConfig(**{key: value for key, value in config.items() if key in LAYER_KEYS},
+                                    causal=causal, patch_grid_width=int(patch_grid))
+                for each in {each.attention: each for each in layer_configs(layer, config['n_layer'])}.values():
+                    build_attention(each)
             except ValueError as error:
                 raise ConfigError(f"{path}: run {name}: {error}") from None
             runs.append(Run(name, config['out_dir'], args, config['max_iters']))

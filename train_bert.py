@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import LMConfig, TransformerLM, fingerprint, redraw_random_features, resolve_kernel
+from attention import (LMConfig, TransformerLM, attention_pattern, fingerprint, redraw_random_features,
+                       resolve_kernel, stack_name)
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ bigbird_random = 3         # bigbird: random key blocks per query block (bidirec
 sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 n_kv_head = 0              # GQA / MQA: key/value heads, each read by n_head / n_kv_head query heads (0 = n_head)
+layer_attention = ''       # hybrid stack: each layer's attention, e.g. 'gated_deltanet*3,softmax', repeated to n_layer
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 6e-4
@@ -249,7 +251,7 @@ def train(cfg, dist):
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     try:  # config.json records the kernel the attention runs here, 'auto' resolved
-        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+        cfg.kernel = resolve_kernel(cfg.kernel, attention_pattern(cfg), model_args['causal'], device)
     except ValueError as e:  # 'fla' where it cannot run
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
@@ -268,7 +270,7 @@ def train(cfg, dist):
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
     cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
-        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
+        print(f"{stack_name(cfg)} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {tokens_per_iter:,} tokens per iteration, {dist.world_size} process(es) on {device}, "
               f"{dtype}, {type(optimizer).__name__}")
 
@@ -366,7 +368,7 @@ def train(cfg, dist):
 def main(argv):
     cfg = SimpleNamespace(**training.apply_overrides(DEFAULTS, argv))
     if not cfg.out_dir:
-        cfg.out_dir = f"out-bert-{os.path.basename(os.path.normpath(cfg.data_dir))}-{cfg.attention}"
+        cfg.out_dir = f"out-bert-{os.path.basename(os.path.normpath(cfg.data_dir))}-{stack_name(cfg)}"
     with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
         train(cfg, dist)
 

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import training
-from attention import (ATTENTION, Block, LayerConfig, fingerprint, init_weights, make_final_norm,
-                       redraw_random_features, resolve_kernel)
+from attention import (ATTENTION, Block, LayerConfig, attention_pattern, fingerprint, init_weights, layer_configs,
+                       make_final_norm, redraw_random_features, resolve_kernel, stack_name)
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -98,6 +98,7 @@ bigbird_random = 3         # bigbird: random key blocks per query block (bidirec
 sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 n_kv_head = 0              # GQA / MQA: key/value heads, each read by n_head / n_kv_head query heads (0 = n_head)
+layer_attention = ''       # hybrid stack: each layer's attention, e.g. 'gated_deltanet*3,softmax', repeated to n_layer
 # optimizer: weight decay on matrices and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 0.05       # lr_schedule 'rsqrt': the constant in front (the peak is learning_rate / sqrt(warmup_iters))
@@ -175,7 +176,7 @@ class LRAClassifier(nn.Module):
         else:  # a buffer, not saved: it is the same in every run
             self.register_buffer('position_embedding', sinusoids(config.block_size, C), persistent=False)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(layer) for layer in layer_configs(config, config.n_layer)])
         self.norm = make_final_norm(config)
         if config.documents == 1:
             self.head = nn.Sequential(nn.Linear(C, hidden), nn.ReLU(), nn.Linear(hidden, config.num_classes))
@@ -353,12 +354,17 @@ def get_lr(it, cfg):
     return cfg.learning_rate * min(1.0, step / max(cfg.warmup_iters, 1)) / math.sqrt(max(step, cfg.warmup_iters))
 
 
-def check_bidirectional(name):
-    """A registered variant that cannot attend both ways is refused, naming those that can."""
+def check_bidirectional(cfg):
+    """A registered variant that cannot attend both ways, in any layer, is refused, naming those that can."""
+    try:
+        names = attention_pattern(cfg)
+    except ValueError as e:  # a hybrid pattern naming no variant
+        raise ConfigError(str(e)) from None
     accepted = [variant for variant, cls in ATTENTION.items() if cls.supports_bidirectional and not cls.needs_patch_grid]
-    if name in ATTENTION and not ATTENTION[name].supports_bidirectional:  # (vicinity, sra refuse with their own line)
-        raise ConfigError(f"attention={name!r} is causal only and LRA encodes both directions; choose one of: "
-                          f"{', '.join(accepted)}")
+    for name in names:
+        if name in ATTENTION and not ATTENTION[name].supports_bidirectional:  # (vicinity, sra refuse with their own)
+            raise ConfigError(f"attention={name!r} is causal only and LRA encodes both directions; choose one of: "
+                              f"{', '.join(accepted)}")
 
 
 def build_model(model_args):
@@ -373,7 +379,7 @@ def train(cfg, dist):
     device, accumulation = dist.device, cfg.gradient_accumulation_steps
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     training.check_run(cfg, dist)
-    check_bidirectional(cfg.attention)
+    check_bidirectional(cfg)
     if cfg.lr_schedule not in ('rsqrt', 'cosine'):
         raise ConfigError(f"lr_schedule={cfg.lr_schedule!r}; choose 'rsqrt' (LRA's) or 'cosine'")
     dtype = training.resolve_dtype(device, cfg.dtype)
@@ -395,7 +401,7 @@ def train(cfg, dist):
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     try:  # config.json records the kernel the attention runs here, 'auto' resolved
-        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+        cfg.kernel = resolve_kernel(cfg.kernel, attention_pattern(cfg), model_args['causal'], device)
     except ValueError as e:  # 'fla' where it cannot run
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
@@ -414,7 +420,7 @@ def train(cfg, dist):
     cfg.n_params, cfg.attention_params = model.num_params(), attention_params  # recorded in config.json
     cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=False), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
-        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
+        print(f"{stack_name(cfg)} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {meta['task']}: {meta['documents']} x {meta['seq_len']:,} tokens per example, "
               f"{accumulation * cfg.batch_size:,} examples per iteration, {dist.world_size} process(es) on {device}, "
               f"{dtype}, {type(optimizer).__name__}")
@@ -509,7 +515,7 @@ def train(cfg, dist):
 def main(argv):
     cfg = SimpleNamespace(**training.apply_overrides(DEFAULTS, argv))
     if not cfg.out_dir:
-        cfg.out_dir = f"out-lra-{os.path.basename(os.path.normpath(cfg.data_dir))}-{cfg.attention}"
+        cfg.out_dir = f"out-lra-{os.path.basename(os.path.normpath(cfg.data_dir))}-{stack_name(cfg)}"
     with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
         train(cfg, dist)
 

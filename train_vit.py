@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import training
-from attention import (Block, LayerConfig, fingerprint, init_weights, make_final_norm, redraw_random_features,
-                       resolve_kernel)
+from attention import (Block, LayerConfig, attention_pattern, fingerprint, init_weights, layer_configs,
+                       make_final_norm, redraw_random_features, resolve_kernel, stack_name)
 from training import ConfigError
 
 # -----------------------------------------------------------------------------------------------
@@ -100,6 +100,7 @@ bigbird_random = 3         # bigbird: random key blocks per query block (bidirec
 sra_ratio = 2              # sra (train_vit.py only): keys and values from the patch grid reduced R x R
 kernel = 'auto'            # linear family, causal: 'fla' (flash-linear-attention's Triton ops, CUDA), 'torch' or 'auto'
 n_kv_head = 0              # GQA / MQA: key/value heads, each read by n_head / n_kv_head query heads (0 = n_head)
+layer_attention = ''       # hybrid stack: each layer's attention, e.g. 'gated_deltanet*3,softmax', repeated to n_layer
 # optimizer: weight decay on matrices, convolutions and embeddings only
 optimizer = 'adamw'        # 'adamw', 'sgd' (Nesterov momentum beta1) or 'adafactor' (see training.build_optimizer)
 learning_rate = 1e-3
@@ -164,7 +165,7 @@ class ViT(nn.Module):
         self.class_token = nn.Parameter(torch.zeros(1, 1, config.n_embd)) if config.pool == 'cls' else None
         self.position_embedding = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(layer) for layer in layer_configs(config, config.n_layer)])
         self.norm = make_final_norm(config)
         self.head = nn.Linear(config.n_embd, config.num_classes)
         init_weights(self, config.n_layer, also=('position_embedding',))
@@ -373,7 +374,7 @@ def train(cfg, dist):
     torch.manual_seed(cfg.seed)
     model = build_model(model_args).to(device)
     try:  # config.json records the kernel the attention runs here, 'auto' resolved
-        cfg.kernel = resolve_kernel(cfg.kernel, cfg.attention, model_args['causal'], device)
+        cfg.kernel = resolve_kernel(cfg.kernel, attention_pattern(cfg), model_args['causal'], device)
     except ValueError as e:  # 'fla' where it cannot run
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed + dist.rank)  # dropout: a stream per rank
@@ -395,7 +396,7 @@ def train(cfg, dist):
                                                               model.config.class_tokens)
     cfg.fingerprint = {'block': fingerprint(vars(cfg), causal=CAUSAL), 'trainer': training.code_fingerprint(__file__)}
     if dist.master:
-        print(f"{cfg.attention} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
+        print(f"{stack_name(cfg)} (bidirectional): {model.num_params():,} parameters ({attention_params:,} in "
               f"attention), {model.config.block_size} tokens per image, {images_per_iter:,} images per iteration, "
               f"{dist.world_size} process(es) on {device}, {dtype}, {type(optimizer).__name__}")
     atexit.register(kill_workers)
@@ -495,7 +496,7 @@ def main(argv):
         data = cfg.dataset
         if data != 'cifar10':
             data = os.path.basename(os.path.normpath(cfg.data_dir))
-        cfg.out_dir = f"out-vit-{data}-{cfg.attention}"
+        cfg.out_dir = f"out-vit-{data}-{stack_name(cfg)}"
     with training.distributed(cfg.device) as dist, training.hold_run_folder(cfg.out_dir, dist):
         train(cfg, dist)
 

@@ -142,16 +142,17 @@ def test_the_ones_column_is_the_normaliser(fla_calls):
 
 
 def test_resolve_kernel(fla_calls):
-    assert resolve_kernel('torch', 'linear', True, 'cuda') == 'torch'
-    assert resolve_kernel('auto', 'linear', True, 'cuda') == 'fla'
-    assert resolve_kernel('auto', 'linear', True, 'cpu') == 'torch'
-    assert resolve_kernel('fla', 'gla', True, 'cuda:0') == 'fla'
-    assert resolve_kernel('fla', 'softmax', True, 'cuda') == 'torch'  # no fla op: trev's path, and the record says so
-    assert resolve_kernel('fla', 'linear', False, 'cuda') == 'torch'  # bidirectional: trev's path
+    assert resolve_kernel('torch', ['linear'], True, 'cuda') == 'torch'
+    assert resolve_kernel('auto', ['linear'], True, 'cuda') == 'fla'
+    assert resolve_kernel('auto', ['linear'], True, 'cpu') == 'torch'
+    assert resolve_kernel('fla', ['gla'], True, 'cuda:0') == 'fla'
+    assert resolve_kernel('fla', ['softmax'], True, 'cuda') == 'torch'  # no fla op: trev's path, and the record says so
+    assert resolve_kernel('fla', ['linear'], False, 'cuda') == 'torch'  # bidirectional: trev's path
+    assert resolve_kernel('auto', ['gated_deltanet', 'softmax'], True, 'cuda') == 'fla'  # a hybrid: its recurrent layers
     with pytest.raises(ValueError, match=r"kernel='fla' runs on CUDA, device is cpu"):
-        resolve_kernel('fla', 'linear', True, 'cpu')
+        resolve_kernel('fla', ['linear'], True, 'cpu')
     with pytest.raises(ValueError, match=r"kernel='triton': choose one of auto, torch, fla"):
-        resolve_kernel('triton', 'linear', True, 'cuda')
+        resolve_kernel('triton', ['linear'], True, 'cuda')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
@@ -160,8 +161,8 @@ def test_fla_without_cuda_is_one_line():
     with pytest.raises(ValueError, match=message):
         build_attention(LayerConfig(attention='linear', kernel='fla'))
     with pytest.raises(ValueError, match=message):
-        resolve_kernel('fla', 'linear', True, 'cpu')
-    assert resolve_kernel('auto', 'gla', True, 'cpu') == 'torch'
+        resolve_kernel('fla', ['linear'], True, 'cpu')
+    assert resolve_kernel('auto', ['gla'], True, 'cpu') == 'torch'
     assert not build_attention(LayerConfig(attention='gla', kernel='auto')).uses_fla(torch.zeros(1))
 
 
