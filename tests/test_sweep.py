@@ -254,7 +254,8 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
                 'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
                 'mqar_gpu.py': 3 * 4 * variants['causal'],
                 'lra.py': variants['bidirectional'], 'listops_cpu.py': 5 * 3,
-                'ablation_block.py': 6 * 2 * 3}  # variants x (both axes off, both on) x seeds
+                'ablation_block.py': 6 * 2 * 3,  # variants x (both axes off, both on) x seeds
+                'hybrid_gpt.py': 3}
     assert len(lines) == expected[name]
     assert all(line.startswith(f'python sweep.py {shlex.quote(path)} --only=') for line in lines)
 
