@@ -98,6 +98,8 @@ def holds(meta):
     """what a meta.json says its folder holds, by the script that wrote it"""
     if "task" in meta:
         return f"LRA {meta['task']} examples (prepare_lra.py {meta['task']})"
+    if meta.get("dataset") == "shapes":
+        return "Shapes images (prepare_shapes.py)"
     if meta.get("tokenizer", "bytes") != "bytes":
         return f"{meta['tokenizer']} tokens (prepare_wikitext103.py)"
     return "a byte corpus (prepare_enwik8.py)"

@@ -1,7 +1,7 @@
 """
 Image classification with a Vision Transformer and any attention in attention.py run bidirectionally
-(causal=False): CIFAR-10 through torchvision's dataset class, or ImageNet-style folders through ImageFolder.
-Everything but the attention is the same for every run.
+(causal=False): CIFAR-10 through torchvision's dataset class, ImageNet-style folders through ImageFolder, or Shapes,
+generated offline by prepare_shapes.py. Everything but the attention is the same for every run.
 
     python train_vit.py                                          # the CIFAR-10 baseline below, softmax attention
     python train_vit.py configs/linear.py                    # the same recipe with linear attention
@@ -10,11 +10,13 @@ Everything but the attention is the same for every run.
     python train_vit.py configs/vit/cpu_small.py --init_from=resume       # continue out_dir/ckpt.pt exactly
     python train_vit.py configs/vit/cpu_small.py --init_from=resume --eval_only=True  # the full eval split
     python train_vit.py --dataset=imagefolder --data_dir=data/imagenet --image_size=224 --patch_size=16
+    python prepare_shapes.py && python train_vit.py configs/vit/shapes_cpu.py  # offline: minutes on a CPU
 
 Data: CIFAR-10 is downloaded into data_dir when it is not there (train 50k, test 10k; CIFAR-10 has no
 validation split, so the test split is the one evaluated, as in the usual from-scratch ViT recipes). An
-ImageFolder tree has data_dir/train/<class>/* and data_dir/val/<class>/*; val is evaluated. Training
-augmentation: RandomCrop(padding 4) for CIFAR-10, RandomResizedCrop for folders, then a horizontal flip;
+ImageFolder tree has data_dir/train/<class>/* and data_dir/val/<class>/*; val is evaluated, as for Shapes (four
+shapes an image, the class is the kind that appears twice: see prepare_shapes.py). Training augmentation:
+RandomCrop(padding 4) for CIFAR-10, RandomResizedCrop for folders, then a horizontal flip; Shapes both flips;
 evaluation uses no augmentation (folders: resize to image_size / 0.875 and center crop) and scores every image
 of the split in a fixed order: loss (without label smoothing) and top-1 accuracy.
 
@@ -34,12 +36,14 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
+from PIL import Image
 from torchvision import datasets, transforms
 
 import training
@@ -59,8 +63,9 @@ eval_only = False          # evaluate the full eval split, write out_dir/eval.js
 eval_interval = 1950       # every 5 epochs: the full eval split; also how often ckpt.pt is written
 log_interval = 50          # also how often Ctrl-C is acted on under DDP (the check is a sync)
 # data
-dataset = 'cifar10'        # 'cifar10' or 'imagefolder'
-data_dir = 'data'          # cifar10: holds cifar-10-batches-py/ (downloaded if missing); imagefolder: train/ and val/
+dataset = 'cifar10'        # 'cifar10', 'imagefolder' or 'shapes' (generated offline by prepare_shapes.py)
+data_dir = 'data'          # cifar10: holds cifar-10-batches-py/ (downloaded if missing); imagefolder: train/ and val/;
+                           # shapes: prepare_shapes.py's train.npz, val.npz and meta.json
 image_size = 32            # images are cropped to image_size x image_size (CIFAR-10: 32)
 batch_size = 128           # images per micro-step over ALL processes: each of N ranks takes batch_size / N
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, whatever the number of processes
@@ -123,6 +128,7 @@ CAUSAL = False  # the attention's mode in this task (sweep.py checks each planne
 PATCH_GRID = True  # the layers see each image's 2D grid of patches (vicinity and sra need it; the others ignore it)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # to [-1, 1]: every image is drawn, none typical
 # -----------------------------------------------------------------------------------------------
 
 
@@ -229,7 +235,52 @@ def load_data(cfg, dist):
         if eval_set.classes != train_set.classes:
             raise ConfigError(f"{cfg.data_dir}/train and {cfg.data_dir}/val have different class folders")
         return train_set, augment, 'val', eval_set, train_set.classes
-    raise ConfigError(f"dataset={cfg.dataset!r}; choose 'cifar10' or 'imagefolder'")
+    if cfg.dataset == 'shapes':
+        if cfg.image_size != 32:
+            raise ConfigError(f"image_size={cfg.image_size}: Shapes images are 32x32")
+        classes = shapes_meta(cfg.data_dir)['classes']
+        normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(SHAPES_MEAN, SHAPES_STD)])
+        # flips keep the class (which kind appears twice): the augmentation of a task whose images are all drawn
+        augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(), normalise])
+        train_set, eval_set = (ArrayImages(cfg.data_dir, split, len(classes)) for split in ('train', 'val'))
+        eval_set.transform = normalise
+        return train_set, augment, 'val', eval_set, classes
+    raise ConfigError(f"dataset={cfg.dataset!r}; choose 'cifar10', 'imagefolder' or 'shapes'")
+
+
+def shapes_meta(data_dir):
+    """meta.json of a prepare_shapes.py folder; a ConfigError naming the command where it is missing or another's."""
+    path = os.path.join(data_dir, 'meta.json')
+    meta = training.read_json(path) if os.path.exists(path) else None
+    if not isinstance(meta, dict) or meta.get('dataset') != 'shapes':
+        raise ConfigError(f"{data_dir} holds no Shapes images: run `python prepare_shapes.py --data_dir={data_dir}`")
+    return meta
+
+
+class ArrayImages(Dataset):
+    """A split of prepare_shapes.py's images, held in memory: (PIL image, label) items, through transform if set.
+    A file that is not the split's arrays, or a label past the classes, is a ConfigError naming it."""
+
+    def __init__(self, data_dir, split, n_classes, transform=None):
+        path = os.path.join(data_dir, f'{split}.npz')
+        try:
+            with np.load(path) as arrays:
+                self.images, self.labels = arrays['images'], arrays['labels']
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"cannot read {path} ({e}); run `python prepare_shapes.py --data_dir={data_dir}` "
+                              "again") from None
+        if (self.images.ndim != 4 or self.images.shape[3] != 3 or len(self.labels) != len(self.images)
+                or self.labels.max(initial=0) >= n_classes):
+            raise ConfigError(f"{path} is not a Shapes split (images (N, H, W, 3), labels below {n_classes}); run "
+                              f"`python prepare_shapes.py --data_dir={data_dir}` again")
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
 def image_folder(root, transform=None):

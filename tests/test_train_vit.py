@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_error(vit, tmp_path):
     vit.train(tmp_path, '--max_iters=1')
     base = [f'--out_dir={tmp_path}']
     cases = [
-        (['--dataset=mnist'], "dataset='mnist'; choose 'cifar10' or 'imagefolder'"),
+        (['--dataset=mnist'], "dataset='mnist'; choose 'cifar10', 'imagefolder' or 'shapes'"),
         ([f'--data_dir={tmp_path / "nowhere"}'], 'nowhere/train not found'),
         (['--pool=max'], "unknown pool 'max'; choose 'cls' or 'mean'"),
         (['--patch_size=5'], 'image_size=32 is not divisible by patch_size=5'),
