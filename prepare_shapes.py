@@ -1,6 +1,6 @@
 """
 Generate Shapes, an image classification task for train_vit.py that needs no download:
-    python prepare_shapes.py                                    # data/shapes: 50,000 train, 10,000 val images
+    python prepare_shapes.py                                    # data/shapes: 50,000 train, 5,000 val images
     python prepare_shapes.py --n_train=20000 --data_dir=data/shapes_20k
     python train_vit.py configs/vit/shapes_cpu.py               # a small ViT learns it on a CPU in minutes
 Each 32x32 RGB image holds four shapes on a noisy dark background, each of a random size (6 to 10 pixels), colour and
@@ -87,7 +87,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--data_dir', default='data/shapes')
     parser.add_argument('--n_train', type=int, default=50_000)
-    parser.add_argument('--n_val', type=int, default=10_000)
+    parser.add_argument('--n_val', type=int, default=5_000)
     parser.add_argument('--seed', type=int, default=0, help='train uses seed, val seed + 1')
     args = parser.parse_args(argv)
     meta = {'dataset': 'shapes', 'version': VERSION, 'classes': list(KINDS), 'image_size': SIZE, 'seed': args.seed,

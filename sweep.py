@@ -378,3 +378,6 @@ if __name__ == '__main__':
         print(f"\ninterrupted: finished runs are kept, a stopped trainer saved its checkpoint; continue with: "
               f"{shlex.join(['python', 'sweep.py', *sys.argv[1:]])}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `--dry_run=True | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
+        sys.exit(141)

@@ -248,14 +248,15 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     lines = capsys.readouterr().out.splitlines()
     variants = {'causal': sum(cls.supports_causal and not cls.needs_patch_grid for cls in ATTENTION.values()),
                 'bidirectional': sum(cls.supports_bidirectional and not cls.needs_patch_grid for cls in ATTENTION.values())}
-    expected = {'shakespeare_gpt.py': 3 * variants['causal'], 'shakespeare_bert.py': 2 * variants['bidirectional'],
+    expected = {'shakespeare_gpt.py': 3 * variants['causal'], 'shakespeare_bert.py': 3 * variants['bidirectional'],
                 'ablation_norm.py': 24, 'ablation_heads.py': 8, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
                 'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
-                'mqar_gpu.py': 3 * 4 * variants['causal'],
-                'lra.py': variants['bidirectional'], 'listops_cpu.py': 5 * 3,
+                'mqar_gpu.py': 3 * 4 * variants['causal'], 'mqar_seeds.py': 5 * 15,  # (variants + 5 wide) x seeds
+                'lra.py': variants['bidirectional'], 'listops_cpu.py': 3 * variants['bidirectional'],
                 'ablation_block.py': 6 * 2 * 3,  # variants x (both axes off, both on) x seeds
-                'hybrid_gpt.py': 3}
+                'hybrid_gpt.py': 3,
+                'shapes_vit.py': 3 * sum(cls.supports_bidirectional for cls in ATTENTION.values())}  # with vicinity, sra
     assert len(lines) == expected[name]
     assert all(line.startswith(f'python sweep.py {shlex.quote(path)} --only=') for line in lines)
 
@@ -294,3 +295,16 @@ def test_errors_reach_the_user_as_one_line(tmp_path, known_trainers):
     assert result.returncode == 1 and result.stdout == ''
     assert result.stderr.startswith(f"error: {path}: trainer 'train_foo.py' not found;")
     assert result.stderr.count('\n') == 1
+
+
+@pytest.mark.slow
+def test_a_dry_run_read_in_part_ends_quietly(tmp_path):
+    """`sweep.py ... --dry_run=True | head -1`: the reader leaves early, so printing the lines it did not take fails
+    (more than a pipe's buffer of them); no traceback follows the line it took."""
+    path = write_sweep(tmp_path / 'many.py', trainer='train_gpt.py', seeds=list(range(1, 1501)))
+    sweep_run = subprocess.Popen([sys.executable, 'sweep.py', path, '--dry_run=True'], cwd=ROOT, env=ENV,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = sweep_run.stdout.readline()
+    sweep_run.stdout.close()  # as head does after its line
+    _, errors = sweep_run.communicate(timeout=300)
+    assert first.startswith(b'python sweep.py') and errors == b''

