@@ -249,7 +249,7 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
     variants = {'causal': sum(cls.supports_causal and not cls.needs_patch_grid for cls in ATTENTION.values()),
                 'bidirectional': sum(cls.supports_bidirectional and not cls.needs_patch_grid for cls in ATTENTION.values())}
     expected = {'shakespeare_gpt.py': 3 * variants['causal'], 'shakespeare_bert.py': 3 * variants['bidirectional'],
-                'ablation_norm.py': 24, 'ablation_heads.py': 8, 'enwik8.py': 3 * variants['causal'],
+                'ablation_norm.py': 36, 'ablation_heads.py': 12, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
                 'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
                 'mqar_gpu.py': 3 * 4 * variants['causal'], 'mqar_seeds.py': 5 * 15,  # (variants + 5 wide) x seeds
