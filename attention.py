@@ -1064,6 +1064,13 @@ class DeltaNet(RecurrentAttention):
         return torch.stack(outputs, dim=2)
 
 
+def initial_step_bias(n):
+    """(n,) b with softplus(b) log-uniform in [0.001, 0.1]: the initial step of Mamba, Gated DeltaNet and KDA (per
+    head or per channel), drawn from torch's RNG."""
+    step = torch.exp(torch.rand(n) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+    return step + torch.log(-torch.expm1(-step))  # softplus^-1(step)
+
+
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet. Yang et al. 2024, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
     arXiv:2412.06464.
@@ -1083,8 +1090,7 @@ class GatedDeltaNet(DeltaNet):
         H = config.n_head
         self.alpha = nn.Linear(config.n_embd, H, bias=False)
         self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())
-        step = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
-        self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
+        self.step_bias = nn.Parameter(initial_step_bias(H))  # softplus(step_bias) = the initial step
         self.gate = self.paper_part('output_gate', config)
         self.set_output(gate=self.gate)
 
@@ -1277,13 +1283,6 @@ class GatedRMSNorm(SwishGate):
 
     def forward(self, y, x):
         return self.norm(super().forward(y, x))
-
-
-def initial_step_bias(n_head):
-    """(n_head,) b with softplus(b) log-uniform in [0.001, 0.1] (floored at 1e-4): Mamba's initial step, drawn from
-    torch's RNG."""
-    step = torch.exp(torch.rand(n_head) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp_min(1e-4)
-    return step + torch.log(-torch.expm1(-step))  # softplus^-1(step)
 
 
 class Mamba2(RecurrentAttention):
@@ -2275,8 +2274,7 @@ class KimiDeltaAttention(RecurrentAttention):
         self.decay_down = nn.Linear(C, D, bias=False)
         self.decay_up = nn.Linear(D, C, bias=False)
         self.log_decay_rate = nn.Parameter(torch.empty(H).uniform_(1, 16).log())  # A_h
-        step = torch.exp(torch.rand(C) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
-        self.step_bias = nn.Parameter(step + torch.log(-torch.expm1(-step)))  # softplus(step_bias) = step
+        self.step_bias = nn.Parameter(initial_step_bias(C))  # softplus(step_bias) = the initial step
         self.head_norm = self.paper_part('head_norm', config)
         self.gate = LowRankSigmoidGate(C, D, config.bias) if self.keeps_paper('output_gate') else None
         self.set_output(norm=self.head_norm, gate=self.gate)
