@@ -6,7 +6,7 @@ Time and peak memory of each attention variant against sequence length.
     python bench.py --seq_lens=1024,2048,4096,8192,16384 --plot=bench_results/cpu.png --check_floors=True
     python bench.py --model=gpt --n_layer=6 --seq_lens=256,1024    # training steps of train_gpt.py's model
     python bench.py --model=gpt --n_layer=4 --variants=softmax,gated_deltanet --layer_attention='gated_deltanet*3,softmax'
-    python bench.py --replot=bench_results/cpu.json --plot=bench_results/cpu.png   # redraw a JSON's figure
+    python bench.py --replot=bench_results/cpu.json --plot=bench_results/cpu.png   # a JSON's exponents and figure
     python bench.py --device=cuda --kernel=fla --n_head=16 --batch_tokens=32768 --seq_lens=1024,4096,16384 \
         --modes=fwdbwd,decode --out=bench_results/gpu_fla.json                  # training's size, fla's kernels
 
@@ -537,6 +537,31 @@ def check_floors(records):
 CPU_MEMORY_RESOLUTION_MB = 1.0  # CPU peaks count resident pages (see the docstring); GPU peaks count tensor bytes
 
 
+def resolved_records(records, variant, mode, key):
+    """The variant's ok records of mode whose key (time_ms or peak_mem_mb) is measured: CPU memory under
+    CPU_MEMORY_RESOLUTION_MB is below what counting resident pages resolves, and left out."""
+    floor = CPU_MEMORY_RESOLUTION_MB if key == 'peak_mem_mb' else 0
+    return [r for r in records if r['variant'] == variant and r['mode'] == mode and r['status'] == 'ok' and
+            r[key] is not None and r[key] > 0 and (r['device'] != 'cpu' or r[key] >= floor)]
+
+
+def print_exponents(records, fit_from):
+    """Per variant and mode, the exponent of T in time and in peak memory: the least-squares slope of log(value)
+    against log(T) over T >= fit_from (1: linear in T, 2: quadratic, 0: flat, as decoding from a fixed-size state)."""
+    modes = list(dict.fromkeys(r['mode'] for r in records))
+    variants = list(dict.fromkeys(r['variant'] for r in records))
+    width = max(16, *(len(name) + 2 for name in variants))
+    print(f"\nexponents of T (slope of log value against log T, T >= {fit_from}; '-': fewer than two points)")
+    print(f"{'variant':<{width}}" + ''.join(f'{mode + " time":>14}{mode + " MB":>12}' for mode in modes))
+    for variant in variants:
+        cells = []
+        for mode in modes:
+            for key, cell_width in (('time_ms', 14), ('peak_mem_mb', 12)):
+                exponent = fit_exponent(resolved_records(records, variant, mode, key), variant, mode, key, fit_from)
+                cells.append(f"{'-' if exponent is None else f'{exponent:.2f}':>{cell_width}}")
+        print(f'{variant:<{width}}' + ''.join(cells))
+
+
 def plot(records, path, fit_from):
     """Time per mode (top row) and peak memory per mode (bottom row) against T, log-log, one line per variant. CPU
     memory under CPU_MEMORY_RESOLUTION_MB is not drawn, and its panel says so."""
@@ -552,10 +577,9 @@ def plot(records, path, fit_from):
             hidden = False
             for index, variant in enumerate(dict.fromkeys(r['variant'] for r in records)):
                 style = dict(color=f'C{index % 10}', linestyle=('-', '--', ':')[index // 10 % 3])  # 10 colours
-                ok = [r for r in records if r['variant'] == variant and r['mode'] == mode and r['status'] == 'ok'
-                      and r[key] is not None]
-                resolved = [r for r in ok if r[key] > 0 and (r['device'] != 'cpu' or r[key] >= floor)]
-                hidden |= any(r['device'] == 'cpu' and r[key] < floor for r in ok)
+                resolved = resolved_records(records, variant, mode, key)
+                hidden |= any(r['device'] == 'cpu' and r['status'] == 'ok' and r[key] is not None and r[key] < floor
+                              for r in records if r['variant'] == variant and r['mode'] == mode)
                 if resolved:
                     exponent = fit_exponent(resolved, variant, mode, key, fit_from)
                     slope = '' if exponent is None else f' (T^{exponent:.2f})'
@@ -583,6 +607,7 @@ def replot(config):
     data = read_json(config['replot'])
     if not isinstance(data, dict) or not isinstance(data.get('results'), list):
         raise ConfigError(f"{config['replot']} is not a bench.py JSON (an object with a 'results' list)")
+    print_exponents(data['results'], config['fit_from'])
     plot(data['results'], config['plot'], config['fit_from'])
 
 
@@ -643,6 +668,7 @@ def main(argv):
     records = sweep(config, mode_done=lambda records: write_outputs(config, env, records))
     env['load_average_end'] = load_average()
     write_outputs(config, env, records)
+    print_exponents(records, config['fit_from'])
     if config['check_floors']:
         check_floors(records)
     if config['plot']:

@@ -251,6 +251,15 @@ def test_fit_and_floors():
     assert failed == ['linear decode time at T=16384 / T=1024']  # 100x slower at 16384 than at 1024
 
 
+def test_exponents_are_printed_per_variant_and_mode(capsys):
+    records = [dict(r, device='cpu') for r in floor_records(['linear'], seq_lens=[1024, 4096, 16384])]
+    bench.print_exponents(records, fit_from=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ['variant', 'fwdbwd', 'time', 'fwdbwd', 'MB', 'decode', 'time', 'decode', 'MB']
+    assert lines[3].split() == ['softmax', '2.00', '1.00', '-', '-']  # no decode records: fewer than two points
+    assert lines[4].split() == ['linear', '1.00', '1.00', '0.00', '-']  # decode memory 0: below resolution
+
+
 STRUCTURAL = {'attention', 'n_embd', 'n_head', 'causal', 'block_size', 'dropout', 'bias', 'norm', 'mlp_ratio',
               'patch_grid_width', 'class_tokens'}
 
