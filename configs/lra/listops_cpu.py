@@ -4,7 +4,7 @@
 # At LRA's 2,000 tokens softmax attention alone takes 2.1 s per layer and step on two cores, too slow for a CPU sweep
 # of every variant; at ListOps-512 (128 to 512 tokens) softmax was still at the plateau of a uniform guess over the
 # 10 answers (val loss ln 10) after 400 steps in 2 of 3 seeds. On ListOps-128 it leaves it within 250 steps in every
-# seed (val accuracy 34 to 36% from then on, one thread, 1500 steps, seeds 1 to 3); 1000 steps here.
+# seed (val accuracy 34 to 37% from then on, one thread, 1500 steps, seeds 1 to 3); 1000 steps here.
 data_dir = 'data/lra/listops128'
 n_layer = 2
 n_embd = 64
