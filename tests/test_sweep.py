@@ -301,7 +301,8 @@ def test_errors_reach_the_user_as_one_line(tmp_path, known_trainers):
 def test_a_dry_run_read_in_part_ends_quietly(tmp_path):
     """`sweep.py ... --dry_run=True | head -1`: the reader leaves early, so printing the lines it did not take fails
     (more than a pipe's buffer of them); no traceback follows the line it took."""
-    path = write_sweep(tmp_path / 'many.py', trainer='train_gpt.py', seeds=list(range(1, 1501)))
+    path = write_sweep(tmp_path / 'many.py', trainer='train_gpt.py', runs=[{'data_dir': 'd' * 500}],
+                       seeds=list(range(1, 201)))  # 200 lines of 600 bytes: past a 64 KiB pipe buffer
     sweep_run = subprocess.Popen([sys.executable, 'sweep.py', path, '--dry_run=True'], cwd=ROOT, env=ENV,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = sweep_run.stdout.readline()
