@@ -388,7 +388,6 @@ def resolve(config):
             raise ConfigError(f"layer_attention={config['layer_attention']!r} is a stack's pattern: bench it with "
                               "--model=gpt")
         try:
-            pattern = attention_pattern(LayerConfig(layer_attention=config['layer_attention']))
             layer_configs(LayerConfig(layer_attention=config['layer_attention']), config['n_layer'])
         except ValueError as error:
             raise ConfigError(str(error)) from None
@@ -401,9 +400,10 @@ def resolve(config):
     if config['batch_tokens'] and not all(0 < T <= config['batch_tokens'] for T in config['seq_lens']):
         raise ConfigError(f"batch_tokens={config['batch_tokens']}: must be at least every T in seq_lens "
                           f"({max(config['seq_lens'])}), or 0 to use batch_size")
-    try:  # per variant, the kernel it runs ('auto' resolved), recorded in each case
-        config['kernels'] = {name: resolve_kernel(config['kernel'], pattern if name == config['layer_attention'] else
-                                                  [name], config['causal'], config['device'])
+    try:  # per row, the kernel it runs ('auto' resolved over the row's variants: a hybrid's pattern), in each case
+        config['kernels'] = {name: resolve_kernel(config['kernel'],
+                                                  attention_pattern(LayerConfig(layer_attention=name)),
+                                                  config['causal'], config['device'])
                              for name in config['variants']}
     except ValueError as error:
         raise ConfigError(str(error)) from None
