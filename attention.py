@@ -2518,8 +2518,8 @@ class DifferentialAttention(Attention):
     ceil(D / 2) and floor(D / 2) channels, each map scaled by its own width. The paper's model is causal; the
     difference of two softmax maps is defined as well without the mask, and trev allows both.
     Extra parameters: the four lambda vectors (2D) and the norm's D weights.
-    Fast path: two SDPA calls (flash or memory-efficient where available). Time O(T^2 D), memory O(T) with a fused
-    kernel. Decoding keeps a KV cache as softmax does (KVState.extended); GQA through SDPA's enable_gqa.
+    Fast path: two SDPA calls, q and k zero-padded to D so that the flash kernels apply (CPU and GPU). Time
+    O(T^2 D), memory O(T). Decoding keeps a KV cache as softmax does (KVState.extended); GQA through SDPA's enable_gqa.
     """
     supports_kv_groups = True
     paper_output = {'head_norm': 'rmsnorm per head x (1 - lambda_init)'}
@@ -2544,12 +2544,15 @@ class DifferentialAttention(Attention):
                 + self.lambda_init)
 
     def differential(self, q, k, v, **mask):
-        """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale."""
-        d = self.first_half
-        grouped = self.group_size > 1
-        first = F.scaled_dot_product_attention(q[..., :d], k[..., :d], v, scale=d ** -0.5, enable_gqa=grouped, **mask)
-        second = F.scaled_dot_product_attention(q[..., d:], k[..., d:], v, scale=(q.size(-1) - d) ** -0.5,
-                                                enable_gqa=grouped, **mask)
+        """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale. Each half of q and k is
+        zero-padded to v's width D: the scores are unchanged, and SDPA's flash kernels, which need one head dim for
+        q, k and v, run in O(T) memory instead of falling back to the (T, T) math path (20 GB at T = 16384 on CPU)."""
+        D, grouped = q.size(-1), self.group_size > 1
+        first, second = (F.scaled_dot_product_attention(F.pad(q[..., half], (0, D - width)),
+                                                        F.pad(k[..., half], (0, D - width)), v, scale=width ** -0.5,
+                                                        enable_gqa=grouped, **mask)
+                         for half, width in ((slice(None, self.first_half), self.first_half),
+                                             (slice(self.first_half, None), D - self.first_half)))
         return first - self.difference_weight() * second
 
     def attend(self, q, k, v, pad_mask):

@@ -55,7 +55,10 @@ TOLERANCE = 1e-2
 # through the whole sequence: with only q, k and v rounded to bfloat16 (everything after them in float64) gated
 # DeltaNet is already 6.5e-3 from float64 overall, 1.1e-2 in its worst window, while its float32 path is within 1e-6.
 # Its limit is set from that input rounding, not from the kernel.
-VARIANT_TOLERANCE = {'gated_deltanet': 1.5e-2}
+# Differential attention subtracts two softmax maps (lambda near 0.8; the first map is 1.6x the difference in RMS),
+# so each map's bfloat16 rounding grows by that cancellation: under bfloat16 autocast its worst window sits at the
+# 1e-2 line with either of SDPA's CPU paths (9.8e-3 on the math path, 1.05e-2 on flash), 7.9e-3 overall.
+VARIANT_TOLERANCE = {'gated_deltanet': 1.5e-2, 'diff': 1.5e-2}
 
 
 def layer(name, causal, T):
