@@ -2547,12 +2547,14 @@ class DifferentialAttention(Attention):
         """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale. Each half of q and k is
         zero-padded to v's width D: the scores are unchanged, and SDPA's flash kernels, which need one head dim for
         q, k and v, run in O(T) memory instead of falling back to the (T, T) math path (20 GB at T = 16384 on CPU)."""
-        D, grouped = q.size(-1), self.group_size > 1
-        first, second = (F.scaled_dot_product_attention(F.pad(q[..., half], (0, D - width)),
-                                                        F.pad(k[..., half], (0, D - width)), v, scale=width ** -0.5,
-                                                        enable_gqa=grouped, **mask)
-                         for half, width in ((slice(None, self.first_half), self.first_half),
-                                             (slice(self.first_half, None), D - self.first_half)))
+        D = q.size(-1)
+
+        def one_map(q_half, k_half):
+            width = q_half.size(-1)
+            return F.scaled_dot_product_attention(F.pad(q_half, (0, D - width)), F.pad(k_half, (0, D - width)), v,
+                                                  scale=width ** -0.5, enable_gqa=self.group_size > 1, **mask)
+        first = one_map(q[..., :self.first_half], k[..., :self.first_half])
+        second = one_map(q[..., self.first_half:], k[..., self.first_half:])
         return first - self.difference_weight() * second
 
     def attend(self, q, k, v, pad_mask):
