@@ -2544,17 +2544,17 @@ class DifferentialAttention(Attention):
                 + self.lambda_init)
 
     def differential(self, q, k, v, **mask):
-        """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale. Each half of q and k is
-        zero-padded to v's width D: the scores are unchanged, and SDPA's flash kernels, which need one head dim for
-        q, k and v, run in O(T) memory instead of falling back to the (T, T) math path (20 GB at T = 16384 on CPU)."""
-        D = q.size(-1)
+        """The two maps through SDPA (mask: is_causal or attn_mask), each with its own scale. Each map's half of q is
+        zero-padded, in its own place, to the full width D and meets the whole of k: the scores are its halves'
+        (q1 . k1, q2 . k2), and with one head dim for q, k and v SDPA's flash kernels apply, in O(T) memory instead of
+        the (T, T) math path (20 GB at T = 16384 on CPU), with k read as it is (a decoding step copies no cache)."""
+        D, d = q.size(-1), self.first_half
 
-        def one_map(q_half, k_half):
-            width = q_half.size(-1)
-            return F.scaled_dot_product_attention(F.pad(q_half, (0, D - width)), F.pad(k_half, (0, D - width)), v,
-                                                  scale=width ** -0.5, enable_gqa=self.group_size > 1, **mask)
-        first = one_map(q[..., :self.first_half], k[..., :self.first_half])
-        second = one_map(q[..., self.first_half:], k[..., self.first_half:])
+        def one_map(padded_half, width):
+            return F.scaled_dot_product_attention(padded_half, k, v, scale=width ** -0.5,
+                                                  enable_gqa=self.group_size > 1, **mask)
+        first = one_map(F.pad(q[..., :d], (0, D - d)), d)  # (B, H, T, D): q1, then zeros
+        second = one_map(F.pad(q[..., d:], (d, 0)), D - d)  # zeros, then q2
         return first - self.difference_weight() * second
 
     def attend(self, q, k, v, pad_mask):
