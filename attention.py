@@ -30,7 +30,7 @@ none for softmax), declared in its paper_output. Parameters a variant adds are i
 count.
 The linear family (RecurrentAttention; KernelAttention for those built on a feature map) computes its causal forward
 and its decoding with one chunkwise method, attend_chunkwise(q, k, v, state) -> (y, new_state), which calls the
-kernels of kernels.py (every numeric the variants share); a causal training sequence longer than
+kernels of kernels.py (every numeric the variants share); a causal sequence longer than
 LayerConfig.recompute_segment goes through it in segments, each recomputed in backward. Under autocast the family
 computes its positions, angles, feature exponents, decays, chunk states and normalisers in float32; the
 projections, softmax attention and, in bfloat16, the matmuls within a chunk run in the autocast dtype.
@@ -74,8 +74,8 @@ class LayerConfig:
     rfa_gate: bool = True         # rfa: gated RFA in causal mode (a learned per-token decay of the state)
     rfa_normaliser_floor: float = 0.1  # rfa: the normaliser's weighted mean is kept >= this (its estimate can be <= 0)
     based_feature_dim: int = 16   # based: q and k projected to this many dims before the Taylor feature map
-    recompute_segment: int = 1024 # linear family, causal training: longer sequences backpropagate in segments of
-                                  # this many tokens, each recomputed (kernels.SegmentedRecompute); 0 = never
+    recompute_segment: int = 1024 # linear family, causal: longer sequences run in segments of this many tokens,
+                                  # each recomputed in backward (kernels.SegmentedRecompute); 0 = never
     # block-level axes of every variant: output()'s parts ('' = the variant's paper's, Attention.paper_output)
     output_gate: str = ''         # 'none' or 'swish': y * swish(x W_g), x the layer input (RetNet, GLA, Gated DeltaNet)
     head_norm: str = ''           # 'none', 'rmsnorm' (per head, DeltaNet's) or 'groupnorm' (per head, RetNet's, GLA's):
@@ -261,9 +261,10 @@ class RecurrentAttention(Attention):
         attend_chunkwise(q, k, v, state, **gates)  # the T >= 1 tokens after state (None: the start) -> (y, new state)
         attend_bidirectional(q, k, v, pad_mask)    # where it has a bidirectional form
     Causal: attend runs attend_chunkwise from state None and attend_step continues it, so decoding keeps a fixed
-    (F, D) state per head: O(F D) per token whatever the position. Training on T > recompute_segment = S tokens goes
-    segment by segment (kernels.SegmentedRecompute): memory kept for backward O(T D) (q, k, v) + O((T / S) F D),
-    temporaries O(S C + S F), time one more forward of the attention core.
+    (F, D) state per head: O(F D) per token whatever the position. A call on T > recompute_segment = S tokens goes
+    segment by segment, temporaries O(S C + S F): without autograd one segment after the other (attend_step), in
+    training through kernels.SegmentedRecompute: memory kept for backward O(T D) (q, k, v) + O((T / S) F D), time one
+    more forward of the attention core.
     Precision: features (positions, angles, exponents) are computed in float32 at least with autocast off
     (wide_features), as are the kernels' sums over the sequence; the output returns to the input's dtype.
     Kernels: attend_chunkwise calls linear_attention or delta_rule, which run trev's kernels or, where this layer
@@ -314,8 +315,21 @@ class RecurrentAttention(Attention):
         return self.attend_step(q, k, v, None, **gates)[0]
 
     def attend_step(self, q, k, v, state, **gates):
-        """attend_chunkwise on k, v of n_kv_head heads, the state kept once per kv head: the causal forward (in
-        segments or whole), and decoding."""
+        """The causal forward (in segments or whole) and decoding: the tokens after state -> (y, new state). Without
+        autograd, more than recompute_segment tokens (an evaluation, a long prompt) go segment by segment, each from
+        the state the one before left, so the temporaries are one segment's."""
+        segment, T = self.recompute_segment, q.size(2)
+        if torch.is_grad_enabled() or not 0 < segment < T:
+            return self.attend_grouped(q, k, v, state, **gates)
+        ys = []
+        for start in range(0, T, segment):  # q, k, v and each gate: (B, H, T, ...) -> (B, H, segment, ...)
+            q_part, k_part, v_part, *gate_parts = (x[:, :, start:start + segment] for x in (q, k, v, *gates.values()))
+            y, state = self.attend_grouped(q_part, k_part, v_part, state, **dict(zip(gates, gate_parts)))
+            ys.append(y)
+        return torch.cat(ys, dim=2), state
+
+    def attend_grouped(self, q, k, v, state, **gates):
+        """attend_chunkwise on k, v of n_kv_head heads, the state kept once per kv head."""
         if self.group_size == 1:
             return self.attend_chunkwise(q, k, v, state, **gates)
         # grouped (supports_kv_groups): the query heads of a group share their state, kept once per kv head, given

@@ -13,8 +13,9 @@ so that only real differences show.
    uneven pieces; the linear family's state does not grow and holds no memory beyond its own:
    test_recurrent_equals_parallel, test_decoding_in_uneven_pieces, test_linear_family_state_has_fixed_size,
    test_decoding_state_holds_only_its_own_memory, test_block_runs_and_decodes. Training in recomputed segments
-   (recompute_segment) equals one pass over the sequence and keeps only its inputs for backward:
-   test_training_in_segments_equals_the_whole_sequence, test_training_in_segments_keeps_only_the_inputs.
+   (recompute_segment) equals one pass over the sequence and keeps only its inputs for backward;
+   test_training_in_segments_equals_the_whole_sequence, test_training_in_segments_keeps_only_the_inputs; a forward
+   without autograd goes in the same segments: test_forward_without_gradient_goes_in_segments.
 4. Causality: perturbing token t changes no output before t: test_no_leakage_from_the_future.
 5. Awkward shapes: T = 37 is no multiple of the chunk (8) or the window (6), T = 1, head dim 15 (odd, not
    a power of two), B > 1: the shapes of the tests above. The chunk size changes nothing (8, 13, 64 at T = 50):
@@ -348,6 +349,29 @@ def test_training_in_segments_equals_the_whole_sequence(name):
             torch.testing.assert_close(g[key], g_whole[key], rtol=1e-9, atol=1e-10, msg=f"gradient of {key}")
 
 
+@pytest.mark.parametrize('name', LINEAR_FAMILY)
+def test_forward_without_gradient_goes_in_segments(name):
+    """Without autograd (an evaluation, a prompt) more than recompute_segment tokens go segment by segment, so the
+    temporaries are one segment's: T = 50 in segments of 16 is four calls of the chunkwise form, in the forward and
+    in a prefill, each with one pass's output and the prefill with its state."""
+    x, after = inputs(2, 50, 30), inputs(2, 3, 30, seed=2)
+    with torch.no_grad():
+        whole = make(name, True, recompute_segment=0)
+        y_whole, (y_next_whole, _) = whole(x, None), whole.step(after, whole.step(x)[1])
+        module = make(name, True, recompute_segment=16)
+        calls = []
+        chunkwise = module.attend_chunkwise
+        module.attend_chunkwise = lambda q, *args, **gates: calls.append(q.size(2)) or chunkwise(q, *args, **gates)
+        y = module(x, None)
+        assert calls == [16, 16, 16, 2]
+        y_prefill, state = module.step(x)
+        y_next, _ = module.step(after, state)
+    assert calls == [16, 16, 16, 2] * 2 + [3]
+    for got in (y, y_prefill):
+        torch.testing.assert_close(got, y_whole, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y_next, y_next_whole, rtol=1e-9, atol=1e-10)
+
+
 def test_segment_check_catches_a_backward_that_drops_the_state_gradient(monkeypatch):
     """Without the gradient that flows back through the state between segments, the check above fails."""
     run = kernels.SegmentedRecompute.run
@@ -653,6 +677,7 @@ def test_a_variant_registered_at_run_time_is_checked(monkeypatch):
         'test_decoding_from_a_state_continued_twice',
         'test_linear_family_state_has_fixed_size', 'test_decoding_state_holds_only_its_own_memory',
         'test_training_in_segments_equals_the_whole_sequence', 'test_training_in_segments_keeps_only_the_inputs',
+        'test_forward_without_gradient_goes_in_segments',
         'test_no_leakage_from_the_future', 'test_padding_is_ignored', 'test_bidirectional_sees_both_sides',
         'test_deterministic', 'test_memory_grows_linearly', 'test_block_runs_and_decodes'}
     assert "test_recurrent_equals_parallel(name='throwaway', prefill=13)" in checks
