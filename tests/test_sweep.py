@@ -252,7 +252,7 @@ def test_every_sweep_file_plans(name, known_trainers, capsys):
                 'ablation_norm.py': 36, 'ablation_heads.py': 12, 'enwik8.py': 3 * variants['causal'],
                 'wikitext103.py': 3 * variants['causal'], 'roberta_wikitext103.py': 3 * variants['bidirectional'],
                 'mqar.py': 3 * 3 * 2 * variants['causal'],  # settings x learning rates x seeds
-                'mqar_gpu.py': 3 * 4 * variants['causal'], 'mqar_seeds.py': 5 * 15,  # (variants + 5 wide) x seeds
+                'mqar_gpu.py': 3 * 4 * variants['causal'], 'mqar_seeds.py': 5 * (13 + 5),  # (variants + 5 wide) x seeds
                 'lra.py': variants['bidirectional'], 'listops_cpu.py': 3 * variants['bidirectional'],
                 'ablation_block.py': 6 * 2 * 3,  # variants x (both axes off, both on) x seeds
                 'hybrid_gpt.py': 3,
