@@ -1,5 +1,5 @@
 # a small ViT on Shapes (python prepare_shapes.py: generated offline, 4 classes, chance 25%), on a CPU in minutes:
-# softmax attention is at 65% val accuracy after 1000 steps of a 2000-step schedule (one seed, a busy machine)
+# softmax attention reaches 49 to 60% val accuracy in these 1000 steps (seeds 1 to 3: results/shapes_vit)
 dataset = 'shapes'
 data_dir = 'data/shapes'
 n_layer = 4
